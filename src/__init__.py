@@ -1,0 +1,1 @@
+"""OPT (Omni-Perception Pre-Trainer) for MindSpore 2.x."""
