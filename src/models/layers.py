@@ -1,0 +1,174 @@
+"""Transformer building blocks: attention (written from matmul + softmax, with a KV cache), feed-forward, pre-LN
+encoder and decoder blocks.
+
+Masks follow one convention everywhere: a key-padding mask is (B, S) with 1 for real positions and 0 for padding; it
+becomes an additive bias of -1e4 on the attention scores (exp underflows to exactly 0 in fp32, so padded keys never
+change a real output). Softmax and LayerNorm always run in fp32, whatever the compute dtype.
+"""
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+from mindspore.common.initializer import Normal
+
+NEG_INF = -1e4
+
+
+def dense(n_in, n_out, init_range=0.02, has_bias=True):
+    """A Dense layer with the model's weight initialisation (weights N(0, init_range), zero bias)."""
+    return nn.Dense(n_in, n_out, weight_init=Normal(init_range), has_bias=has_bias)
+
+
+def embedding(n_rows, width, init_range=0.02):
+    return nn.Embedding(n_rows, width, embedding_table=Normal(init_range))
+
+
+def layer_norm(width, eps):
+    return nn.LayerNorm((width,), epsilon=eps)
+
+
+def padding_bias(mask):
+    """(B, S) mask of 1/0 -> (B, 1, 1, S) additive bias: 0 where the key is real, -1e4 where it is padding."""
+    mask = ops.cast(mask, ms.float32)
+    return ops.expand_dims(ops.expand_dims((1.0 - mask) * NEG_INF, 1), 1)
+
+
+def causal_bias(length):
+    """(1, 1, L, L) additive bias that hides future positions."""
+    allowed = np.tril(np.ones((length, length), np.float32))
+    return ms.Tensor(((1.0 - allowed) * NEG_INF)[None, None], ms.float32)
+
+
+class Attention(nn.Cell):
+    """Multi-head attention. Self-attention when `memory` is None, cross-attention otherwise.
+
+    `bias` is an additive score bias broadcastable to (B, heads, Lq, Lk). `step` runs one incremental decoding step
+    against a static-size KV cache (see `step`).
+    """
+
+    def __init__(self, width, heads, dropout=0.0, init_range=0.02, kv_width=None):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"attention width {width} is not divisible by {heads} heads")
+        kv_width = kv_width or width
+        self.heads, self.head_dim = heads, width // heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.query = dense(width, width, init_range)
+        self.key = dense(kv_width, width, init_range)
+        self.value = dense(kv_width, width, init_range)
+        self.out = dense(width, width, init_range)
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+
+    def split_heads(self, x):
+        b, n, _ = x.shape
+        return ops.transpose(ops.reshape(x, (b, n, self.heads, self.head_dim)), (0, 2, 1, 3))
+
+    def merge_heads(self, x):
+        b, _, n, _ = x.shape
+        return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (b, n, self.heads * self.head_dim))
+
+    def attend(self, q, k, v, bias):
+        """q (B,h,Lq,d), k/v (B,h,Lk,d) -> (B, Lq, width)."""
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * self.scale
+        scores = ops.cast(scores, ms.float32)
+        if bias is not None:
+            scores = scores + bias
+        probs = ops.cast(ops.softmax(scores, -1), v.dtype)
+        return self.out(self.merge_heads(ops.matmul(self.dropout(probs), v)))
+
+    def project_kv(self, memory):
+        """Keys and values of `memory` (B, Lk, kv_width) as (B, h, Lk, d) each; cross-attention caches them once."""
+        return self.split_heads(self.key(memory)), self.split_heads(self.value(memory))
+
+    def construct(self, x, bias=None, memory=None):
+        source = x if memory is None else memory
+        k, v = self.project_kv(source)
+        return self.attend(self.split_heads(self.query(x)), k, v, bias)
+
+    def step(self, x, k_cache, v_cache, position_onehot, bias):
+        """One decoding step of self-attention.
+
+        x: (B, 1, width) the newest token; k_cache/v_cache: (B, h, max_len, d); position_onehot: (1, 1, max_len, 1)
+        with a 1 at the current position; bias: (1, 1, 1, max_len) hiding positions after the current one.
+        Returns the output (B, 1, width) and the updated caches (written at the current position only).
+        """
+        k_new, v_new = self.project_kv(x)
+        keep = 1.0 - position_onehot
+        k_cache = k_cache * keep + k_new * position_onehot
+        v_cache = v_cache * keep + v_new * position_onehot
+        return self.attend(self.split_heads(self.query(x)), k_cache, v_cache, bias), k_cache, v_cache
+
+    def step_cross(self, x, k_mem, v_mem, bias):
+        """Cross-attention for one step against precomputed memory keys/values."""
+        return self.attend(self.split_heads(self.query(x)), k_mem, v_mem, bias)
+
+
+class FeedForward(nn.Cell):
+    def __init__(self, width, ffn, dropout=0.0, init_range=0.02, activation="gelu"):
+        super().__init__()
+        self.fc1 = dense(width, ffn, init_range)
+        self.act = nn.GELU(approximate=True) if activation == "gelu" else nn.ReLU()
+        self.fc2 = dense(ffn, width, init_range)
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+
+    def construct(self, x):
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+class EncoderBlock(nn.Cell):
+    """Pre-LN block: x + Attn(LN(x)), then + FFN(LN(x))."""
+
+    def __init__(self, width, heads, ffn, dropout=0.0, attention_dropout=0.0, eps=1e-5, init_range=0.02):
+        super().__init__()
+        self.ln1 = layer_norm(width, eps)
+        self.attn = Attention(width, heads, attention_dropout, init_range)
+        self.ln2 = layer_norm(width, eps)
+        self.ffn = FeedForward(width, ffn, dropout, init_range)
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+
+    def construct(self, x, bias=None):
+        x = x + self.dropout(self.attn(self.ln1(x), bias))
+        return x + self.dropout(self.ffn(self.ln2(x)))
+
+
+class EncoderStack(nn.Cell):
+    """`layers` encoder blocks (0 allowed) with an optional final LayerNorm."""
+
+    def __init__(self, width, layers, heads, ffn, dropout=0.0, attention_dropout=0.0, eps=1e-5, init_range=0.02,
+                 final_norm=True):
+        super().__init__()
+        self.blocks = nn.CellList([EncoderBlock(width, heads, ffn, dropout, attention_dropout, eps, init_range)
+                                   for _ in range(layers)])
+        self.final_norm = layer_norm(width, eps) if (final_norm and layers > 0) else nn.Identity()
+
+    def construct(self, x, mask=None):
+        bias = None if mask is None else padding_bias(mask)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.final_norm(x)
+
+
+class DecoderBlock(nn.Cell):
+    """Pre-LN decoder block: causal self-attention, cross-attention to the memory, feed-forward."""
+
+    def __init__(self, width, heads, ffn, dropout=0.0, attention_dropout=0.0, eps=1e-5, init_range=0.02):
+        super().__init__()
+        self.ln1 = layer_norm(width, eps)
+        self.self_attn = Attention(width, heads, attention_dropout, init_range)
+        self.ln2 = layer_norm(width, eps)
+        self.cross_attn = Attention(width, heads, attention_dropout, init_range)
+        self.ln3 = layer_norm(width, eps)
+        self.ffn = FeedForward(width, ffn, dropout, init_range)
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+
+    def construct(self, x, self_bias, memory, memory_bias):
+        x = x + self.dropout(self.self_attn(self.ln1(x), self_bias))
+        x = x + self.dropout(self.cross_attn(self.ln2(x), memory_bias, memory))
+        return x + self.dropout(self.ffn(self.ln3(x)))
+
+    def step(self, x, k_cache, v_cache, k_mem, v_mem, position_onehot, self_bias, memory_bias):
+        h, k_cache, v_cache = self.self_attn.step(self.ln1(x), k_cache, v_cache, position_onehot, self_bias)
+        x = x + h
+        x = x + self.cross_attn.step_cross(self.ln2(x), k_mem, v_mem, memory_bias)
+        return x + self.ffn(self.ln3(x)), k_cache, v_cache

@@ -1,0 +1,146 @@
+"""OPTModel: three single-modal encoders, a cross-modal encoder over any subset of [text | image | audio], two
+decoders and the task heads. The model knows nothing of tasks, data or training; task Cells in `src/tasks` call its
+methods.
+
+Sequence layout of the cross-modal encoder: the present modalities in the order text, image, audio, each projected to
+the cross-modal width with its own LayerNorm, position and type embedding. The key-padding mask is the concatenation
+of the modalities' masks. Pooled output = tanh(Dense(token 0)).
+"""
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, initializer
+
+from .decoder import Decoder
+from .encoders import AudioEncoder, ImageEncoder, TextEncoder, positions
+from .heads import ContrastiveHead, MLMHead, RegressionHead
+from .layers import EncoderStack, dense, embedding, layer_norm
+
+IMAGE_TOKEN_OFFSET = 3  # image-decoder vocabulary = PAD 0, BOS 1, EOS 2, then the VQ codes
+
+
+class ModalityEmbedding(nn.Cell):
+    """Single-modal tokens -> cross-modal width: LN(Dense(x)) + position + type, LayerNorm, dropout."""
+
+    def __init__(self, in_width, width, length, eps, dropout, init_range):
+        super().__init__()
+        self.proj = dense(in_width, width, init_range)
+        self.proj_norm = layer_norm(width, eps)
+        self.position_embeddings = embedding(length, width, init_range)
+        self.type_embedding = Parameter(initializer(Normal(init_range), (1, 1, width)), name="type_embedding")
+        self.layer_norm = layer_norm(width, eps)
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+
+    def construct(self, x):
+        x = self.proj_norm(self.proj(x)) + self.position_embeddings(positions(x.shape[1])) + self.type_embedding
+        return self.dropout(self.layer_norm(x))
+
+
+class OPTModel(nn.Cell):
+    def __init__(self, cfg):
+        """cfg: the `model` section of a config (attribute access). `cfg.text.vocab_size` must be resolved (> 0)."""
+        super().__init__()
+        if cfg.text.vocab_size <= 0:
+            raise ValueError("model.text.vocab_size is 0: set it, or build the model with build_model(cfg, "
+                             "vocab_size=len(tokenizer vocab))")
+        self.cfg = cfg
+        eps, init, drop, width = cfg.layer_norm_eps, cfg.initializer_range, cfg.dropout, cfg.cross.hidden
+        self.text_encoder = TextEncoder(cfg, cfg.text)
+        self.image_encoder = ImageEncoder(cfg, cfg.image)
+        self.audio_encoder = AudioEncoder(cfg, cfg.audio)
+        self.text_embed = ModalityEmbedding(cfg.text.hidden, width, cfg.text.max_len, eps, drop, init)
+        self.image_embed = ModalityEmbedding(cfg.image.hidden, width, self.image_encoder.num_tokens + 1, eps, drop,
+                                             init)
+        self.audio_embed = ModalityEmbedding(cfg.audio.hidden, width, self.audio_encoder.num_tokens, eps, drop, init)
+        self.cross_encoder = EncoderStack(width, cfg.cross.layers, cfg.cross.heads, cfg.cross.ffn, drop,
+                                          cfg.attention_dropout, eps, init, final_norm=cfg.cross.final_layer_norm)
+        self.pooler = dense(width, width, init)
+        self.text_decoder = Decoder(cfg, cfg.text_decoder, cfg.text.vocab_size, width)
+        self.image_decoder = Decoder(cfg, cfg.image_decoder, cfg.image_decoder.codebook_size + IMAGE_TOKEN_OFFSET,
+                                     width)
+        image_target = cfg.image.hidden if cfg.image.mode == "pixels" else cfg.image.feature_dim
+        audio_target = cfg.audio.hidden if cfg.audio.mode == "mel" else cfg.audio.feature_dim
+        self.mlm_head = MLMHead(width, cfg.text.hidden, cfg.text.vocab_size, eps, init)
+        self.image_regression_head = RegressionHead(width, image_target, eps, init)
+        self.audio_regression_head = RegressionHead(width, audio_target, eps, init)
+        self.itm_head = dense(width, cfg.heads.itm_classes, init)
+        self.pair_head = dense(width, 2, init)
+        self.contrastive = ContrastiveHead(cfg.text.hidden, cfg.image.hidden, cfg.audio.hidden,
+                                           cfg.heads.contrastive_dim, cfg.heads.temperature, init)
+
+    # ----- single-modal encoders -----
+    def encode_text(self, ids, mask):
+        return self.text_encoder(ids, mask)
+
+    def encode_image(self, images=None, masked=None, feats=None, boxes=None, region_mask=None):
+        return self.image_encoder(images, masked, feats, boxes, region_mask)
+
+    def encode_audio(self, audio, frame_mask, masked=None):
+        return self.audio_encoder(audio, frame_mask, masked)
+
+    # ----- cross-modal encoder -----
+    def fuse(self, text=None, text_mask=None, image=None, image_mask=None, audio=None, audio_mask=None):
+        """Single-modal outputs (any subset, at least one) -> (sequence (B, S, H), mask (B, S))."""
+        parts, masks = (), ()
+        if text is not None:
+            parts, masks = parts + (self.text_embed(text),), masks + (ops.cast(text_mask, ms.float32),)
+        if image is not None:
+            parts, masks = parts + (self.image_embed(image),), masks + (ops.cast(image_mask, ms.float32),)
+        if audio is not None:
+            parts, masks = parts + (self.audio_embed(audio),), masks + (ops.cast(audio_mask, ms.float32),)
+        seq = ops.concat(parts, 1) if len(parts) > 1 else parts[0]
+        mask = ops.concat(masks, 1) if len(masks) > 1 else masks[0]
+        return self.cross_encoder(seq, mask), mask
+
+    def pool(self, seq):
+        return ops.tanh(self.pooler(seq[:, 0]))
+
+    # ----- heads -----
+    def mlm_logits(self, hidden):
+        return self.mlm_head(hidden, self.text_encoder.word_embeddings.embedding_table)
+
+    def text_features(self, text_tokens):
+        """Normalised contrastive embedding of the text tower ([CLS] token)."""
+        return self.contrastive.text(text_tokens[:, 0])
+
+    def image_features(self, image_tokens):
+        """Normalised contrastive embedding of the image tower (global token)."""
+        return self.contrastive.image(image_tokens[:, 0])
+
+    def audio_features(self, audio_tokens, audio_mask):
+        """Normalised contrastive embedding of the audio tower (mean over real tokens)."""
+        w = ops.expand_dims(ops.cast(audio_mask, audio_tokens.dtype), -1)
+        pooled = (audio_tokens * w).sum(1) / ops.maximum(w.sum(1), 1.0)
+        return self.contrastive.audio(pooled)
+
+    def construct(self, text_ids, text_mask, images, audio, frame_mask):
+        """All three modalities through the cross-modal encoder -> (sequence, mask, pooled). Mainly for tools
+        (parameter summary, smoke tests); tasks call the methods above."""
+        text, t_mask = self.encode_text(text_ids, text_mask)
+        image, i_mask = self.encode_image(images)
+        aud, a_mask = self.encode_audio(audio, frame_mask)
+        seq, mask = self.fuse(text, t_mask, image, i_mask, aud, a_mask)
+        return seq, mask, self.pool(seq)
+
+
+def set_compute_dtype(model, dtype):
+    """Run Dense/Embedding/Conv in `dtype` (float16/bfloat16 on Ascend or GPU) with fp32 master weights;
+    LayerNorm and softmax stay fp32. float32 leaves the model untouched."""
+    dtype = {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}[dtype] \
+        if isinstance(dtype, str) else dtype
+    if dtype == ms.float32:
+        return model
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, nn.LayerNorm):
+            cell.to_float(ms.float32)
+        elif isinstance(cell, (nn.Dense, nn.Conv1d)):
+            cell.to_float(dtype)
+    return model
+
+
+def build_model(model_cfg, vocab_size=None):
+    """Build OPTModel from the `model` config section; `vocab_size` fills `model.text.vocab_size: 0`."""
+    if model_cfg.text.vocab_size <= 0:
+        if not vocab_size:
+            raise ValueError("model.text.vocab_size is 0 and no tokenizer vocab size was given")
+        model_cfg = model_cfg.with_updates({"text.vocab_size": int(vocab_size)})
+    return set_compute_dtype(OPTModel(model_cfg), model_cfg.compute_dtype)
