@@ -1,0 +1,226 @@
+"""Image and audio transforms that turn raw files into the model's input arrays.
+
+Image: float32 (3, S, S), ImageNet mean/std on 0-255 pixels. Audio: float32 (T, D) frames plus an int32 frame mask,
+either 80-bin log-mel frames of 16 kHz speech (25 ms window, 10 ms hop) from a `.wav`, or pre-extracted features
+from a `.npy` file used as they are.
+"""
+
+import math
+import os
+import wave
+
+import numpy as np
+import mindspore.dataset.audio as audio_ops
+import mindspore.dataset.vision as vision
+
+from src.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = 0.025
+HOP_SECONDS = 0.010
+LOG_EPS = 1e-6
+
+_PCM_DTYPES = {1: np.uint8, 2: np.dtype("<i2"), 4: np.dtype("<i4")}
+
+
+# ---------------------------------------------------------------------------------------------------- image
+
+
+def _normalise_ops():
+    """Scale 0-255 pixels with the ImageNet statistics and move channels first."""
+    mean = [255.0 * m for m in IMAGENET_MEAN]
+    std = [255.0 * s for s in IMAGENET_STD]
+    return [vision.Normalize(mean=mean, std=std), vision.HWC2CHW()]
+
+
+def _resize_center_crop_ops(image_size):
+    """Resize the shorter side to `image_size`, then cut the central square (bilinear)."""
+    return [vision.Resize(image_size, vision.Inter.BILINEAR), vision.CenterCrop(image_size)]
+
+
+def image_transforms(image_size, train, random_resized_crop=True, crop_scale=(0.8, 1.0), hflip=False):
+    """Return the `mindspore.dataset.vision` ops for `dataset.map` over encoded image bytes.
+
+    Evaluation: decode, resize the shorter side, centre-crop, normalise, HWC->CHW. Training replaces the resize and
+    centre crop with a random resized crop (when `random_resized_crop`) and adds a random horizontal flip when `hflip`
+    (off by default: captions may say "left" or "right"). Random ops draw from `mindspore.dataset.config`'s seed.
+    """
+    ops = [vision.Decode()]
+    if train and random_resized_crop:
+        ops.append(vision.RandomResizedCrop(image_size, scale=tuple(crop_scale), ratio=CROP_RATIO,
+                                            interpolation=vision.Inter.BILINEAR))
+    else:
+        ops.extend(_resize_center_crop_ops(image_size))
+    if train and hflip:
+        ops.append(vision.RandomHorizontalFlip(0.5))
+    return ops + _normalise_ops()
+
+
+def random_resized_crop_box(height, width, rng, scale=(0.8, 1.0), ratio=CROP_RATIO, attempts=10):
+    """Draw a crop (top, left, crop_height, crop_width) covering `scale` of the area with an aspect ratio in `ratio`.
+
+    Same rule as RandomResizedCrop; when no attempt fits, falls back to the largest centred crop within `ratio`.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(attempts):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        crop_w = int(round(math.sqrt(target_area * aspect)))
+        crop_h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(rng.integers(0, height - crop_h + 1))
+            left = int(rng.integers(0, width - crop_w + 1))
+            return top, left, crop_h, crop_w
+    aspect = width / height
+    if aspect < ratio[0]:
+        crop_w, crop_h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        crop_h, crop_w = height, int(round(height * ratio[1]))
+    else:
+        crop_h, crop_w = height, width
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def _image_bytes(path_or_bytes):
+    """Return (encoded bytes as uint8 array, name for messages) from a path, bytes or a MindRecord bytes column."""
+    if isinstance(path_or_bytes, (str, os.PathLike)):
+        path = os.fspath(path_or_bytes)
+        try:
+            return np.fromfile(path, dtype=np.uint8), path
+        except OSError as err:
+            raise UserError(f"{path}: cannot read the image ({err.strerror}); check the manifest's image path") from err
+    data = path_or_bytes
+    if isinstance(data, np.ndarray) and data.dtype.kind == "S":
+        data = data.reshape(-1)[0]
+    if isinstance(data, (bytes, bytearray)):
+        data = np.frombuffer(bytes(data), dtype=np.uint8)
+    return np.asarray(data, dtype=np.uint8), "<image bytes>"
+
+
+def load_image(path_or_bytes, image_size, train=False, rng=None, random_resized_crop=True,
+               crop_scale=(0.8, 1.0), hflip=False):
+    """Decode and transform one image eagerly into float32 (3, image_size, image_size).
+
+    Evaluation applies exactly `image_transforms(image_size, train=False)`. Training applies the same kinds of ops
+    but draws the crop box and flip from `rng` (a numpy Generator), so a sample's augmentation is reproducible.
+    """
+    data, name = _image_bytes(path_or_bytes)
+    try:
+        image = vision.Decode()(data)
+    except RuntimeError as err:
+        raise UserError(f"{name}: not a decodable image (JPEG, PNG, BMP or TIFF expected); "
+                        "replace or drop this sample") from err
+    if not train:
+        geometry = _resize_center_crop_ops(image_size)
+    else:
+        rng = np.random.default_rng() if rng is None else rng
+        if random_resized_crop:
+            top, left, crop_h, crop_w = random_resized_crop_box(image.shape[0], image.shape[1], rng, crop_scale)
+            geometry = [vision.Crop((top, left), (crop_h, crop_w)),
+                        vision.Resize((image_size, image_size), vision.Inter.BILINEAR)]
+        else:
+            geometry = _resize_center_crop_ops(image_size)
+        if hflip and rng.random() < 0.5:
+            geometry.append(vision.HorizontalFlip())
+    for op in geometry + _normalise_ops():
+        image = op(image)
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- audio
+
+
+def read_wav(path):
+    """Read an integer-PCM WAV file (8/16/32-bit, any channel count) as mono float32 in [-1, 1] and its sample rate."""
+    try:
+        with wave.open(os.fspath(path), "rb") as wav:
+            channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+            raw = wav.readframes(wav.getnframes())
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: audio file not found; check the manifest's audio path") from err
+    except (wave.Error, EOFError, OSError) as err:
+        raise UserError(f"{path}: not a readable PCM WAV file ({err}); convert it to 16-bit PCM WAV") from err
+    if width not in _PCM_DTYPES:
+        raise UserError(f"{path}: {8 * width}-bit samples are not supported; convert it to 16-bit PCM WAV")
+    samples = np.frombuffer(raw, dtype=_PCM_DTYPES[width]).astype(np.float32)
+    if samples.size == 0:
+        raise UserError(f"{path}: the WAV file holds no samples; drop this sample")
+    if width == 1:
+        samples = (samples - 128.0) / 128.0
+    else:
+        samples /= float(2 ** (8 * width - 1))
+    return samples.reshape(-1, channels).mean(axis=1).astype(np.float32), rate
+
+
+def resample(samples, sample_rate, target_rate=SAMPLE_RATE):
+    """Resample a 1-D float32 signal with windowed-sinc interpolation (`mindspore.dataset.audio.Resample`)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if sample_rate == target_rate:
+        return samples
+    return audio_ops.Resample(float(sample_rate), float(target_rate))(samples).astype(np.float32)
+
+
+def log_mel(samples, sample_rate=SAMPLE_RATE, n_mels=80):
+    """Return log(mel power + 1e-6) frames, float32 (1 + len // hop, n_mels), 25 ms Hann window, 10 ms hop.
+
+    Frames are centred (reflect padding); a signal shorter than one window is zero-padded to one window first.
+    """
+    n_fft = int(round(WINDOW_SECONDS * sample_rate))
+    hop = int(round(HOP_SECONDS * sample_rate))
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.size < n_fft:
+        samples = np.pad(samples, (0, n_fft - samples.size))
+    mel = audio_ops.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels)(samples)
+    return np.log(mel.T + LOG_EPS).astype(np.float32)
+
+
+def pad_or_truncate(x, length):
+    """Cut or zero-pad `x` along its first axis to `length`; return (padded, int32 mask of kept rows)."""
+    x = np.asarray(x)
+    kept = min(len(x), length)
+    padded = np.zeros((length,) + x.shape[1:], dtype=x.dtype)
+    padded[:kept] = x[:kept]
+    mask = np.zeros(length, dtype=np.int32)
+    mask[:kept] = 1
+    return padded, mask
+
+
+def _load_features(path):
+    """Load a (T, D) float32 feature array from a `.npy` file."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: audio feature file not found; check the manifest's audio path") from err
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable .npy array ({err}); re-extract the features") from err
+    if features.ndim != 2 or features.dtype.kind not in "fiu":
+        raise UserError(f"{path}: audio features must be a numeric (frames, dim) array, got shape "
+                        f"{features.shape} dtype {features.dtype}; re-extract the features")
+    return features.astype(np.float32)
+
+
+def load_audio(path, max_frames, n_mels=80, feature_dim=None):
+    """Load audio as (frames float32 (max_frames, D), frame_mask int32 (max_frames,)).
+
+    `.wav`: mono, resampled to 16 kHz, log-mel with D = n_mels. `.npy`: pre-extracted (T, D) features as they are.
+    When `feature_dim` is given, D must equal it.
+    """
+    path = os.fspath(path)
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".wav":
+        samples, rate = read_wav(path)
+        frames = log_mel(resample(samples, rate, SAMPLE_RATE), SAMPLE_RATE, n_mels)
+    elif extension == ".npy":
+        frames = _load_features(path)
+    else:
+        raise UserError(f"{path}: audio must be a .wav file or a .npy array of frame features, "
+                        f"got '{extension or 'no extension'}'")
+    if feature_dim is not None and frames.shape[1] != feature_dim:
+        raise UserError(f"{path}: audio frames have dimension {frames.shape[1]} but the model expects "
+                        f"{feature_dim}; fix the model's audio feature size or re-extract the features")
+    return pad_or_truncate(frames, max_frames)
