@@ -1,0 +1,129 @@
+"""Chinese caption sets: Flickr30K-CN / COCO-CN style, or Chinese-CLIP style.
+
+Flickr30K-CN / COCO-CN: --image_list (one image name per line: the split) and --captions (lines
+`image_name#k<TAB>caption`, all splits may share one file). Chinese-CLIP: --texts_jsonl (lines
+`{"text_id", "text", "image_ids"}`) with images `<image_id><image_ext>` in --image_dir, or extracted there first from
+--imgs_tsv (lines `image_id<TAB>base64`). One sample per image with all its captions.
+"""
+
+import json
+import os
+from collections import defaultdict
+
+from tqdm import tqdm
+
+from src.data.converters.common import first_file, save_base64_image, stem, with_suffix
+from src.errors import UserError
+
+DEFAULT_LANG = "zh"
+
+
+def add_arguments(parser):
+    parser.add_argument("--image_list", help="Flickr30K-CN / COCO-CN: file of image names, one per line")
+    parser.add_argument("--captions", help="Flickr30K-CN / COCO-CN: caption file, lines image_name#k<TAB>caption")
+    parser.add_argument("--texts_jsonl", help="Chinese-CLIP: <split>_texts.jsonl")
+    parser.add_argument("--imgs_tsv", help="Chinese-CLIP: <split>_imgs.tsv to extract into --image_dir first")
+    parser.add_argument("--image_dir", nargs="+", required=True, help="image folder(s), searched in order")
+    parser.add_argument("--image_ext", default=".jpg", help="extension of image names given without one (.jpg)")
+
+
+def run(args, report):
+    if args.texts_jsonl and not (args.image_list or args.captions):
+        if len(args.image_dir) != 1:
+            raise UserError("--texts_jsonl takes one --image_dir")
+        image_dir = args.image_dir[0]
+        return convert_texts_jsonl(args.texts_jsonl, image_dir, report, args.lang, args.image_ext, args.imgs_tsv)
+    if args.image_list and args.captions and not (args.texts_jsonl or args.imgs_tsv):
+        return convert_caption_lines(args.image_list, args.captions, args.image_dir, report, args.lang, args.image_ext)
+    raise UserError("cn-captions needs either --image_list with --captions, or --texts_jsonl (and maybe --imgs_tsv)")
+
+
+def _text_lines(path):
+    """Yield (line number, line without its newline) of a UTF-8 text file, skipping blank lines."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path} not found")
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                yield line_no, line.rstrip("\r\n")
+
+
+def convert_caption_lines(image_list, caption_file, image_dirs, report, lang=DEFAULT_LANG, image_ext=".jpg"):
+    """Return one sample per image of `image_list`, with its captions from `caption_file`."""
+    listed = [with_suffix(line.strip(), image_ext) for _, line in _text_lines(image_list)]
+    names = list(dict.fromkeys(listed))
+    if len(names) < len(listed):
+        report.note(f"{len(listed) - len(names)} repeated names in {image_list} counted once")
+    wanted = set(names)
+    captions, other_images = defaultdict(list), 0
+    for line_no, line in _text_lines(caption_file):
+        entry = f"{caption_file} line {line_no}"
+        key, _, caption = line.partition("\t")
+        name = key.split("#", 1)[0].strip()
+        if not name or not caption.strip():
+            report.bad(entry, "expected 'image_name#k<TAB>caption'")
+        elif with_suffix(name, image_ext) in wanted:
+            captions[with_suffix(name, image_ext)].append(caption.strip())
+        else:
+            other_images += 1
+    report.note(f"{other_images} captions of images not in {image_list} left out")
+    samples = []
+    for name in names:
+        entry = f"{image_list} image {name}"
+        path = first_file(os.path.join(folder, name) for folder in image_dirs)
+        if not captions[name]:
+            report.bad(entry, f"has no caption in {caption_file}")
+        elif path is None:
+            report.bad(entry, f"image file not found in {' '.join(image_dirs)}")
+        else:
+            samples.append({"id": stem(name), "image": os.path.abspath(path), "captions": captions[name], "lang": lang})
+    return samples
+
+
+def extract_imgs_tsv(imgs_tsv, image_dir, report):
+    """Write the images of a Chinese-CLIP `<split>_imgs.tsv` into `image_dir`; return {image_id: path}."""
+    paths = {}
+    for line_no, line in tqdm(_text_lines(imgs_tsv), desc="extracting images", unit="image", disable=None):
+        image_id, _, data = line.partition("\t")
+        entry = f"{imgs_tsv} line {line_no} (image_id {image_id!r})"
+        if not data:
+            report.bad(entry, "expected 'image_id<TAB>base64'")
+            continue
+        try:
+            paths[image_id] = save_base64_image(data, image_dir, image_id)
+        except ValueError as err:
+            report.bad(entry, str(err))
+    return paths
+
+
+def convert_texts_jsonl(texts_jsonl, image_dir, report, lang=DEFAULT_LANG, image_ext=".jpg", imgs_tsv=None):
+    """Return one sample per image referenced by a Chinese-CLIP `<split>_texts.jsonl`."""
+    extracted = extract_imgs_tsv(imgs_tsv, image_dir, report) if imgs_tsv else None
+    captions = defaultdict(list)
+    for line_no, line in _text_lines(texts_jsonl):
+        entry = f"{texts_jsonl} line {line_no}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            report.bad(entry, f"not valid JSON ({err.msg})")
+            continue
+        record = record if isinstance(record, dict) else {}
+        text, image_ids = record.get("text"), record.get("image_ids")
+        if not isinstance(text, str) or not text.strip() or not isinstance(image_ids, list) or not image_ids:
+            report.bad(entry, "needs a non-empty 'text' and a non-empty list 'image_ids'")
+            continue
+        for image_id in image_ids:
+            captions[str(image_id)].append(text.strip())
+    samples = []
+    for image_id, texts in captions.items():
+        if extracted is None:
+            path = first_file([os.path.join(image_dir, image_id + image_ext)])
+        else:
+            path = extracted.get(image_id)
+        if path is None:
+            report.bad(f"{texts_jsonl} image_id {image_id}", f"image not found in {imgs_tsv or image_dir}")
+        else:
+            samples.append({"id": image_id, "image": os.path.abspath(path), "captions": texts, "lang": lang})
+    if extracted is not None:
+        report.note(f"{len(set(extracted) - set(captions))} images of {imgs_tsv} have no text and are left out")
+    return samples
