@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Data-parallel training on Ascend with a rank table: one process per card of this server, all started at once.
+#
+#   bash scripts/run_distribute_train.sh RANK_TABLE_FILE TASK CONFIG [KEY=VALUE ...]
+#
+# TASK is pretrain | retrieval | caption | vqa (runs train_<TASK>.py). Run the same command on every server of the
+# table. This server is found by SERVER_ID (its index in server_list, or its server_id) or else by matching the
+# addresses of `hostname -I` against the server_ids. RANK_SIZE and the global RANK_IDs come from the table.
+# Rank R works in, writes to and logs to <output>/rank_R/ (train.log, appended), where <output> is a
+# `run.output_dir=...` override, else $OUTPUT_DIR, else ./outputs/<TASK>. Paths are made absolute before anything
+# changes directory, including override values that name an existing relative path.
+# The script waits for its ranks; when one fails it stops the others and exits 1. Ctrl-C stops them all.
+#
+# Environment: DRY_RUN=1 prints each rank's directory, environment and command without starting anything.
+# PYTHON chooses the interpreter (default: the repository's .venv, else python3). GLOG_v (default 3) and
+# HCCL_CONNECT_TIMEOUT (default 600) are passed on. OPT_TRAIN_CMD replaces `$PYTHON train_<TASK>.py` and exists for
+# the launcher tests only.
+set -euo pipefail
+
+usage() {
+  echo "usage: bash $0 RANK_TABLE_FILE TASK CONFIG [KEY=VALUE ...]   (TASK: pretrain|retrieval|caption|vqa)" >&2
+  exit 2
+}
+die() { echo "error: $*" >&2; exit 2; }
+
+(($# >= 3)) || usage
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RANK_TABLE_FILE="$(realpath -m -- "$1")"
+TASK="$2"
+CONFIG="$(realpath -m -- "$3")"
+shift 3
+case "$TASK" in pretrain | retrieval | caption | vqa) ;; *) usage ;; esac
+[[ -f "$RANK_TABLE_FILE" ]] || die "RANK_TABLE_FILE=$RANK_TABLE_FILE is not a file (see scripts/make_rank_table.py)"
+[[ -f "$CONFIG" ]] || die "CONFIG=$CONFIG is not a file"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="python3"; fi
+fi
+if [[ -n "${OPT_TRAIN_CMD:-}" ]]; then
+  read -r -a ENTRY <<<"$OPT_TRAIN_CMD"
+else
+  ENTRY=("$PYTHON" "$ROOT/train_$TASK.py")
+fi
+
+OUTPUT="${OUTPUT_DIR:-./outputs/$TASK}"
+OVERRIDES=()
+for item in "$@"; do
+  key="${item%%=*}"
+  value="${item#*=}"
+  if [[ "$item" == run.output_dir=* ]]; then
+    OUTPUT="$value"
+  elif [[ "$item" == *=* && -n "$value" && "$value" != /* && -e "$value" ]]; then
+    OVERRIDES+=("$key=$(realpath -- "$value")")
+  else
+    OVERRIDES+=("$item")
+  fi
+done
+OUTPUT="$(realpath -m -- "$OUTPUT")"
+
+PLAN="$("$PYTHON" "$ROOT/scripts/make_rank_table.py" --local "$RANK_TABLE_FILE" --server_id "${SERVER_ID:-}" \
+  --host_ips "$(hostname -I 2>/dev/null || true)")" || exit 2
+RANKS=()
+DEVICES=()
+while read -r kind first second; do
+  case "$kind" in
+    rank_size) RANK_SIZE="$first" ;;
+    server) SERVER="$first ($second)" ;;
+    rank)
+      RANKS+=("$first")
+      DEVICES+=("$second")
+      ;;
+  esac
+done <<<"$PLAN"
+
+export GLOG_v="${GLOG_v:-3}"
+export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-600}"
+
+# Each rank: its directory, environment and command (index i of RANKS/DEVICES).
+rank_dir() { echo "$OUTPUT/rank_${RANKS[$1]}"; }
+rank_env() {
+  RANK_ENV=(DEVICE_ID="${DEVICES[$1]}" RANK_ID="${RANKS[$1]}" RANK_SIZE="$RANK_SIZE" RANK_TABLE_FILE="$RANK_TABLE_FILE")
+}
+rank_cmd() { RANK_CMD=("${ENTRY[@]}" --config "$CONFIG" --set "run.output_dir=$(rank_dir "$1")" "${OVERRIDES[@]}"); }
+
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+  echo "# server $SERVER: ${#RANKS[@]} of $RANK_SIZE ranks; nothing is started (DRY_RUN=1)"
+  echo "export GLOG_v=$GLOG_v HCCL_CONNECT_TIMEOUT=$HCCL_CONNECT_TIMEOUT"
+  for i in "${!RANKS[@]}"; do
+    rank_env "$i"
+    rank_cmd "$i"
+    dir="$(rank_dir "$i")"
+    echo "# rank ${RANKS[$i]} on device ${DEVICES[$i]}"
+    printf 'cd %q &&' "$dir"
+    printf ' %q' "${RANK_ENV[@]}" "${RANK_CMD[@]}"
+    printf ' >> %q 2>&1\n' "$dir/train.log"
+  done
+  exit 0
+fi
+
+PIDS=()
+stop_ranks() {
+  local pid _
+  for pid in "${PIDS[@]}"; do
+    if [[ -n "$pid" ]]; then kill -TERM -- "-$pid" 2>/dev/null || true; fi
+  done
+  for _ in {1..20}; do
+    local alive=0
+    for pid in "${PIDS[@]}"; do
+      if [[ -n "$pid" ]] && kill -0 -- "-$pid" 2>/dev/null; then alive=1; fi
+    done
+    ((alive)) || return 0
+    sleep 0.5
+  done
+  for pid in "${PIDS[@]}"; do
+    if [[ -n "$pid" ]]; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
+  done
+}
+trap 'echo "interrupted: stopping all ranks" >&2; stop_ranks; exit 130' INT TERM
+
+echo "server $SERVER: starting ${#RANKS[@]} of $RANK_SIZE ranks, outputs in $OUTPUT"
+for i in "${!RANKS[@]}"; do
+  rank_env "$i"
+  rank_cmd "$i"
+  dir="$(rank_dir "$i")"
+  mkdir -p "$dir"
+  # setsid: each rank leads its own process group, so stopping it also stops its children (e.g. data workers).
+  (cd "$dir" && exec setsid env "${RANK_ENV[@]}" "${RANK_CMD[@]}") >>"$dir/train.log" 2>&1 &
+  PIDS+=("$!")
+  echo "rank ${RANKS[$i]} (device ${DEVICES[$i]}, pid $!): log $dir/train.log"
+done
+
+running=${#PIDS[@]}
+while ((running > 0)); do
+  sleep 1
+  for i in "${!PIDS[@]}"; do
+    pid="${PIDS[$i]}"
+    if [[ -z "$pid" ]] || kill -0 "$pid" 2>/dev/null; then continue; fi
+    status=0
+    wait "$pid" || status=$?
+    if ((status != 0)); then
+      echo "error: rank ${RANKS[$i]} exited with status $status (log $(rank_dir "$i")/train.log);" \
+        "stopping the other ranks" >&2
+      stop_ranks
+      exit 1
+    fi
+    PIDS[i]=""
+    running=$((running - 1))
+    echo "rank ${RANKS[$i]} finished"
+  done
+done
+echo "all ${#RANKS[@]} ranks of server $SERVER finished; outputs in $OUTPUT"
