@@ -1,0 +1,492 @@
+"""Turn a manifest into MindRecord files: validate every sample, extract its features, count and report rejects.
+
+    python -m src.data.build_mindrecord --manifest data/demo/train.jsonl --out data/mr/train.mindrecord \
+        --vocab vocab/bert-base-chinese.txt [--shards 1] [--workers 2] [--strict] [--max_frames 512] [--image_size 0]
+
+One record per accepted manifest sample (fields in `record_schema`). Rejected samples are never dropped silently:
+`<out>.report.json` counts them per reason and lists the first ones; `--strict` makes any reject an error. Next to
+the data, `<out>.meta.json` records the vocabulary (path and sha256) and what the data holds; the pipelines in
+`src/data/pipeline.py` read it. Output is atomic: files are written in a temporary folder, then moved into place, the
+meta file last.
+"""
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from src.data.manifest import _resolved, captions_of, check_sample
+from src.data.tokenizer import Tokenizer
+from src.data.transforms import load_audio
+from src.errors import UserError
+from src.metrics.report import atomic_write_text
+
+MAX_TEXT_TOKENS = 512        # stored token ids per caption / question, [CLS] and [SEP] included
+N_MELS = 80                  # log-mel bins of audio read from .wav files
+KEPT_IMAGE_FORMATS = ("JPEG", "PNG")
+JPEG_QUALITY = 95
+WRITE_CHUNK = 64             # records per FileWriter.write_raw_data call
+REPORTED_REJECTS = 20
+SHOWN_IN_ERROR = 3
+
+REASONS = {
+    "invalid_utf8": "the line is not UTF-8",
+    "invalid_json": "the line is not a JSON object",
+    "invalid_sample": "a field breaks the manifest format",
+    "duplicate_id": "the id repeats an earlier line",
+    "empty_text": "no usable caption, or an empty question / answer",
+    "missing_image": "no image field or no image file",
+    "bad_image": "the image cannot be decoded or is truncated",
+    "bad_audio": "the audio cannot be read",
+    "bad_image_tokens": "the image-token file cannot be read",
+}
+
+
+class Rejected(Exception):
+    """A sample that cannot be used; `reason` is a key of REASONS, the message says what is wrong."""
+
+    def __init__(self, reason, message, sample_id=None):
+        super().__init__(message)
+        self.reason = reason
+        self.sample_id = sample_id
+
+
+def record_schema(audio_dim):
+    """The MindRecord schema of one sample (see the module docstring of src/data/pipeline.py for the meaning)."""
+    return {
+        "index": {"type": "int64"},
+        "id": {"type": "string"},
+        "image_id": {"type": "string"},
+        "image": {"type": "bytes"},
+        "caption_ids": {"type": "int32", "shape": [-1]},
+        "caption_lens": {"type": "int32", "shape": [-1]},
+        "captions": {"type": "string"},
+        "audio": {"type": "float32", "shape": [-1, audio_dim]},
+        "audio_frames": {"type": "int32"},
+        "question_ids": {"type": "int32", "shape": [-1]},
+        "answers": {"type": "string"},
+        "lang": {"type": "string"},
+        "image_tokens": {"type": "int32", "shape": [-1]},
+    }
+
+
+def vocab_sha256(path):
+    """sha256 of the vocabulary file's bytes: records hold token ids, valid only with this exact vocabulary."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError as err:
+        raise UserError(f"vocabulary file {path} cannot be read ({err.strerror}); check --vocab / data.vocab") from err
+
+
+# ------------------------------------------------------------------------------------------- reading the manifest
+
+
+def scan_manifest(path):
+    """Read the manifest line by line as bytes; return (jobs, rejects).
+
+    jobs: (line_no, sample) with the sample resolved like `read_manifest` does; rejects: dicts (line, id, reason,
+    message) for lines that are not UTF-8, not JSON, break the format, repeat an id or have no usable text.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"manifest {path} not found")
+    folder = os.path.dirname(os.path.abspath(path))
+    with open(path, "rb") as f:
+        raw_lines = f.read().split(b"\n")
+    if raw_lines and raw_lines[0].startswith(b"\xef\xbb\xbf"):
+        raw_lines[0] = raw_lines[0][3:]
+    jobs, rejects, line_of_id = [], [], {}
+    for line_no, raw in enumerate(raw_lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"{path} line {line_no}"
+        try:
+            sample = _parse_line(raw, where)
+            if sample["id"] in line_of_id:
+                raise Rejected("duplicate_id", f"{where}: id {sample['id']!r} already used on line "
+                                               f"{line_of_id[sample['id']]}; ids must be unique", sample["id"])
+        except Rejected as err:
+            rejects.append(_reject_entry(line_no, err))
+            continue
+        line_of_id[sample["id"]] = line_no
+        resolved = _resolved(sample, folder)
+        if "image_tokens" in resolved:
+            resolved["image_tokens_path"] = os.path.normpath(os.path.join(folder, resolved["image_tokens"]))
+        jobs.append((line_no, resolved))
+    return jobs, rejects
+
+
+def _parse_line(raw, where):
+    """One manifest line (bytes) -> the sample dict, or Rejected."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise Rejected("invalid_utf8", f"{where}: not UTF-8 (bad byte at column {err.start + 1}); "
+                                       "save the manifest as UTF-8") from None
+    try:
+        sample = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise Rejected("invalid_json", f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
+                                       "fix or remove the line") from None
+    if not isinstance(sample, dict):
+        raise Rejected("invalid_json", f"{where}: expected a JSON object, got {type(sample).__name__}; "
+                                       "fix or remove the line")
+    sample_id = sample.get("id") if isinstance(sample.get("id"), str) else None
+    try:
+        _check_text(sample, where)
+        check_sample(sample, where)
+    except Rejected as err:
+        err.sample_id = sample_id
+        raise
+    except UserError as err:
+        raise Rejected("invalid_sample", str(err), sample_id) from None
+    return sample
+
+
+def _blank(value):
+    return isinstance(value, str) and not value.strip()
+
+
+def _check_text(sample, where):
+    """Reject a sample without text: VQA lines need a non-blank question and, when `answers` is given (it may be left
+    out for unlabelled test questions), at least one answer and no blank one; other lines need non-blank captions."""
+    if "question" in sample or "answers" in sample:
+        answers = sample.get("answers")
+        if _blank(sample.get("question", "")) or answers == [] or (
+                isinstance(answers, list) and any(_blank(answer) for answer in answers)):
+            raise Rejected("empty_text", f"{where}: empty question or answers; write them or remove the line")
+        return
+    captions = sample.get("captions", [sample["text"]] if "text" in sample else [])
+    if isinstance(captions, list) and (not captions or any(_blank(caption) for caption in captions)):
+        raise Rejected("empty_text", f"{where}: missing or blank caption; write the caption or remove it")
+
+
+def _reject_entry(line_no, err):
+    return {"line": line_no, "id": err.sample_id, "reason": err.reason, "message": str(err)}
+
+
+def _audio_dim(jobs):
+    """Width D of the stored audio frames: N_MELS for .wav files, else that of the first readable .npy file."""
+    for _, sample in jobs:
+        path = sample.get("audio_path")
+        if path is None:
+            continue
+        if not path.lower().endswith(".npy"):
+            return N_MELS
+        try:
+            features = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            continue
+        if features.ndim == 2:
+            return int(features.shape[1])
+    return N_MELS
+
+
+# ------------------------------------------------------------------------------------------ one sample -> record
+
+_SETTINGS = {}
+
+
+def _init_worker(settings):
+    """Set up this process for `process_sample` (called once per pool worker, or once in the main process)."""
+    _SETTINGS.clear()
+    _SETTINGS.update(settings)
+    _SETTINGS["tokenizer"] = Tokenizer(settings["vocab"], lower_case=settings["lower_case"])
+
+
+def process_sample(job):
+    """(line_no, sample) -> ("ok", line_no, record without index) or ("rejected", line_no, reject entry)."""
+    line_no, sample = job
+    where = f"line {line_no} (id {sample['id']!r})"
+    try:
+        record = _record(sample, where, _SETTINGS)
+    except Rejected as err:
+        err.sample_id = sample["id"]
+        return "rejected", line_no, _reject_entry(line_no, err)
+    return "ok", line_no, record
+
+
+def _record(sample, where, settings):
+    tokenizer = settings["tokenizer"]
+    captions = captions_of(sample)
+    caption_ids = [tokenizer.encode(caption, MAX_TEXT_TOKENS) for caption in captions]
+    question = sample.get("question", "")
+    image = b""
+    if "image_path" in sample:
+        image = _image_bytes(sample["image_path"], where, settings["image_size"])
+    elif settings["require_image"]:
+        raise Rejected("missing_image", f"{where}: no 'image' field while other samples have one; add the image")
+    audio = _empty((0, settings["audio_dim"]), np.float32)
+    if "audio_path" in sample:
+        audio = _audio_frames(sample["audio_path"], where, settings)
+    tokens = _empty((0,), np.int32)
+    if "image_tokens_path" in sample:
+        tokens = _image_tokens(sample["image_tokens_path"], where)
+    return {
+        "id": sample["id"],
+        "image_id": sample["image_id"],
+        "image": image,
+        "caption_ids": np.concatenate(caption_ids) if caption_ids else _empty((0,), np.int32),
+        "caption_lens": np.array([len(ids) for ids in caption_ids], dtype=np.int32),
+        "captions": json.dumps(captions, ensure_ascii=False),
+        "audio": audio,
+        "audio_frames": np.int32(len(audio)),
+        "question_ids": tokenizer.encode(question, MAX_TEXT_TOKENS) if question else _empty((0,), np.int32),
+        "answers": json.dumps(sample.get("answers", []), ensure_ascii=False),
+        "lang": sample["lang"],
+        "image_tokens": tokens,
+    }
+
+
+def _empty(shape, dtype):
+    return np.zeros(shape, dtype=dtype)
+
+
+def _image_bytes(path, where, image_size):
+    """The image file's bytes after a full decode check; re-encoded as JPEG when not JPEG/PNG or when downscaled."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise Rejected("missing_image", f"{where}: image {path} cannot be read ({err.strerror}); "
+                                        "fix the path or remove the line") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise Rejected("bad_image", f"{where}: image {path} is corrupt or truncated ({err}); "
+                                    "replace the file or remove the line") from None
+    shorter = min(image.size)
+    downscale = 0 < image_size < shorter
+    if image.format in KEPT_IMAGE_FORMATS and not downscale:
+        return data
+    image = image.convert("RGB")
+    if downscale:
+        scale = image_size / shorter
+        size = (max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale)))
+        image = image.resize(size, Image.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _audio_frames(path, where, settings):
+    """float32 (T, D) frames, T <= max_frames: log-mel of a .wav or the features of a .npy."""
+    try:
+        frames, mask = load_audio(path, settings["max_frames"], n_mels=N_MELS)
+    except (UserError, RuntimeError) as err:
+        raise Rejected("bad_audio", f"{where}: {err}") from None
+    frames = frames[: int(mask.sum())]
+    if frames.shape[1] != settings["audio_dim"]:
+        raise Rejected("bad_audio", f"{where}: audio {path} has frames of width {frames.shape[1]}, other samples "
+                                    f"{settings['audio_dim']}; use one feature size in a manifest")
+    if not np.isfinite(frames).all():
+        raise Rejected("bad_audio", f"{where}: audio {path} holds NaN or infinite values; re-extract it")
+    return np.ascontiguousarray(frames, dtype=np.float32)
+
+
+def _image_tokens(path, where):
+    """VQ codes of an image from a .npy integer grid, flattened row-major to int32."""
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise Rejected("bad_image_tokens", f"{where}: image tokens {path} cannot be read ({err}); "
+                                           "re-extract them") from None
+    if codes.size == 0 or codes.dtype.kind not in "iu":
+        raise Rejected("bad_image_tokens", f"{where}: image tokens {path} must be a non-empty integer array, "
+                                           f"got shape {codes.shape} dtype {codes.dtype}")
+    return codes.reshape(-1).astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+
+
+def build_mindrecord(manifest, out, vocab, shards=1, workers=2, strict=False, max_frames=512, image_size=0,
+                     lower_case=True):
+    """Validate `manifest`, write the accepted samples to MindRecord `out` (+ shards); return the report dict.
+
+    Always writes `<out>.report.json`. Raises UserError when nothing is accepted, or with `strict` when anything is
+    rejected (then no MindRecord is written).
+    """
+    if shards < 1 or workers < 1 or max_frames < 1 or image_size < 0:
+        raise UserError(f"--shards, --workers and --max_frames must be >= 1 and --image_size >= 0, got "
+                        f"{shards}, {workers}, {max_frames}, {image_size}")
+    Tokenizer(vocab, lower_case=lower_case)  # fail early on a bad vocabulary file
+    jobs, rejects = scan_manifest(manifest)
+    scanned = len(jobs) + len(rejects)
+    settings = {"vocab": vocab, "lower_case": lower_case, "max_frames": max_frames, "image_size": image_size,
+                "audio_dim": _audio_dim(jobs), "require_image": any("image_path" in s for _, s in jobs)}
+    out = os.path.abspath(out)
+    folder, name = os.path.split(out)
+    os.makedirs(folder, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(dir=folder, prefix=f"{name}.tmp")
+    try:
+        summary = _write_records(jobs, os.path.join(tmp_dir, name), shards, workers, settings, rejects)
+        report = _report(manifest, out, vocab, settings, summary, rejects, strict)
+        atomic_write_text(f"{out}.report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        if rejects and strict:
+            shown = "; ".join(entry["message"] for entry in rejects[:SHOWN_IN_ERROR])
+            raise UserError(f"--strict: {len(rejects)} of {scanned} samples rejected, "
+                            f"first: {shown}; see {out}.report.json")
+        if summary["accepted"] == 0:
+            raise UserError(f"no sample of {manifest} was accepted; see {out}.report.json")
+        _move_into_place(tmp_dir, folder, summary["files"])
+        atomic_write_text(f"{out}.meta.json", json.dumps(_meta(report, summary), indent=2, ensure_ascii=False))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return report
+
+
+def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
+    """Process the jobs (in a pool when workers > 1), stream accepted records into FileWriter; append rejects."""
+    from mindspore.mindrecord import FileWriter  # heavy import, only where records are written
+
+    writer = FileWriter(tmp_out, shard_num=shards, overwrite=True)
+    writer.add_schema(record_schema(settings["audio_dim"]), "OPT manifest samples")
+    flags = {"has_audio": False, "has_vqa": False, "has_image_tokens": False, "has_captions": True,
+             "has_image": settings["require_image"]}
+    pending, accepted = [], 0
+    bar = tqdm(total=len(jobs), desc="mindrecord", unit="sample", disable=None)
+    for status, _, result in _processed(jobs, workers, settings):
+        bar.update()
+        if status == "rejected":
+            rejects.append(result)
+            continue
+        result["index"] = accepted
+        accepted += 1
+        flags["has_audio"] |= len(result["audio"]) > 0
+        flags["has_vqa"] |= len(result["question_ids"]) > 0
+        flags["has_image_tokens"] |= len(result["image_tokens"]) > 0
+        flags["has_captions"] &= len(result["caption_lens"]) > 0
+        pending.append(result)
+        if len(pending) == WRITE_CHUNK:
+            writer.write_raw_data(pending)
+            pending = []
+    bar.close()
+    if pending:
+        writer.write_raw_data(pending)
+    if accepted:
+        writer.commit()
+    files = [os.path.basename(tmp_out)] if shards == 1 else [f"{os.path.basename(tmp_out)}{k}" for k in range(shards)]
+    rejects.sort(key=lambda entry: entry["line"])
+    return {"accepted": accepted, "files": files, **flags}
+
+
+def _processed(jobs, workers, settings):
+    """Yield process_sample results in manifest order."""
+    if workers == 1:
+        _init_worker(settings)
+        yield from map(process_sample, jobs)
+        return
+    # spawn, not fork: this process already runs MindSpore threads, which a forked child must not inherit
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (settings,)) as pool:
+        yield from pool.imap(process_sample, jobs, chunksize=8)
+
+
+def _move_into_place(tmp_dir, folder, files):
+    """Move the new data files (and their .db index files) into `folder`; remove shards of an earlier build."""
+    name = files[0] if len(files) == 1 else files[0][:-1]
+    meta = os.path.join(folder, f"{name}.meta.json")
+    if os.path.exists(meta):
+        os.remove(meta)
+    new = {f for data in files for f in (data, f"{data}.db")}
+    stale = re.compile(re.escape(name) + r"\d*(\.db)?")
+    for old in os.listdir(folder):
+        if stale.fullmatch(old) and old not in new:
+            os.remove(os.path.join(folder, old))
+    for f in sorted(new):
+        os.chmod(os.path.join(tmp_dir, f), 0o644)  # FileWriter creates 0600; data is meant to be shared
+        os.replace(os.path.join(tmp_dir, f), os.path.join(folder, f))
+
+
+def _report(manifest, out, vocab, settings, summary, rejects, strict):
+    return {
+        "manifest": os.path.abspath(manifest),
+        "out": out,
+        "written": not (strict and rejects) and summary["accepted"] > 0,
+        "accepted": summary["accepted"],
+        "rejected": len(rejects),
+        "rejected_by_reason": dict(sorted(Counter(entry["reason"] for entry in rejects).items())),
+        "first_rejected": rejects[:REPORTED_REJECTS],
+        "reasons": REASONS,
+        "vocab": os.path.abspath(vocab),
+        "vocab_sha256": vocab_sha256(vocab),
+        "settings": {key: settings[key] for key in ("lower_case", "max_frames", "image_size", "audio_dim")},
+        "schema": record_schema(settings["audio_dim"]),
+    }
+
+
+def _meta(report, summary):
+    return {
+        "files": summary["files"],
+        "count": summary["accepted"],
+        "vocab": report["vocab"],
+        "vocab_sha256": report["vocab_sha256"],
+        "lower_case": report["settings"]["lower_case"],
+        "max_frames": report["settings"]["max_frames"],
+        "has_image": summary["has_image"],
+        "has_captions": summary["has_captions"],
+        "has_audio": summary["has_audio"],
+        "audio_dim": report["settings"]["audio_dim"],
+        "has_vqa": summary["has_vqa"],
+        "has_image_tokens": summary["has_image_tokens"],
+        "manifest": report["manifest"],
+        "rejected": report["rejected"],
+    }
+
+
+def summary_line(report):
+    """One line for the console: accepted / rejected per reason / where the data went."""
+    reasons = ", ".join(f"{reason} {count}" for reason, count in report["rejected_by_reason"].items())
+    rejected = f"rejected {report['rejected']}" + (f" ({reasons})" if reasons else "")
+    where = report["out"] if report["written"] else "nothing written"
+    return f"accepted {report['accepted']}, {rejected}; {where}; report {report['out']}.report.json"
+
+
+def _bool(text):
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m src.data.build_mindrecord",
+                                     description="Validate a manifest and write its samples as MindRecord.")
+    parser.add_argument("--manifest", required=True, help="manifest JSONL (see src/data/manifest.py)")
+    parser.add_argument("--out", required=True, help="output file, e.g. data/mr/train.mindrecord")
+    parser.add_argument("--vocab", required=True, help="vocabulary file the token ids refer to")
+    parser.add_argument("--shards", type=int, default=1, help="number of MindRecord files (default 1)")
+    parser.add_argument("--workers", type=int, default=2, help="processes validating and extracting (default 2)")
+    parser.add_argument("--strict", action="store_true", help="fail (exit 2) if any sample is rejected")
+    parser.add_argument("--max_frames", type=int, default=512, help="audio frames kept per sample (default 512)")
+    parser.add_argument("--image_size", type=int, default=0,
+                        help="downscale images whose shorter side is larger to this size (default 0 = keep)")
+    parser.add_argument("--lower_case", type=_bool, default=True, help="lower-case text (default true)")
+    args = parser.parse_args(argv)
+    try:
+        report = build_mindrecord(args.manifest, args.out, args.vocab, shards=args.shards, workers=args.workers,
+                                  strict=args.strict, max_frames=args.max_frames, image_size=args.image_size,
+                                  lower_case=args.lower_case)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary_line(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

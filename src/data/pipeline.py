@@ -1,0 +1,425 @@
+"""Per-task `mindspore.dataset` pipelines over the MindRecord files of `src.data.build_mindrecord`.
+
+Which samples a rank reads, and in which order, is decided here (`epoch_indices`) and handed to `MindDataset` as a
+`SubsetSampler`: every rank reads its own slice of one seeded permutation per epoch, and resuming mid-epoch is slicing
+that list. Each sample draws all its randomness (which caption, which tokens / patches / frames to mask) from
+`sample_rng(seed, epoch, index)`, and in-batch matching from the batch's index list, so a batch is a pure function of
+(seed, epoch, index list). Images are decoded and resized by C++ vision ops; text and masking run in a Python map.
+The optional augmentations data.random_crop / data.hflip are C++ ops drawing from `mindspore.dataset.config`'s seed:
+with them on, the image crop is the one thing not fixed by (seed, epoch, index).
+
+A stored record (see `record_schema` in build_mindrecord): `index` (row in accepted order), `id`, `image_id`, `image`
+(encoded bytes), `caption_ids` (every caption as [CLS] .. [SEP], concatenated) with `caption_lens`, `captions` (JSON),
+`audio` (frames, D) with `audio_frames`, `question_ids`, `answers` (JSON), `lang`, `image_tokens` (VQ codes).
+MindRecord gives an empty array column back as a 0-d array; `stored_array` turns that into an empty array again.
+"""
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import mindspore.dataset as ds
+
+from src.data.build_mindrecord import vocab_sha256
+from src.data.masking import (ITM_IMAGE_SWAPPED, ITM_MATCHED, image_token_targets, itm_batch, mask_positions,
+                              mask_tokens, mask_whole_text, modality_schedule, pair_match_batch, sample_rng,
+                              text_generation_targets)
+from src.data.transforms import image_transforms, pad_or_truncate
+from src.errors import UserError
+
+PRETRAIN_TASKS = ("mlm", "mvm", "mam", "itm", "itc", "td", "id")
+_TASK_NEEDS = {"mam": ("audio",), "id": ("image_tokens",)}
+_TASK_EXTRAS = {
+    "mlm": ["mlm_positions", "mlm_labels", "mlm_weights"],
+    "mvm": ["image_masked"],
+    "mam": ["audio_masked"],
+    "itm": ["itm_labels"],
+    "itc": [],
+    "td": ["image_masked", "audio_masked", "dec_input", "dec_target", "dec_weights"],
+    "id": ["image_masked", "img_dec_input", "img_dec_target", "img_dec_weights"],
+}
+ITM_STREAM = 1  # separates the random stream of in-batch matching from the per-sample streams
+
+
+@dataclass(frozen=True)
+class MindRecordInfo:
+    """A built MindRecord: its data files (absolute paths), its meta dict and its number of records."""
+    path: str
+    files: tuple
+    meta: dict
+    count: int
+
+
+def open_mindrecord(path, vocab_path):
+    """Check the MindRecord at `path` (the --out of build_mindrecord, or its first shard) and return its info.
+
+    Raises UserError when the meta file or a data file is missing, or when `vocab_path` is not the vocabulary the
+    token ids were made with (compared by sha256). `vocab_path=None` skips that check (for reading raw text only).
+    """
+    meta_path = _meta_path(path)
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    folder = os.path.dirname(os.path.abspath(meta_path))
+    files = tuple(os.path.join(folder, name) for name in meta["files"])
+    missing = [f for data in files for f in (data, f"{data}.db") if not os.path.isfile(f)]
+    if missing:
+        raise UserError(f"MindRecord {path}: missing {', '.join(missing)}; rebuild it with "
+                        "`python -m src.data.build_mindrecord`")
+    if vocab_path is not None and vocab_sha256(vocab_path) != meta["vocab_sha256"]:
+        raise UserError(f"MindRecord {path} was built with the vocabulary {meta['vocab']} (sha256 "
+                        f"{meta['vocab_sha256'][:12]}...) but {vocab_path} differs, so its token ids would be wrong; "
+                        "set data.vocab to the build's vocabulary or rebuild the MindRecord")
+    return MindRecordInfo(path=path, files=files, meta=meta, count=int(meta["count"]))
+
+
+def _meta_path(path):
+    """`<out>.meta.json` of a MindRecord given as its --out name or as one of its shard files."""
+    candidates = [f"{path}.meta.json"]
+    stripped = path.rstrip("0123456789")
+    if stripped != path:
+        candidates.append(f"{stripped}.meta.json")
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise UserError(f"MindRecord {path} not found (no {candidates[0]}); build it with "
+                    "`python -m src.data.build_mindrecord --manifest M.jsonl --out {path} --vocab V.txt`")
+
+
+def epoch_indices(n, seed, epoch, rank, world, shuffle=True, drop_remainder_to=None):
+    """Positions of the records rank `rank` of `world` reads in epoch `epoch`, in reading order.
+
+    One permutation per epoch from np.random.default_rng([seed, epoch]) (identity when not `shuffle`); rank r takes
+    perm[r::world]. With `drop_remainder_to` = batch size, the permutation is first cut so that every rank gets the
+    same whole number of batches: in one epoch no record is read twice, by any rank.
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside world size {world}")
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle else np.arange(n)
+    if drop_remainder_to:
+        per_rank = n // world // drop_remainder_to * drop_remainder_to
+        if per_rank == 0:
+            raise UserError(f"{n} samples cannot give each of {world} device(s) one batch of {drop_remainder_to}; "
+                            "lower train.batch_size or use more data")
+        order = order[: per_rank * world]
+    return order[rank::world].astype(np.int64)
+
+
+def task_requirements(task):
+    """The data fields a pretraining task needs beyond images and captions: a tuple from ("audio", "image_tokens")."""
+    _check_task(task)
+    return _TASK_NEEDS.get(task, ())
+
+
+def task_columns(task, has_audio):
+    """Names of the columns a `task` batch holds, in order (audio columns only when `has_audio`)."""
+    if "audio" in task_requirements(task) and not has_audio:
+        raise UserError(f"pretraining task '{task}' needs audio; switch it off with --set pretrain.tasks.{task}=0")
+    base = ["text_ids", "text_mask", "image"] + (["audio", "frame_mask"] if has_audio else [])
+    return base + [c for c in _TASK_EXTRAS[task] if has_audio or c != "audio_masked"]
+
+
+def _check_task(task):
+    if task not in PRETRAIN_TASKS:
+        raise UserError(f"unknown pretraining task '{task}'; choose from {', '.join(PRETRAIN_TASKS)}")
+
+
+def _check_data(info, cfg, task=None):
+    """Raise UserError when the data cannot feed the model of `cfg` (and `task`); return whether audio is used."""
+    meta, model = info.meta, cfg.model
+    if meta["lower_case"] != cfg.data.lower_case:
+        raise UserError(f"MindRecord {info.path} was built with lower_case={meta['lower_case']} but data.lower_case "
+                        f"is {cfg.data.lower_case}; make them agree or rebuild")
+    if not meta["has_image"] or model.image.mode != "pixels":
+        raise UserError(f"these pipelines feed images as pixels: MindRecord {info.path} has images "
+                        f"{meta['has_image']}, model.image.mode is {model.image.mode!r}")
+    has_audio = meta["has_audio"] and cfg.data.use_audio
+    audio_dim = model.audio.n_mels if model.audio.mode == "mel" else model.audio.feature_dim
+    if has_audio and meta["audio_dim"] != audio_dim:
+        raise UserError(f"MindRecord {info.path} holds audio frames of width {meta['audio_dim']} but the model "
+                        f"expects {audio_dim} (model.audio.mode {model.audio.mode!r}); fix the model's audio config "
+                        "or set data.use_audio=false")
+    if task is None:
+        return has_audio
+    if not meta["has_captions"]:
+        raise UserError(f"MindRecord {info.path} has samples without captions; pretraining needs a caption for "
+                        "every sample")
+    for need in task_requirements(task):
+        available = has_audio if need == "audio" else meta["has_image_tokens"]
+        if not available:
+            why = "data.use_audio is false" if need == "audio" and meta["has_audio"] else f"{info.path} has none"
+            raise UserError(f"pretraining task '{task}' needs {need.replace('_', ' ')} but {why}; switch the "
+                            f"task off with --set pretrain.tasks.{task}=0")
+    return has_audio
+
+
+def _reader(info, columns, positions, workers):
+    return ds.MindDataset(list(info.files), columns_list=columns, sampler=ds.SubsetSampler(positions.tolist()),
+                          num_parallel_workers=workers)
+
+
+def build_pretrain_dataset(data_path, task, cfg, tokenizer, batch_size, epoch, rank=0, world=1, start_batch=0):
+    """The batches of pretraining `task` for one epoch on rank `rank` of `world`, from batch `start_batch` on.
+
+    Columns as `task_columns(task, has_audio)`; fixed shapes from cfg.model; last partial batch dropped.
+    """
+    _check_task(task)
+    info = open_mindrecord(data_path, cfg.data.vocab)
+    has_audio = _check_data(info, cfg, task)
+    if task == "itm" and batch_size < 3:
+        raise UserError(f"pretraining task 'itm' swaps images and audio inside a batch and needs a batch size of at "
+                        f"least 3, got {batch_size}; raise train.batch_size or switch it off with "
+                        "--set pretrain.tasks.itm=0")
+    positions = epoch_indices(info.count, cfg.run.seed, epoch, rank, world, drop_remainder_to=batch_size)
+    if not 0 <= start_batch < len(positions) // batch_size:
+        raise UserError(f"cannot resume at batch {start_batch}: epoch {epoch} has {len(positions) // batch_size} "
+                        "batches per device")
+    positions = positions[start_batch * batch_size:]
+    samples = _PretrainSample(task, cfg, tokenizer, epoch, has_audio)
+    workers = cfg.data.workers
+    data = _reader(info, ["index", "image"] + samples.input_columns[1:], positions, workers)
+    data = data.map(image_transforms(cfg.model.image.image_size, train=True,
+                                     random_resized_crop=cfg.data.random_crop, crop_scale=cfg.data.crop_scale,
+                                     hflip=cfg.data.hflip), input_columns=["image"], num_parallel_workers=workers)
+    data = data.map(samples, input_columns=samples.input_columns, output_columns=samples.output_columns,
+                    num_parallel_workers=workers)
+    if task == "itm":
+        swap = (_SwapForMatching if has_audio else _SwapPairs)(cfg.run.seed, epoch)
+        data = data.batch(batch_size, drop_remainder=True, per_batch_map=swap, input_columns=swap.input_columns,
+                          output_columns=swap.output_columns, num_parallel_workers=workers)
+    else:
+        data = data.batch(batch_size, drop_remainder=True, num_parallel_workers=workers)
+    return data.project(task_columns(task, has_audio))
+
+
+def build_eval_dataset(data_path, cfg, tokenizer, batch_size, rank=0, world=1, columns=None):
+    """Ordered evaluation batches: rank r reads records r, r + world, ...; every record is counted exactly once.
+
+    All ranks get the same number of batches; the last ones are filled up by repeating a row, and `valid` (B,) int32
+    is 0 on those filler rows. Columns (all by default, or the `columns` asked for): `index` int64, `valid`,
+    `text_ids` / `text_mask` of caption 0, `image` (eval transform), `audio` / `frame_mask` when the data has audio
+    and data.use_audio is on, and `question_ids` / `question_mask` for VQA data.
+    """
+    info = open_mindrecord(data_path, cfg.data.vocab)
+    has_audio = _check_data(info, cfg)
+    has_vqa = info.meta["has_vqa"]
+    available = (["index", "valid", "text_ids", "text_mask", "image"] + (["audio", "frame_mask"] if has_audio else [])
+                 + (["question_ids", "question_mask"] if has_vqa else []))
+    unknown = [c for c in columns or () if c not in available]
+    if unknown:
+        raise UserError(f"evaluation columns {unknown} are not available from {data_path}; choose from {available}")
+    positions = epoch_indices(info.count, 0, 0, rank, world, shuffle=False)
+    batches = math.ceil(math.ceil(info.count / world) / batch_size)
+    filler = positions[-1] if len(positions) else 0
+    padded = np.concatenate([positions, np.full(batches * batch_size - len(positions), filler, dtype=np.int64)])
+    samples = _EvalSample(cfg, tokenizer, has_audio, has_vqa)
+    workers = cfg.data.workers
+    data = _reader(info, ["index", "image"] + samples.input_columns[1:], padded, workers)
+    data = data.map(image_transforms(cfg.model.image.image_size, train=False), input_columns=["image"],
+                    num_parallel_workers=workers)
+    data = data.map(samples, input_columns=samples.input_columns, output_columns=samples.output_columns,
+                    num_parallel_workers=workers)
+    flags = _ValidFlags(batch_size, len(positions))
+    data = data.batch(batch_size, per_batch_map=flags, input_columns=["index"], output_columns=["index", "valid"])
+    return data.project(list(columns) if columns else available)
+
+
+def read_references(data_path):
+    """The raw text of every record, as a list in `index` order: dicts with id, image_id, captions, answers, lang."""
+    info = open_mindrecord(data_path, None)
+    names = ["index", "id", "image_id", "captions", "answers", "lang"]
+    rows = [None] * info.count
+    reader = ds.MindDataset(list(info.files), columns_list=names, shuffle=False)
+    for row in reader.create_dict_iterator(num_epochs=1, output_numpy=True):
+        rows[int(row["index"])] = {
+            "id": str(row["id"]), "image_id": str(row["image_id"]), "captions": json.loads(str(row["captions"])),
+            "answers": json.loads(str(row["answers"])), "lang": str(row["lang"]),
+        }
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ per-sample arrays
+
+
+def stored_array(value, dtype, width=None):
+    """A variable-length column as read back: 0-d means the stored array was empty."""
+    value = np.asarray(value, dtype=dtype)
+    if value.ndim == 0:
+        return np.zeros((0,) if width is None else (0, width), dtype=dtype)
+    return value
+
+
+def _split_captions(caption_ids, caption_lens):
+    """The stored token ids of each caption ([CLS] .. [SEP])."""
+    ids = stored_array(caption_ids, np.int32)
+    bounds = np.cumsum(stored_array(caption_lens, np.int32))[:-1]
+    return np.split(ids, bounds) if len(ids) else []
+
+
+class _SampleArrays:
+    """Text and audio arrays shared by the pretraining and evaluation samples."""
+
+    def __init__(self, cfg, tokenizer, has_audio):
+        self.text_len = cfg.model.text.max_len
+        self.frames = cfg.model.audio.max_frames
+        self.audio_dim = cfg.model.audio.n_mels if cfg.model.audio.mode == "mel" else cfg.model.audio.feature_dim
+        self.pad_id, self.cls_id, self.sep_id = tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id
+        self.has_audio = has_audio
+
+    def text(self, ids):
+        """Stored [CLS] .. [SEP] ids cut to the model's text length (keeping [SEP]) and padded: (ids, mask)."""
+        if len(ids) == 0:
+            ids = np.array([self.cls_id, self.sep_id], dtype=np.int32)
+        if len(ids) > self.text_len:
+            ids = np.append(ids[: self.text_len - 1], np.int32(self.sep_id))
+        padded = np.full(self.text_len, self.pad_id, dtype=np.int32)
+        padded[: len(ids)] = ids
+        mask = np.zeros(self.text_len, dtype=np.int32)
+        mask[: len(ids)] = 1
+        return padded, mask
+
+    def audio(self, audio, audio_frames):
+        """Stored frames cut or padded to the model's frame count: (frames float32 (Tf, D), frame_mask int32 (Tf,))."""
+        frames = stored_array(audio, np.float32, self.audio_dim)[: int(audio_frames)]
+        return pad_or_truncate(frames, self.frames)
+
+
+class _PretrainSample(_SampleArrays):
+    """Python map of one pretraining task: stored record columns -> the task's per-sample arrays."""
+
+    def __init__(self, task, cfg, tokenizer, epoch, has_audio):
+        super().__init__(cfg, tokenizer, has_audio)
+        self.task, self.seed, self.epoch = task, cfg.run.seed, epoch
+        self.pretrain = cfg.pretrain
+        image = cfg.model.image
+        self.patches = (image.image_size // image.patch_size) ** 2
+        audio = cfg.model.audio
+        self.subsample = audio.subsample if audio.mode == "mel" else 1
+        self.audio_tokens = audio.max_frames // self.subsample
+        self.mask_id, self.vocab_size = tokenizer.mask_id, tokenizer.vocab_size
+        self.special_ids = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id)
+        self.decoder_len = cfg.model.text_decoder.max_len
+        self.codebook_size = cfg.model.image_decoder.codebook_size
+        self.image_decoder_len = cfg.model.image_decoder.max_len
+        self.input_columns = (["index", "caption_ids", "caption_lens"] + (["audio", "audio_frames"] if has_audio
+                                                                           else [])
+                              + (["image_tokens"] if task == "id" else []))
+        not_made_here = ("image", "itm_labels")  # from the vision map and the batch map
+        self.output_columns = ["index"] + [c for c in task_columns(task, has_audio) if c not in not_made_here]
+
+    def __call__(self, index, caption_ids, caption_lens, *rest):
+        rng = sample_rng(self.seed, self.epoch, int(index))
+        captions = _split_captions(caption_ids, caption_lens)
+        caption = captions[int(rng.integers(len(captions)))]
+        ids, mask = self.text(caption)
+        out = {"index": index, "text_ids": ids, "text_mask": mask}
+        if self.has_audio:
+            out["audio"], out["frame_mask"] = self.audio(rest[0], rest[1])
+        getattr(self, f"_{self.task}")(out, rng, caption, rest)
+        return tuple(out[c] for c in self.output_columns)
+
+    def _audio_valid(self, out):
+        return out["frame_mask"][:: self.subsample][: self.audio_tokens]
+
+    def _mlm(self, out, rng, caption, rest):
+        out["text_ids"], out["mlm_positions"], out["mlm_labels"], out["mlm_weights"] = mask_tokens(
+            out["text_ids"], out["text_mask"], rng, mask_id=self.mask_id, vocab_size=self.vocab_size,
+            special_ids=self.special_ids, max_predictions=self.pretrain.max_predictions, prob=self.pretrain.mlm_prob)
+
+    def _mvm(self, out, rng, caption, rest):
+        out["image_masked"] = mask_positions(np.ones(self.patches), rng, self.pretrain.mvm_prob)
+
+    def _mam(self, out, rng, caption, rest):
+        out["audio_masked"] = mask_positions(self._audio_valid(out), rng, self.pretrain.mam_prob)
+
+    def _itm(self, out, rng, caption, rest):
+        """Nothing per sample: images and audio are swapped per batch (_SwapForMatching)."""
+
+    def _itc(self, out, rng, caption, rest):
+        """Nothing beyond the common columns."""
+
+    def _td(self, out, rng, caption, rest):
+        out["text_ids"] = mask_whole_text(out["text_ids"], out["text_mask"], self.mask_id)
+        image_full, audio_full = (prob == 1.0 for prob in modality_schedule(rng))
+        if not self.has_audio:  # with text and image gone nothing would be left to decode from
+            image_full = False
+        image_prob = 1.0 if image_full else self.pretrain.mvm_prob
+        out["image_masked"] = mask_positions(np.ones(self.patches), rng, image_prob)
+        if self.has_audio:
+            audio_prob = 1.0 if audio_full else self.pretrain.mam_prob
+            out["audio_masked"] = mask_positions(self._audio_valid(out), rng, audio_prob)
+        out["dec_input"], out["dec_target"], out["dec_weights"] = text_generation_targets(
+            caption, np.ones(len(caption)), self.cls_id, self.sep_id, self.pad_id, self.decoder_len)
+
+    def _id(self, out, rng, caption, rest):
+        out["image_masked"] = np.ones(self.patches, dtype=np.float32)
+        codes = stored_array(rest[-1], np.int32)
+        out["img_dec_input"], out["img_dec_target"], out["img_dec_weights"] = image_token_targets(
+            codes, self.codebook_size, self.image_decoder_len)
+
+
+class _SwapForMatching:
+    """Batch map of three-modal matching: swap images / audio between rows (masking.itm_batch), add itm_labels."""
+
+    input_columns = ["index", "image", "audio", "frame_mask"]
+    output_columns = input_columns + ["itm_labels"]
+
+    def __init__(self, seed, epoch):
+        self.seed, self.epoch = seed, epoch
+
+    def rng(self, index):
+        return np.random.default_rng([int(self.seed), int(self.epoch), ITM_STREAM] + index.tolist())
+
+    def __call__(self, index, image, audio, frame_mask, batch_info):
+        index = np.stack(index)
+        labels, image_src, audio_src = itm_batch(len(index), self.rng(index))
+        return index, np.stack(image)[image_src], np.stack(audio)[audio_src], np.stack(frame_mask)[audio_src], labels
+
+
+class _SwapPairs(_SwapForMatching):
+    """Matching without audio: text-image pairs from masking.pair_match_batch, labelled ITM_MATCHED or
+    ITM_IMAGE_SWAPPED so the matching task trains its two-way (text-image) head."""
+
+    input_columns = ["index", "image"]
+    output_columns = input_columns + ["itm_labels"]
+
+    def __call__(self, index, image, batch_info):
+        index = np.stack(index)
+        matched, image_src = pair_match_batch(len(index), self.rng(index))
+        labels = np.where(matched == 1, ITM_MATCHED, ITM_IMAGE_SWAPPED).astype(np.int32)
+        return index, np.stack(image)[image_src], labels
+
+
+class _EvalSample(_SampleArrays):
+    """Python map of evaluation: caption 0, the question, audio."""
+
+    def __init__(self, cfg, tokenizer, has_audio, has_vqa):
+        super().__init__(cfg, tokenizer, has_audio)
+        self.has_vqa = has_vqa
+        self.input_columns = (["index", "caption_ids", "caption_lens"] + (["question_ids"] if has_vqa else [])
+                              + (["audio", "audio_frames"] if has_audio else []))
+        self.output_columns = (["index", "text_ids", "text_mask"] + (["question_ids", "question_mask"] if has_vqa
+                                                                     else [])
+                               + (["audio", "frame_mask"] if has_audio else []))
+
+    def __call__(self, index, caption_ids, caption_lens, *rest):
+        captions = _split_captions(caption_ids, caption_lens)
+        out = [index, *self.text(captions[0] if captions else np.zeros(0, np.int32))]
+        if self.has_vqa:
+            out += self.text(stored_array(rest[0], np.int32))
+            rest = rest[1:]
+        if self.has_audio:
+            out += self.audio(rest[0], rest[1])
+        return tuple(out)
+
+
+class _ValidFlags:
+    """Batch map of evaluation: `valid` is 1 for the first `real` rows of the rank's stream, 0 for filler rows."""
+
+    def __init__(self, batch_size, real):
+        self.batch_size, self.real = batch_size, real
+
+    def __call__(self, index, batch_info):
+        start = batch_info.get_batch_num() * self.batch_size
+        valid = (start + np.arange(len(index)) < self.real).astype(np.int32)
+        return np.stack(index), valid

@@ -1,0 +1,189 @@
+"""build_mindrecord: validation and reject reasons, exact stored values, re-encoding, --strict, shards and workers."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mindspore.dataset as ds
+
+from src.data.build_mindrecord import build_mindrecord, main, record_schema, vocab_sha256
+from src.data.demo import generate_demo
+from src.data.manifest import read_manifest
+from src.data.tokenizer import Tokenizer
+from src.data.transforms import load_audio
+from src.data.vocab import build_vocab, manifest_texts, write_vocab
+from src.errors import UserError
+
+N_GOOD = 24
+EMPTY_ARRAYS = ("question_ids", "image_tokens")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """24 demo samples with tone audio, their vocabulary, and a manifest with one bad line of each kind appended."""
+    root = tmp_path_factory.mktemp("build")
+    generate_demo(root, N_GOOD, 0, 0, image_size=32, audio="tones", workers=1)
+    vocab = str(root / "vocab.txt")
+    write_vocab(vocab, build_vocab(manifest_texts(read_manifest(root / "train.jsonl"))))
+    jpeg = (root / "images" / "train_000000.jpg").read_bytes()
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 20)
+    (root / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (root / "garbage.wav").write_bytes(os.urandom(300))
+    good = (root / "train.jsonl").read_bytes().rstrip(b"\n").split(b"\n")
+
+    def line(sample_id, **fields):
+        sample = {"id": sample_id, "image": "images/train_000001.jpg", "captions": ["一个红色的圆"], **fields}
+        return json.dumps(sample, ensure_ascii=False).encode()
+
+    bad = [
+        line("corrupt", image="corrupt.jpg"),                                   # line 25
+        line("truncated", image="truncated.jpg"),                               # 26
+        line("no_file", image="images/nowhere.jpg"),                            # 27
+        line("no_audio", audio="audio/nowhere.wav"),                            # 28
+        line("garbage_audio", audio="garbage.wav"),                             # 29
+        line("blank", captions=["  "]),                                         # 30
+        b'{"id": "latin1", "image": "images/train_000001.jpg", "text": "caf\xe9"}',  # 31
+        b"this is not json",                                                    # 32
+        good[3],                                                                # 33: repeats an id
+    ]
+    (root / "mixed.jsonl").write_bytes(b"\n".join(good + bad) + b"\n")
+    return root, vocab
+
+
+def read_rows(path, columns=None):
+    data = ds.MindDataset(str(path), columns_list=columns, shuffle=False)
+    rows = list(data.create_dict_iterator(num_epochs=1, output_numpy=True))
+    return sorted(rows, key=lambda row: int(row["index"]))
+
+
+def test_rejects_are_counted_per_reason_and_named_by_line(demo, tmp_path):
+    root, vocab = demo
+    out = tmp_path / "mixed.mindrecord"
+    report = build_mindrecord(str(root / "mixed.jsonl"), str(out), vocab, workers=1)
+    assert report["accepted"] == N_GOOD and report["rejected"] == 9 and report["written"]
+    assert report["rejected_by_reason"] == {"bad_audio": 2, "bad_image": 2, "duplicate_id": 1, "empty_text": 1,
+                                            "invalid_json": 1, "invalid_utf8": 1, "missing_image": 1}
+    by_line = {entry["line"]: entry for entry in report["first_rejected"]}
+    assert [(by_line[n]["id"], by_line[n]["reason"]) for n in range(25, 34)] == [
+        ("corrupt", "bad_image"), ("truncated", "bad_image"), ("no_file", "missing_image"),
+        ("no_audio", "bad_audio"), ("garbage_audio", "bad_audio"), ("blank", "empty_text"),
+        (None, "invalid_utf8"), (None, "invalid_json"), ("train_000003", "duplicate_id")]
+    assert "line 32: not valid JSON" in by_line[32]["message"]
+    assert "line 31: not UTF-8" in by_line[31]["message"]
+    assert "already used on line 4" in by_line[33]["message"]
+    saved = json.loads((tmp_path / "mixed.mindrecord.report.json").read_text(encoding="utf-8"))
+    assert saved["rejected_by_reason"] == report["rejected_by_reason"]
+    assert saved["vocab_sha256"] == vocab_sha256(vocab) and saved["schema"] == record_schema(80)
+    meta = json.loads((tmp_path / "mixed.mindrecord.meta.json").read_text(encoding="utf-8"))
+    assert meta["count"] == N_GOOD and meta["files"] == ["mixed.mindrecord"]
+    assert (meta["has_audio"], meta["audio_dim"], meta["has_vqa"], meta["has_image_tokens"]) == (True, 80, False, False)
+    assert len(read_rows(out, ["index"])) == N_GOOD
+
+
+def test_stored_values_equal_the_sources(demo, tmp_path):
+    root, vocab = demo
+    out = tmp_path / "train.mindrecord"
+    build_mindrecord(str(root / "train.jsonl"), str(out), vocab, workers=1, max_frames=64)
+    tokenizer = Tokenizer(vocab)
+    samples = read_manifest(root / "train.jsonl")
+    rows = read_rows(out)
+    assert [int(row["index"]) for row in rows] == list(range(N_GOOD))
+    for sample, row in zip(samples, rows):
+        assert str(row["id"]) == sample["id"] and str(row["image_id"]) == sample["id"] and str(row["lang"]) == "zh"
+        expected = [tokenizer.encode(caption, 512) for caption in sample["captions"]]
+        np.testing.assert_array_equal(row["caption_ids"], np.concatenate(expected))
+        np.testing.assert_array_equal(row["caption_lens"], [len(ids) for ids in expected])
+        assert json.loads(str(row["captions"])) == sample["captions"]
+        assert row["image"].reshape(-1)[0] == open(sample["image_path"], "rb").read()  # JPEG kept byte for byte
+        frames, mask = load_audio(sample["audio_path"], 64)
+        assert int(row["audio_frames"]) == mask.sum() > 0
+        np.testing.assert_array_equal(row["audio"], frames[: mask.sum()])
+        assert json.loads(str(row["answers"])) == []
+
+
+def test_vqa_features_and_image_tokens(demo, tmp_path):
+    """VQA questions are tokenised, .npy audio keeps its width, image-token grids are flattened."""
+    root, vocab = demo
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a0.npy", rng.standard_normal((5, 20)).astype(np.float32))
+    np.save(tmp_path / "a1.npy", rng.standard_normal((3, 7)).astype(np.float32))
+    np.save(tmp_path / "codes.npy", np.arange(6).reshape(2, 3))
+    image = str(root / "images" / "train_000002.jpg")
+    lines = [
+        {"id": "q0", "image_id": "img", "image": image, "question": "图中有几个圆？", "answers": ["1", "一"],
+         "audio": "a0.npy", "image_tokens": "codes.npy"},
+        {"id": "q1", "image_id": "img", "image": image, "question": "什么颜色？", "answers": ["红色"],
+         "audio": "a1.npy"},
+        {"id": "q2", "image_id": "img", "image": image, "question": "什么颜色？", "answers": [""]},
+    ]
+    manifest = tmp_path / "vqa.jsonl"
+    manifest.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in lines), encoding="utf-8")
+    report = build_mindrecord(str(manifest), str(tmp_path / "vqa.mindrecord"), vocab, workers=1)
+    assert report["rejected_by_reason"] == {"bad_audio": 1, "empty_text": 1}
+    assert "width 7" in report["first_rejected"][0]["message"]
+    (row,) = read_rows(tmp_path / "vqa.mindrecord")
+    np.testing.assert_array_equal(row["question_ids"], Tokenizer(vocab).encode("图中有几个圆？", 512))
+    assert json.loads(str(row["answers"])) == ["1", "一"] and str(row["image_id"]) == "img"
+    np.testing.assert_array_equal(row["audio"], np.load(tmp_path / "a0.npy"))
+    np.testing.assert_array_equal(row["image_tokens"], np.arange(6))
+    meta = json.loads((tmp_path / "vqa.mindrecord.meta.json").read_text(encoding="utf-8"))
+    flags = (meta["audio_dim"], meta["has_vqa"], meta["has_image_tokens"], meta["has_captions"])
+    assert flags == (20, True, True, False)
+
+
+def test_reencodes_other_formats_and_downscales(demo, tmp_path):
+    root, vocab = demo
+    pixels = np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "wide.bmp")
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    lines = [{"id": name, "image": f"wide.{name}", "text": "一个圆"} for name in ("bmp", "png")]
+    manifest = tmp_path / "formats.jsonl"
+    manifest.write_text("".join(json.dumps(s) + "\n" for s in lines), encoding="utf-8")
+
+    def stored_images(image_size):
+        build_mindrecord(str(manifest), str(tmp_path / "f.mindrecord"), vocab, workers=1, image_size=image_size)
+        return [Image.open(io.BytesIO(row["image"].reshape(-1)[0])) for row in read_rows(tmp_path / "f.mindrecord")]
+
+    bmp, png = stored_images(0)
+    assert (bmp.format, bmp.size, png.format, png.size) == ("JPEG", (60, 40), "PNG", (60, 40))
+    assert png.tobytes() == Image.fromarray(pixels).tobytes()
+    bmp, png = stored_images(20)
+    assert (bmp.format, bmp.size, png.format, png.size) == ("JPEG", (30, 20), "JPEG", (30, 20))
+
+
+def test_strict_fails_and_writes_no_data(demo, tmp_path, capsys):
+    root, vocab = demo
+    out = tmp_path / "strict.mindrecord"
+    code = main(["--manifest", str(root / "mixed.jsonl"), "--out", str(out), "--vocab", vocab, "--workers", "1",
+                 "--strict"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --strict: 9 of 33 samples rejected")
+    assert "line 25" in err and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["strict.mindrecord.report.json"]
+    with pytest.raises(UserError, match="no sample"):
+        empty = tmp_path / "empty.jsonl"
+        empty.write_bytes(b"not json\n")
+        build_mindrecord(str(empty), str(tmp_path / "empty.mindrecord"), vocab, workers=1)
+
+
+def test_pool_workers_and_shards_give_the_same_records(demo, tmp_path):
+    root, vocab = demo
+    build_mindrecord(str(root / "train.jsonl"), str(tmp_path / "one.mindrecord"), vocab, workers=1, max_frames=32)
+    code = main(["--manifest", str(root / "train.jsonl"), "--out", str(tmp_path / "two.mindrecord"), "--vocab", vocab,
+                 "--workers", "2", "--shards", "2", "--max_frames", "32"])
+    assert code == 0
+    meta = json.loads((tmp_path / "two.mindrecord.meta.json").read_text(encoding="utf-8"))
+    assert meta["files"] == ["two.mindrecord0", "two.mindrecord1"]
+    assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]
+    one, two = read_rows(tmp_path / "one.mindrecord"), read_rows(tmp_path / "two.mindrecord0")
+    assert len(one) == len(two) == N_GOOD
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        for key in a:
+            if a[key].ndim == 0 and key in EMPTY_ARRAYS:  # an empty array column reads back as a 0-d array
+                assert b[key].ndim == 0
+            else:
+                np.testing.assert_array_equal(a[key], b[key])

@@ -1,0 +1,250 @@
+"""Per-task pretraining pipelines and the evaluation pipeline over MindRecord: columns, values, sharding, resume."""
+import json
+
+import numpy as np
+import pytest
+
+from src.data.build_mindrecord import build_mindrecord
+from src.data.demo import generate_demo
+from src.data.manifest import read_manifest
+from src.data.masking import (ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER,
+                              IMAGE_BOS_ID, IMAGE_EOS_ID, mask_tokens, sample_rng)
+from src.data.pipeline import (PRETRAIN_TASKS, build_eval_dataset, build_pretrain_dataset, epoch_indices,
+                               open_mindrecord, read_references, task_columns, task_requirements)
+from src.data.tokenizer import Tokenizer
+from src.data.vocab import build_vocab, manifest_texts, write_vocab
+from src.errors import UserError
+from tests.helpers import model_config
+
+SEED, B = 7, 4
+N_TRAIN, N_VAL = 24, 7
+COMMON = ["text_ids", "text_mask", "image", "audio", "frame_mask"]
+COLUMNS = {
+    "mlm": COMMON + ["mlm_positions", "mlm_labels", "mlm_weights"],
+    "mvm": COMMON + ["image_masked"],
+    "mam": COMMON + ["audio_masked"],
+    "itm": COMMON + ["itm_labels"],
+    "itc": COMMON,
+    "td": COMMON + ["image_masked", "audio_masked", "dec_input", "dec_target", "dec_weights"],
+    "id": COMMON + ["image_masked", "img_dec_input", "img_dec_target", "img_dec_weights"],
+}
+# The tiny model: text 12, image 32 with patch 8 (16 patches), 32 mel frames of 80 bins subsampled by 4 (8 tokens),
+# 8 MLM predictions, text decoder 12, image decoder 17 with a codebook of 16.
+SHAPES = {
+    "text_ids": ((B, 12), "int32"), "text_mask": ((B, 12), "int32"), "image": ((B, 3, 32, 32), "float32"),
+    "audio": ((B, 32, 80), "float32"), "frame_mask": ((B, 32), "int32"),
+    "mlm_positions": ((B, 8), "int32"), "mlm_labels": ((B, 8), "int32"), "mlm_weights": ((B, 8), "float32"),
+    "image_masked": ((B, 16), "float32"), "audio_masked": ((B, 8), "float32"), "itm_labels": ((B,), "int32"),
+    "dec_input": ((B, 12), "int32"), "dec_target": ((B, 12), "int32"), "dec_weights": ((B, 12), "float32"),
+    "img_dec_input": ((B, 17), "int32"), "img_dec_target": ((B, 17), "int32"), "img_dec_weights": ((B, 17), "float32"),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Demo train (with a 4x4 grid of image tokens per sample), val and val VQA MindRecords, tokenizer and config."""
+    root = tmp_path_factory.mktemp("pipeline")
+    generate_demo(root, N_TRAIN, N_VAL, 0, image_size=32, audio="tones", workers=1)
+    vocab = str(root / "vocab.txt")
+    texts = [text for name in ("train.jsonl", "val.jsonl", "val_vqa.jsonl")
+             for text in manifest_texts(read_manifest(root / name))]
+    write_vocab(vocab, build_vocab(texts))
+    rng = np.random.default_rng(0)
+    (root / "codes").mkdir()
+    lines = []
+    for line in (root / "train.jsonl").read_text(encoding="utf-8").splitlines():
+        sample = json.loads(line)
+        np.save(root / "codes" / f"{sample['id']}.npy", rng.integers(0, 16, (4, 4)))
+        lines.append(json.dumps({**sample, "image_tokens": f"codes/{sample['id']}.npy"}, ensure_ascii=False))
+    (root / "train_tokens.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    paths = {}
+    for name, manifest in (("train", "train_tokens"), ("val", "val"), ("vqa", "val_vqa")):
+        paths[name] = str(root / f"{name}.mindrecord")
+        build_mindrecord(str(root / f"{manifest}.jsonl"), paths[name], vocab, workers=1, max_frames=256)
+    tokenizer = Tokenizer(vocab)
+    cfg = model_config("tiny", [f"model.text.vocab_size={tokenizer.vocab_size}", f"data.vocab={vocab}",
+                                f"run.seed={SEED}"])
+    samples = {name: read_manifest(root / f"{manifest}.jsonl")
+               for name, manifest in (("train", "train_tokens"), ("val", "val"), ("vqa", "val_vqa"))}
+    return {"root": root, "paths": paths, "tokenizer": tokenizer, "cfg": cfg, "samples": samples}
+
+
+def batches(data_set):
+    return list(data_set.create_dict_iterator(num_epochs=1, output_numpy=True))
+
+
+def pretrain(data, task, epoch=0, **kwargs):
+    kwargs.setdefault("batch_size", B)
+    return batches(build_pretrain_dataset(data["paths"]["train"], task, kwargs.pop("cfg", data["cfg"]),
+                                          data["tokenizer"], epoch=epoch, **kwargs))
+
+
+def eval_images(data, name="train"):
+    """Eval-transformed image of every record, by index (the pretraining transform without random crop is the same)."""
+    (batch,) = batches(build_eval_dataset(data["paths"][name], data["cfg"], data["tokenizer"], N_TRAIN,
+                                          columns=["index", "image"]))
+    return batch["image"][np.argsort(batch["index"])]
+
+
+def test_every_task_has_exactly_the_contracted_columns(data):
+    for task in PRETRAIN_TASKS:
+        assert task_columns(task, has_audio=True) == COLUMNS[task]
+        result = pretrain(data, task)
+        assert len(result) == N_TRAIN // B
+        batch = result[0]
+        assert list(batch) == COLUMNS[task], task
+        for name, value in batch.items():
+            assert (value.shape, str(value.dtype)) == SHAPES[name], (task, name)
+    assert task_columns("td", has_audio=False) == COMMON[:3] + ["image_masked", "dec_input", "dec_target",
+                                                                 "dec_weights"]
+    assert task_requirements("mam") == ("audio",) and task_requirements("id") == ("image_tokens",)
+    assert task_requirements("itm") == ()     # without audio it becomes text-image pair matching
+    assert task_requirements("mlm") == ()
+
+
+def test_mlm_batch_is_a_pure_function_of_seed_epoch_and_index(data):
+    tokenizer = data["tokenizer"]
+    first = pretrain(data, "mlm")
+    order = epoch_indices(N_TRAIN, SEED, 0, 0, 1, drop_remainder_to=B)
+    for row in range(B):
+        index = int(order[row])
+        rng = sample_rng(SEED, 0, index)
+        captions = data["samples"]["train"][index]["captions"]
+        ids, mask = tokenizer.encode_padded(captions[rng.integers(len(captions))], 12)
+        expected = mask_tokens(ids, mask, rng, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                               special_ids=(0, 1, 2, 3, 4), max_predictions=8, prob=0.15)
+        for name, value in zip(["text_ids", "mlm_positions", "mlm_labels", "mlm_weights"], expected):
+            np.testing.assert_array_equal(first[0][name][row], value)
+        np.testing.assert_array_equal(first[0]["text_mask"][row], mask)
+    again, other_epoch = pretrain(data, "mlm"), pretrain(data, "mlm", epoch=1)
+    for a, b in zip(first, again):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(first[0]["text_ids"], other_epoch[0]["text_ids"])
+
+
+def test_masking_counts_of_mvm_mam_td_and_id(data):
+    (mvm, *_), (mam, *_), (td, *_), (idt, *_) = (pretrain(data, task) for task in ("mvm", "mam", "td", "id"))
+    assert (mvm["image_masked"].sum(axis=1) == 5).all()  # round(16 patches * 0.3)
+    valid = mam["frame_mask"][:, ::4]
+    assert not (mam["audio_masked"] * (1 - valid)).any()
+    np.testing.assert_array_equal(mam["audio_masked"].sum(axis=1), np.floor(valid.sum(axis=1) * 0.3 + 0.5))
+    tokenizer = data["tokenizer"]
+    for row in range(B):
+        length = td["text_mask"][row].sum()
+        assert td["text_ids"][row][0] == tokenizer.cls_id and td["text_ids"][row][length - 1] == tokenizer.sep_id
+        assert (td["text_ids"][row][1:length - 1] == tokenizer.mask_id).all()
+        assert td["image_masked"][row].sum() in (5, 16)
+        tokens = td["frame_mask"][row][::4].sum()
+        assert td["audio_masked"][row].sum() in (np.floor(tokens * 0.3 + 0.5), tokens)
+        weights = int(td["dec_weights"][row].sum())
+        assert td["dec_input"][row][0] == tokenizer.cls_id and td["dec_target"][row][weights - 1] == tokenizer.sep_id
+        np.testing.assert_array_equal(td["dec_input"][row][1:weights], td["dec_target"][row][:weights - 1])
+    order = epoch_indices(N_TRAIN, SEED, 0, 0, 1, drop_remainder_to=B)
+    codes = np.load(data["samples"]["train"][int(order[0])]["image_path"].replace("images", "codes")
+                    .replace(".jpg", ".npy")).reshape(-1)
+    np.testing.assert_array_equal(idt["img_dec_input"][0], [IMAGE_BOS_ID, *(codes + 3)])
+    np.testing.assert_array_equal(idt["img_dec_target"][0], [*(codes + 3), IMAGE_EOS_ID])
+    assert idt["img_dec_weights"][0].sum() == 17 and (idt["image_masked"] == 1).all()
+
+
+def test_itm_labels_match_the_swapped_images_and_audio(data):
+    cfg = data["cfg"].with_updates({"model.audio.max_frames": 256})  # whole clips: their starts can be alike
+    itm, itc = pretrain(data, "itm", batch_size=6, cfg=cfg), pretrain(data, "itc", batch_size=6, cfg=cfg)
+    labels_seen = set()
+    for swapped, plain in zip(itm, itc):
+        for i, label in enumerate(swapped["itm_labels"]):
+            (image_src,) = [j for j in range(6) if np.array_equal(swapped["image"][i], plain["image"][j])]
+            (audio_src,) = [j for j in range(6) if np.array_equal(swapped["audio"][i], plain["audio"][j])]
+            np.testing.assert_array_equal(swapped["frame_mask"][i], plain["frame_mask"][audio_src])
+            expected = {ITM_MATCHED: image_src == audio_src == i,
+                        ITM_IMAGE_SWAPPED: image_src != i and audio_src == i,
+                        ITM_AUDIO_SWAPPED: image_src == i and audio_src != i,
+                        ITM_SAME_OTHER: image_src == audio_src != i,
+                        ITM_BOTH_DIFFERENT: len({i, image_src, audio_src}) == 3}
+            assert expected[int(label)], (label, i, image_src, audio_src)
+            labels_seen.add(int(label))
+        np.testing.assert_array_equal(swapped["text_ids"], plain["text_ids"])
+    assert len(labels_seen) >= 3
+
+
+def test_itm_without_audio_swaps_only_images_and_labels_the_pairs(data):
+    cfg = data["cfg"].with_updates({"data.use_audio": False})
+    itm, itc = pretrain(data, "itm", batch_size=6, cfg=cfg), pretrain(data, "itc", batch_size=6, cfg=cfg)
+    labels_seen = set()
+    for swapped, plain in zip(itm, itc):
+        assert "audio" not in swapped
+        for i, label in enumerate(swapped["itm_labels"]):
+            (image_src,) = [j for j in range(6) if np.array_equal(swapped["image"][i], plain["image"][j])]
+            assert int(label) == (ITM_MATCHED if image_src == i else ITM_IMAGE_SWAPPED)
+            labels_seen.add(int(label))
+    assert labels_seen == {ITM_MATCHED, ITM_IMAGE_SWAPPED}
+
+
+def test_two_ranks_read_disjoint_equal_shares_of_the_epoch(data):
+    images = eval_images(data)
+    for batch_size, per_rank in ((4, 12), (5, 10)):
+        shares = [epoch_indices(N_TRAIN, SEED, 3, rank, 2, drop_remainder_to=batch_size) for rank in (0, 1)]
+        assert [len(share) for share in shares] == [per_rank, per_rank]
+        assert len(set(shares[0]) | set(shares[1])) == 2 * per_rank
+        for rank, share in enumerate(shares):
+            result = pretrain(data, "itc", epoch=3, rank=rank, world=2, batch_size=batch_size)
+            read = np.concatenate([batch["image"] for batch in result])
+            np.testing.assert_array_equal(read, images[share])
+    np.testing.assert_array_equal(epoch_indices(5, 0, 0, 1, 2, shuffle=False), [1, 3])
+
+
+def test_resume_from_a_batch_equals_the_tail_of_the_epoch(data):
+    full, tail = pretrain(data, "td", epoch=2), pretrain(data, "td", epoch=2, start_batch=2)
+    assert len(tail) == len(full) - 2
+    for a, b in zip(full[2:], tail):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_eval_counts_every_sample_once_over_two_ranks(data):
+    tokenizer, cfg = data["tokenizer"], data["cfg"]
+    seen, counts = [], []
+    for rank in (0, 1):
+        result = batches(build_eval_dataset(data["paths"]["val"], cfg, tokenizer, 3, rank=rank, world=2))
+        counts.append(len(result))
+        for batch in result:
+            assert list(batch) == ["index", "valid"] + COMMON
+            assert batch["index"].dtype == np.int64 and batch["valid"].dtype == np.int32
+            for row in range(3):
+                index = int(batch["index"][row])
+                ids, mask = tokenizer.encode_padded(data["samples"]["val"][index]["captions"][0], 12)
+                np.testing.assert_array_equal(batch["text_ids"][row], ids)
+                np.testing.assert_array_equal(batch["text_mask"][row], mask)
+            seen += batch["index"][batch["valid"] == 1].tolist()
+    assert counts == [2, 2]  # 4 and 3 samples, both as two batches of 3
+    assert sorted(seen) == list(range(N_VAL))
+    (vqa,) = batches(build_eval_dataset(data["paths"]["vqa"], cfg, tokenizer, 21,
+                                        columns=["index", "question_ids", "question_mask"]))
+    for row in range(21):
+        question = data["samples"]["vqa"][int(vqa["index"][row])]["question"]
+        np.testing.assert_array_equal(vqa["question_ids"][row], tokenizer.encode_padded(question, 12)[0])
+    references = read_references(data["paths"]["val"])
+    assert [ref["captions"] for ref in references] == [s["captions"] for s in data["samples"]["val"]]
+
+
+def test_unfeedable_tasks_and_mismatched_data_are_user_errors(data, tmp_path):
+    cfg, tokenizer, train = data["cfg"], data["tokenizer"], data["paths"]["train"]
+    no_audio = cfg.with_updates({"data.use_audio": False})
+    assert list(pretrain(data, "mlm", cfg=no_audio)[0]) == COMMON[:3] + COLUMNS["mlm"][5:]
+    with pytest.raises(UserError, match=r"'mam' needs audio but data.use_audio is false.*pretrain.tasks.mam=0"):
+        build_pretrain_dataset(train, "mam", no_audio, tokenizer, B, 0)
+    with pytest.raises(UserError, match=r"'id' needs image tokens.*pretrain.tasks.id=0"):
+        build_pretrain_dataset(data["paths"]["val"], "id", cfg, tokenizer, B, 0)
+    with pytest.raises(UserError, match="batch size of at least 3"):
+        build_pretrain_dataset(train, "itm", cfg, tokenizer, 2, 0)
+    with pytest.raises(UserError, match="cannot resume at batch 6"):
+        build_pretrain_dataset(train, "mlm", cfg, tokenizer, B, 0, start_batch=6)
+    with pytest.raises(UserError, match="unknown pretraining task 'xyz'"):
+        task_columns("xyz", True)
+    other = tmp_path / "other_vocab.txt"
+    other.write_text(open(cfg.data.vocab, encoding="utf-8").read() + "extra\n", encoding="utf-8")
+    with pytest.raises(UserError, match="sha256.*rebuild"):
+        open_mindrecord(train, str(other))
+    with pytest.raises(UserError, match="not found"):
+        open_mindrecord(str(tmp_path / "none.mindrecord"), str(other))
