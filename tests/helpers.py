@@ -32,3 +32,37 @@ def model_inputs(model_cfg, batch=2, seed=0, text_len=None, audio_frames=None):
         "boxes": rng.random((batch, i.max_regions, i.box_dim)).astype(np.float32),
         "audio": audio, "frame_mask": frame_mask,
     }
+
+
+def task_batch(task, model_cfg, pretrain_cfg, batch=4, seed=0, has_audio=True):
+    """A random but well-formed batch for a pre-training task (same columns as src.data.pipeline produces)."""
+    rng = np.random.default_rng(seed)
+    x = model_inputs(model_cfg, batch=batch, seed=seed, text_len=model_cfg.text.max_len - 3,
+                     audio_frames=model_cfg.audio.max_frames - 5)
+    n_patches = (model_cfg.image.image_size // model_cfg.image.patch_size) ** 2
+    n_audio = model_cfg.audio.max_frames // model_cfg.audio.subsample
+    p, ld = pretrain_cfg.max_predictions, model_cfg.text_decoder.max_len
+    cols = {"text_ids": x["text_ids"], "text_mask": x["text_mask"], "image": x["images"]}
+    if has_audio:
+        cols.update(audio=x["audio"], frame_mask=x["frame_mask"])
+    masked = lambda n, prob: (rng.random((batch, n)) < prob).astype(np.float32)  # noqa: E731
+    if task == "mlm":
+        cols["mlm_positions"] = np.sort(rng.choice(np.arange(1, 8), (batch, p)), 1).astype(np.int32)
+        cols["mlm_labels"] = rng.integers(5, model_cfg.text.vocab_size, (batch, p)).astype(np.int32)
+        cols["mlm_weights"] = np.ones((batch, p), np.float32)
+    if task in ("mvm", "td", "id"):
+        cols["image_masked"] = masked(n_patches, 0.3) if task != "id" else np.ones((batch, n_patches), np.float32)
+    if task in ("mam", "td") and has_audio:
+        cols["audio_masked"] = masked(n_audio, 0.3)
+    if task == "itm":
+        cols["itm_labels"] = rng.integers(0, 5, batch).astype(np.int32)
+    if task == "td":
+        cols["dec_input"] = rng.integers(1, model_cfg.text.vocab_size, (batch, ld)).astype(np.int32)
+        cols["dec_target"] = rng.integers(1, model_cfg.text.vocab_size, (batch, ld)).astype(np.int32)
+        cols["dec_weights"] = np.ones((batch, ld), np.float32)
+    if task == "id":
+        li, vocab = model_cfg.image_decoder.max_len, model_cfg.image_decoder.codebook_size + 3
+        cols["img_dec_input"] = rng.integers(1, vocab, (batch, li)).astype(np.int32)
+        cols["img_dec_target"] = rng.integers(1, vocab, (batch, li)).astype(np.int32)
+        cols["img_dec_weights"] = np.ones((batch, li), np.float32)
+    return cols

@@ -1,0 +1,61 @@
+"""Optimizer and learning-rate schedule.
+
+AdamWeightDecay with two parameter groups: weight decay for matrices, none for parameters whose name contains one of
+`optim.no_decay` (LayerNorm, biases, embeddings, special tokens and the temperature by default). The schedule is a
+per-step table (linear warm-up, then cosine / linear decay or constant) handed to the optimizer, which indexes it with
+its own `global_step`; so restoring the optimizer's state restores the position in the schedule.
+"""
+import math
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+
+def lr_at(step, base_lr, end_lr, warmup_steps, total_steps, schedule="cosine"):
+    """Learning rate for 0-based `step`: linear warm-up from base_lr/warmup to base_lr over `warmup_steps`, then decay
+    to `end_lr` at `total_steps` (cosine or linear), or stay at base_lr (constant)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    if schedule == "cosine":
+        return end_lr + 0.5 * (base_lr - end_lr) * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return base_lr + (end_lr - base_lr) * progress
+    raise ValueError(f"optim.schedule must be cosine, linear or constant, got {schedule!r}")
+
+
+def lr_table(optim_cfg, total_steps):
+    """The whole schedule as float32 array of length total_steps (+1 so the last step has a value)."""
+    return np.array([lr_at(s, optim_cfg.lr, optim_cfg.end_lr, optim_cfg.warmup_steps, total_steps,
+                           optim_cfg.schedule) for s in range(total_steps + 1)], np.float32)
+
+
+def split_decay(params, no_decay_keywords):
+    """(decay, no_decay) parameter lists by name keywords (case-insensitive substring match)."""
+    keys = [k.lower() for k in no_decay_keywords]
+    decay, no_decay = [], []
+    for p in params:
+        (no_decay if any(k in p.name.lower() for k in keys) else decay).append(p)
+    return decay, no_decay
+
+
+def build_optimizer(params, optim_cfg, total_steps):
+    if optim_cfg.name != "adamw":
+        raise ValueError(f"optim.name: only 'adamw' is implemented, got {optim_cfg.name!r}")
+    decay, no_decay = split_decay(params, optim_cfg.no_decay)
+    groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    lr = ms.Tensor(lr_table(optim_cfg, total_steps))
+    return nn.AdamWeightDecay(groups, learning_rate=lr, beta1=optim_cfg.beta1, beta2=optim_cfg.beta2,
+                              eps=optim_cfg.eps)
+
+
+def current_lr(optimizer):
+    """The learning rate the optimizer's next step will use."""
+    table = optimizer.learning_rate.asnumpy()
+    step = int(optimizer.global_step.asnumpy().reshape(-1)[0])
+    return float(table[min(step, len(table) - 1)])

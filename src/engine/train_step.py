@@ -1,0 +1,124 @@
+"""The training step, one GRAPH_MODE Cell: forward + backward, data-parallel gradient averaging, dynamic loss scaling
+with overflow skipping, global-norm clipping, gradient accumulation and the optimizer update.
+
+Gradient accumulation splits the incoming batch into `accumulation` equal micro-batches inside the step and averages
+their gradients before one optimizer update, so a step with accumulation k over a batch of k*B samples equals a plain
+step over the same k*B samples (to float tolerance) while holding the activations of only B samples at a time.
+
+Loss scaling works on every backend: overflow is detected with `mindspore.amp.all_finite` on the unscaled gradients
+(the Ascend-only float-status ops are not used). On overflow the update is skipped and the scale is divided by
+`factor`; after `window` finite steps it is multiplied by `factor`. The scale and its counter are Parameters, so they
+are saved in checkpoints and restored on resume.
+"""
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, nn, ops
+
+
+class LossScale(nn.Cell):
+    """Loss-scale state shared by the train steps of all tasks. mode: none | fixed | dynamic."""
+
+    def __init__(self, mode="none", init=65536.0, factor=2.0, window=1000):
+        super().__init__()
+        if mode not in ("none", "fixed", "dynamic"):
+            raise ValueError(f"train.loss_scale must be none, fixed or dynamic, got {mode!r}")
+        self.mode, self.factor, self.window = mode, float(factor), int(window)
+        start = 1.0 if mode == "none" else float(init)
+        self.scale = Parameter(ms.Tensor(np.array(start, np.float32)), name="loss_scale", requires_grad=False)
+        self.good_steps = Parameter(ms.Tensor(np.array(0, np.int32)), name="loss_scale_good_steps",
+                                    requires_grad=False)
+
+    def update(self, finite):
+        """Adjust the scale after a step; returns the scale in use before the update."""
+        if self.mode != "dynamic":
+            return self.scale
+        if finite:
+            grown = self.good_steps + 1 >= self.window
+            new_scale = ops.select(grown, self.scale * self.factor, self.scale)
+            ops.assign(self.good_steps, ops.select(grown, ops.zeros_like(self.good_steps), self.good_steps + 1))
+        else:
+            new_scale = ops.maximum(self.scale / self.factor, 1.0)
+            ops.assign(self.good_steps, ops.zeros_like(self.good_steps))
+        ops.assign(self.scale, new_scale)
+        return self.scale
+
+
+_scale_grad = ops.MultitypeFuncGraph("scale_grad")
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+_add = ops.MultitypeFuncGraph("add")
+
+
+@_scale_grad.register("Tensor", "Tensor")
+def _scale_one(factor, grad):
+    return grad * ops.cast(factor, grad.dtype)
+
+
+@_square_sum.register("Tensor")
+def _square_sum_one(grad):
+    return ops.reduce_sum(ops.square(ops.cast(grad, ms.float32)))
+
+
+@_add.register("Tensor", "Tensor")
+def _add_one(a, b):
+    return a + b
+
+
+class ScaledLoss(nn.Cell):
+    """loss_net's loss times the current loss scale (what the backward pass differentiates)."""
+
+    def __init__(self, loss_net, loss_scale):
+        super().__init__(auto_prefix=False)
+        self.loss_net = loss_net
+        self.loss_scale = loss_scale
+
+    def construct(self, *inputs):
+        return self.loss_net(*inputs) * self.loss_scale.scale
+
+
+class TrainStep(nn.Cell):
+    """`loss_net(*inputs) -> scalar loss`; each call returns (loss, finite, loss_scale, grad_norm).
+
+    Every input's first axis is the batch; with `accumulation` k the batch must be divisible by k. Gradient
+    transforms use HyperMap (a Python comprehension over hundreds of gradients makes graph compilation ~10x slower).
+    """
+
+    def __init__(self, loss_net, optimizer, loss_scale, clip_norm=1.0, accumulation=1):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.loss_scale = loss_scale
+        self.clip_norm = float(clip_norm)
+        self.accumulation = int(accumulation)
+        self.grad_fn = ms.value_and_grad(ScaledLoss(loss_net, loss_scale), None, optimizer.parameters)
+        self.hyper_map = ops.HyperMap()
+        self.distributed = ms.get_auto_parallel_context("parallel_mode") in ("data_parallel", "hybrid_parallel")
+        self.reducer = nn.Identity()
+        if self.distributed:
+            from mindspore.communication import get_group_size
+            self.reducer = nn.DistributedGradReducer(optimizer.parameters, True, get_group_size())
+
+    def micro_batch(self, inputs, i):
+        size = inputs[0].shape[0] // self.accumulation
+        return tuple(x[i * size:(i + 1) * size] for x in inputs)
+
+    def construct(self, *inputs):
+        scale = ops.identity(self.loss_scale.scale)
+        if self.accumulation == 1:
+            loss, grads = self.grad_fn(*inputs)
+        else:
+            loss, grads = self.grad_fn(*self.micro_batch(inputs, 0))
+            for i in range(1, self.accumulation):
+                part_loss, part_grads = self.grad_fn(*self.micro_batch(inputs, i))
+                loss = loss + part_loss
+                grads = self.hyper_map(_add, grads, part_grads)
+        loss = loss / (scale * self.accumulation)
+        grads = self.hyper_map(ops.partial(_scale_grad, 1.0 / (scale * self.accumulation)), grads)
+        grads = self.reducer(grads)
+        finite = ms.amp.all_finite(grads)
+        grad_norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        if self.clip_norm > 0:
+            grads = self.hyper_map(ops.partial(_scale_grad, self.clip_norm / ops.maximum(grad_norm, self.clip_norm)),
+                                   grads)
+        self.loss_scale.update(finite)
+        if finite:
+            self.optimizer(grads)
+        return loss, finite, scale, grad_norm

@@ -1,0 +1,163 @@
+"""Pre-training tasks. Each is a Cell that computes only its own heads and returns one scalar loss.
+
+Inputs come from `src.data.pipeline` batches; `input_names` lists them in the order `construct` takes them (the
+audio columns come last and only when the data has audio). The cross-modal sequence is [text | image | audio].
+
+| task | inputs seen by the cross-modal encoder           | loss                                                  |
+|------|--------------------------------------------------|-------------------------------------------------------|
+| mlm  | masked text, image, audio                        | cross-entropy at the masked text positions            |
+| mvm  | text, image with masked patches, audio           | MSE to the standardised stop-gradient image-encoder    |
+|      |                                                  | output at masked patches (+ optional contrastive)     |
+| mam  | text, image, audio with masked tokens            | MSE as for mvm + contrastive (cosine / T)              |
+| itm  | text, image and audio, some swapped in-batch     | 5-way cross-entropy (which was swapped) + 2-way        |
+|      | (text, image) pairs                              | text-image matching                                    |
+| itc  | single-modal towers only                         | symmetric InfoNCE for text-image, text-audio,          |
+|      |                                                  | image-audio                                            |
+| td   | text fully masked, image/audio partly or fully   | label-smoothed cross-entropy of the text decoder       |
+| id   | text, image fully masked, audio                  | label-smoothed cross-entropy of the image decoder      |
+
+Without audio: mam is unavailable, itm keeps only its 2-way text-image part, itc only text-image.
+"""
+from mindspore import nn, ops
+
+from src.data.masking import ITM_AUDIO_SWAPPED, ITM_MATCHED
+
+from .losses import (cross_entropy, feature_contrastive, feature_regression, gather_positions, info_nce,
+                     standardize)
+
+BASE_INPUTS = ("text_ids", "text_mask", "image")
+AUDIO_INPUTS = ("audio", "frame_mask")
+
+
+class PretrainTask(nn.Cell):
+    extra_inputs = ()          # task-specific batch columns, after the base ones
+    audio_inputs = AUDIO_INPUTS  # fed last, only when the data has audio
+    needs_audio = False
+
+    def __init__(self, model, pretrain_cfg, has_audio):
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.cfg = pretrain_cfg
+        self.has_audio = has_audio
+        self.text_len = model.cfg.text.max_len
+        self.image_len = model.image_encoder.num_tokens + 1
+        self.input_names = BASE_INPUTS + self.extra_inputs + (self.audio_inputs if has_audio else ())
+
+    def encode(self, text_ids, text_mask, image, image_masked=None, audio=None, frame_mask=None, audio_masked=None):
+        """Single-modal encoders and the cross-modal encoder -> (sequence, mask)."""
+        m = self.model
+        text, t_mask = m.encode_text(text_ids, text_mask)
+        img, i_mask = m.encode_image(image, image_masked)
+        if audio is None:
+            return m.fuse(text, t_mask, img, i_mask)
+        aud, a_mask = m.encode_audio(audio, frame_mask, audio_masked)
+        return m.fuse(text, t_mask, img, i_mask, aud, a_mask)
+
+    def image_part(self, seq):
+        """Patch outputs of the cross-modal sequence (the image's global token excluded)."""
+        return seq[:, self.text_len + 1:self.text_len + self.image_len]
+
+    def audio_part(self, seq):
+        return seq[:, self.text_len + self.image_len:]
+
+
+class MLMTask(PretrainTask):
+    extra_inputs = ("mlm_positions", "mlm_labels", "mlm_weights")
+
+    def construct(self, text_ids, text_mask, image, mlm_positions, mlm_labels, mlm_weights, audio=None,
+                  frame_mask=None):
+        seq, _ = self.encode(text_ids, text_mask, image, None, audio, frame_mask)
+        logits = self.model.mlm_logits(gather_positions(seq, mlm_positions))
+        return cross_entropy(logits, mlm_labels, mlm_weights)
+
+
+class MVMTask(PretrainTask):
+    extra_inputs = ("image_masked",)
+
+    def construct(self, text_ids, text_mask, image, image_masked, audio=None, frame_mask=None):
+        target, _ = self.model.encode_image(image)
+        target = standardize(ops.stop_gradient(target[:, 1:]))
+        seq, _ = self.encode(text_ids, text_mask, image, image_masked, audio, frame_mask)
+        pred = self.model.image_regression_head(self.image_part(seq))
+        loss = feature_regression(pred, target, image_masked)
+        if self.cfg.mvm_contrastive_weight > 0:
+            loss = loss + self.cfg.mvm_contrastive_weight * feature_contrastive(
+                pred, target, image_masked, self.cfg.feature_temperature)
+        return loss
+
+
+class MAMTask(PretrainTask):
+    extra_inputs = ("audio_masked",)
+    needs_audio = True
+
+    def construct(self, text_ids, text_mask, image, audio_masked, audio, frame_mask):
+        target, _ = self.model.encode_audio(audio, frame_mask)
+        target = standardize(ops.stop_gradient(target))
+        seq, _ = self.encode(text_ids, text_mask, image, None, audio, frame_mask, audio_masked)
+        pred = self.model.audio_regression_head(self.audio_part(seq))
+        loss = feature_regression(pred, target, audio_masked)
+        if self.cfg.mam_contrastive_weight > 0:
+            loss = loss + self.cfg.mam_contrastive_weight * feature_contrastive(
+                pred, target, audio_masked, self.cfg.feature_temperature)
+        return loss
+
+
+class ITMTask(PretrainTask):
+    """Three-modal matching (5 classes, see src.data.masking.itm_batch) plus text-image pair matching."""
+    extra_inputs = ("itm_labels",)
+
+    def construct(self, text_ids, text_mask, image, itm_labels, audio=None, frame_mask=None):
+        m = self.model
+        text, t_mask = m.encode_text(text_ids, text_mask)
+        img, i_mask = m.encode_image(image)
+        pair_seq, _ = m.fuse(text, t_mask, img, i_mask)
+        image_matches = ops.logical_or(ops.equal(itm_labels, ITM_MATCHED), ops.equal(itm_labels, ITM_AUDIO_SWAPPED))
+        loss = cross_entropy(m.pair_head(m.pool(pair_seq)), ops.cast(image_matches, itm_labels.dtype))
+        if audio is not None:
+            aud, a_mask = m.encode_audio(audio, frame_mask)
+            seq, _ = m.fuse(text, t_mask, img, i_mask, aud, a_mask)
+            loss = loss + cross_entropy(m.itm_head(m.pool(seq)), itm_labels)
+        return loss
+
+
+class ITCTask(PretrainTask):
+    def construct(self, text_ids, text_mask, image, audio=None, frame_mask=None):
+        m = self.model
+        text, _ = m.encode_text(text_ids, text_mask)
+        img, _ = m.encode_image(image)
+        t, i = m.text_features(text), m.image_features(img)
+        scale = m.contrastive.scale()
+        if audio is None:
+            return info_nce(t, i, scale)
+        aud, a_mask = m.encode_audio(audio, frame_mask)
+        a = m.audio_features(aud, a_mask)
+        return (info_nce(t, i, scale) + info_nce(t, a, scale) + info_nce(i, a, scale)) / 3.0
+
+
+class TDTask(PretrainTask):
+    extra_inputs = ("image_masked", "dec_input", "dec_target", "dec_weights")
+    audio_inputs = AUDIO_INPUTS + ("audio_masked",)
+
+    def construct(self, text_ids, text_mask, image, image_masked, dec_input, dec_target, dec_weights, audio=None,
+                  frame_mask=None, audio_masked=None):
+        seq, mask = self.encode(text_ids, text_mask, image, image_masked, audio, frame_mask, audio_masked)
+        logits = self.model.text_decoder(dec_input, seq, mask)
+        return cross_entropy(logits, dec_target, dec_weights, self.cfg.label_smoothing)
+
+
+class IDTask(PretrainTask):
+    extra_inputs = ("image_masked", "img_dec_input", "img_dec_target", "img_dec_weights")
+
+    def construct(self, text_ids, text_mask, image, image_masked, img_dec_input, img_dec_target, img_dec_weights,
+                  audio=None, frame_mask=None):
+        seq, mask = self.encode(text_ids, text_mask, image, image_masked, audio, frame_mask)
+        logits = self.model.image_decoder(img_dec_input, seq, mask)
+        return cross_entropy(logits, img_dec_target, img_dec_weights, self.cfg.label_smoothing)
+
+
+TASKS = {"mlm": MLMTask, "mvm": MVMTask, "mam": MAMTask, "itm": ITMTask, "itc": ITCTask, "td": TDTask,
+         "id": IDTask}
+
+
+def build_task(name, model, pretrain_cfg, has_audio):
+    return TASKS[name](model, pretrain_cfg, has_audio)
