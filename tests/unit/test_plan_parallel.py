@@ -1,0 +1,167 @@
+"""The memory model of src/engine/parallel.py and scripts/plan_parallel.py, against hand-computed figures."""
+import os
+
+import pytest
+
+from scripts.plan_parallel import main
+from src.config import load_config
+from src.engine.parallel import (Candidate, MemoryEstimate, Stack, activation_bytes, estimate_memory,
+                                 layer_activation_bytes, model_strategies, plan_candidates, recommend,
+                                 split_parameter_counts, stack_activation_bytes, token_counts, transformer_stacks)
+from src.models.summary import build_unallocated
+from tests.helpers import ROOT
+
+TINY = os.path.join(ROOT, "config", "model", "tiny.yaml")
+# s=10 tokens, h=8 wide, a=2 heads, ffn 32 = 4h; batch b=2 -> s*b*h = 160, a*s*s*b = 400
+BLOCK = Stack("block", "encoders", layers=3, seq=10, width=8, heads=2, ffn=32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = load_config(TINY).model
+    return cfg, build_unallocated(cfg)
+
+
+# ----- activations ----------------------------------------------------------------------------------------------
+
+def test_block_activations_follow_korthikanti():
+    # fp16: s*b*h*(34 + 5*a*s/h) = 160 * (34 + 12.5)
+    assert layer_activation_bytes(BLOCK, 2, mp=1, e=2) == 7440
+    # tensor parallel 2: s*b*h*(10 + 24/2 + 5*a*s/(2*h)) = 160 * (10 + 12 + 6.25)
+    assert layer_activation_bytes(BLOCK, 2, mp=2, e=2) == 4520
+    # fp32 doubles everything but the 1-byte dropout masks (2*s*b*h + a*s*s*b = 720 of the 7440)
+    assert layer_activation_bytes(BLOCK, 2, mp=1, e=4) == 2 * (7440 - 720) + 720
+
+
+def test_decoder_block_adds_cross_attention():
+    block = Stack("dec", "text decoder", layers=1, seq=10, width=8, heads=2, ffn=32, memory=6)
+    # cross-attention, 10 queries on 6 memory tokens, fp16:
+    #   LayerNorm + query input 2*2*160, output dropout mask 160        = 800
+    #   q + out-projection input 2*2*160, k + v 2*2*(6*2*8)             = 640 + 384
+    #   softmax + dropout output 2*2*(2*10*6*2), dropout mask 2*10*6*2  = 960 + 240
+    assert layer_activation_bytes(block, 2, mp=1, e=2) == 7440 + 800 + 640 + 384 + 960 + 240
+
+
+def test_stack_with_and_without_recompute():
+    assert stack_activation_bytes(BLOCK, 2, 1, 2, recompute=False) == 3 * 7440
+    # recompute keeps each block's input (2 bytes * s*b*h) and one block's activations while recomputing it
+    assert stack_activation_bytes(BLOCK, 2, 1, 2, recompute=True) == 3 * 2 * 160 + 7440
+    # a decoder also keeps the memory it attends to: 2 bytes * 6 tokens * b * h
+    dec = Stack("dec", "text decoder", layers=1, seq=10, width=8, heads=2, ffn=32, memory=6)
+    assert stack_activation_bytes(dec, 2, 1, 2, recompute=False) == layer_activation_bytes(dec, 2, 1, 2) + 192
+
+
+def test_activations_count_encoders_and_the_heavier_decoder():
+    small = Stack("a", "text decoder", 1, 10, 8, 2, 32)
+    big = Stack("b", "image decoder", 2, 10, 8, 2, 32)
+    assert activation_bytes([BLOCK, small, big], 2, 1, 2, recompute=False) == 3 * 7440 + 2 * 7440
+
+
+def test_tiny_stacks(tiny):
+    cfg, _ = tiny
+    assert token_counts(cfg) == (12, (32 // 8) ** 2 + 1, 32 // 4)
+    stacks = {s.name: s for s in transformer_stacks(cfg, 12, 17, 8)}
+    assert stacks["text encoder"] == Stack("text encoder", "encoders", 1, 12, 32, 2, 64)
+    assert stacks["image encoder"].seq == 17 and stacks["audio encoder"].seq == 8
+    assert stacks["cross-modal encoder"] == Stack("cross-modal encoder", "encoders", 2, 37, 48, 4, 96)
+    assert stacks["text decoder memory"] == Stack("text decoder memory", "text decoder", 1, 37, 32, 2, 64)
+    assert stacks["text decoder"] == Stack("text decoder", "text decoder", 2, 12, 32, 2, 64, memory=37)
+    assert stacks["image decoder"] == Stack("image decoder", "image decoder", 1, 17, 32, 2, 64, memory=37)
+    assert "image decoder memory" not in stacks                           # memory_layers: 0
+    no_audio = {s.name: s for s in transformer_stacks(cfg, 12, 17, 0)}
+    assert "audio encoder" not in no_audio and no_audio["cross-modal encoder"].seq == 29
+
+
+# ----- parameters and totals ------------------------------------------------------------------------------------
+
+def _encoder_block(h, f):
+    return 4 * h * h + 3 * h + 2 * h * f + f   # q/k/v/out weights, q/k/v biases, fc1 and fc2 weights, fc1 bias
+
+
+def _decoder_block(h, f):
+    return 2 * (4 * h * h + 3 * h) + 2 * h * f + f   # self- and cross-attention
+
+
+@pytest.mark.parametrize("vocab_dp", [True, False])
+def test_split_parameter_counts_tiny(tiny, vocab_dp):
+    cfg, model = tiny
+    sharded, replicated = split_parameter_counts(model, model_strategies(model, 2, 2, vocab_dp))
+    expected = (4 * _encoder_block(32, 64)          # text, image, audio encoders, text-decoder memory encoder
+                + 2 * _encoder_block(48, 96)        # cross-modal encoder
+                + 3 * _decoder_block(32, 64))       # 2 text-decoder + 1 image-decoder blocks
+    if not vocab_dp:
+        expected += 64 * 32 + 64 * 32 + (16 + 3) * 32   # word table, text- and image-decoder token tables
+    assert sharded == expected
+    assert sharded + replicated == sum(p.size for p in model.get_parameters())
+
+
+def test_estimate_memory_by_hand():
+    m = estimate_memory(sharded=1000, replicated=200, stacks=[BLOCK], dp=2, mp=2, batch_size=2, grad_accumulation=2,
+                        dtype="fp16", optimizer="adamw", optimizer_shard=True)
+    assert m.params == 1000 / 2 + 200
+    assert m.weights == 700 * (4 + 2)          # fp32 master + fp16 copy
+    assert m.grads == 700 * 4 * 2              # fp32, plus the accumulation buffer
+    assert m.optimizer == 700 * 8 / 2          # two fp32 moments, split over dp
+    # micro-batch: 2 samples per device / 2 accumulation steps * mp 2 = 2 per replica
+    assert m.activations == 3 * 4520
+    assert m.activations_recompute == 3 * 2 * 160 + 4520
+    assert m.total(False) == 4200 + 5600 + 2800 + 3 * 4520
+    plain = estimate_memory(1000, 200, [BLOCK], 2, 1, 2, dtype="fp32", optimizer="sgd")
+    assert (plain.weights, plain.grads, plain.optimizer) == (1200 * 4, 1200 * 4, 0)
+
+
+def _candidate(dp, mp, total, total_recompute, problems=()):
+    return Candidate(dp, mp, tuple(problems), MemoryEstimate(dp, mp, 0, total, 0, 0, 0, total_recompute - total))
+
+
+def test_recommend_prefers_least_tensor_parallelism_then_no_recompute():
+    gb = 2 ** 30
+    candidates = [_candidate(8, 1, 70 * gb, 60 * gb), _candidate(4, 2, 40 * gb, 30 * gb),
+                  _candidate(2, 4, 20 * gb, 10 * gb), _candidate(1, 8, 1 * gb, 1 * gb, ["heads"])]
+    best, recompute = recommend(candidates, 64 * gb)         # limit 57.6: mp=2 fits without recompute
+    assert (best.mp, recompute) == (2, False)
+    best, recompute = recommend(candidates, 40 * gb)         # limit 36: mp=2 only with recompute
+    assert (best.mp, recompute) == (2, True)
+    best, recompute = recommend(candidates, 140 * gb, margin=0.5)   # limit 70: exactly fits
+    assert (best.mp, recompute) == (1, False)
+    assert recommend(candidates, 5 * gb) is None             # the invalid mp=8 split is never picked
+
+
+def test_plan_candidates_tiny(tiny):
+    cfg, model = tiny
+    candidates = plan_candidates(model, cfg, 4, batch_size=4, dtype="fp32")
+    assert [(c.dp, c.mp) for c in candidates] == [(4, 1), (2, 2), (1, 4)]
+    assert candidates[0].problems == () and candidates[1].problems == ()
+    assert "model.text.heads=2 is not divisible by parallel.mp=4" in candidates[2].problems
+    total = sum(p.size for p in model.get_parameters())
+    assert candidates[0].memory.params == total
+    assert candidates[0].memory.weights == 4 * total                  # fp32: no extra compute copy
+
+
+# ----- command line ---------------------------------------------------------------------------------------------
+
+def test_cli_prints_table_and_recommendation(capsys):
+    assert main(["--model", TINY, "--devices", "4", "--device_memory_gb", "1", "--dtype", "fp16"]) == 0
+    out = capsys.readouterr().out
+    assert "model tiny" in out and "on 4 devices x 1 GB" in out
+    assert "batch: 16 per device" in out and "tokens: text 12, image 17, audio 8 (cross-modal 37)" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[:2] for row in rows] == [["4", "1"], ["2", "2"], ["1", "4"]]
+    assert rows[0][-1] == "yes" and rows[2][-2:] == ["invalid", "split"]
+    assert "dp=1 mp=4: model.cross.heads=4 is not divisible" not in out     # 4 heads split 4 ways is fine
+    assert "dp=1 mp=4: model.text.heads=2 is not divisible by parallel.mp=4" in out
+    assert "recommended: parallel.mode=data parallel.dp=4 parallel.mp=1 parallel.recompute=false" in out
+
+
+def test_cli_reports_when_nothing_fits(capsys):
+    args = ["--model", TINY, "--devices", "2", "--device_memory_gb", "0.001", "--seq", "12", "17", "0"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "audio 0 (cross-modal 29)" in out and "no split fits" in out
+
+
+def test_cli_usage_errors(capsys):
+    assert main(["--model", TINY, "--devices", "2", "--device_memory_gb", "8", "--seq", "0", "0", "0"]) == 2
+    assert "error: --seq takes three token counts" in capsys.readouterr().err
+    assert main(["--model", "missing.yaml", "--devices", "2", "--device_memory_gb", "8"]) == 2
+    assert "error: config file not found: missing.yaml" in capsys.readouterr().err
