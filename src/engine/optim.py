@@ -1,9 +1,10 @@
 """Optimizer and learning-rate schedule.
 
-AdamWeightDecay with two parameter groups: weight decay for matrices, none for parameters whose name contains one of
-`optim.no_decay` (LayerNorm, biases, embeddings, special tokens and the temperature by default). The schedule is a
-per-step table (linear warm-up, then cosine / linear decay or constant) handed to the optimizer, which indexes it with
-its own `global_step`; so restoring the optimizer's state restores the position in the schedule.
+AdamWeightDecay with two parameter groups: weight decay for matrices, none for vectors and scalars (biases, every
+LayerNorm's gamma and beta, the temperature) and for parameters whose name contains one of `optim.no_decay`
+(embeddings and special tokens by default). The schedule is a per-step table (linear warm-up, then cosine / linear
+decay or constant) handed to the optimizer, which indexes it with its own `global_step`; so restoring the optimizer's
+state restores the position in the schedule.
 """
 import math
 
@@ -35,11 +36,13 @@ def lr_table(optim_cfg, total_steps):
 
 
 def split_decay(params, no_decay_keywords):
-    """(decay, no_decay) parameter lists by name keywords (case-insensitive substring match)."""
+    """(decay, no_decay) parameter lists. No decay for vectors and scalars (LayerNorms are named ln1, final_norm,
+    proj_norm, ..., so names alone miss them) and for names containing a keyword (case-insensitive substring)."""
     keys = [k.lower() for k in no_decay_keywords]
     decay, no_decay = [], []
     for p in params:
-        (no_decay if any(k in p.name.lower() for k in keys) else decay).append(p)
+        exempt = len(p.shape) <= 1 or any(k in p.name.lower() for k in keys)
+        (no_decay if exempt else decay).append(p)
     return decay, no_decay
 
 
@@ -49,13 +52,15 @@ def build_optimizer(params, optim_cfg, total_steps):
     decay, no_decay = split_decay(params, optim_cfg.no_decay)
     groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    lr = ms.Tensor(lr_table(optim_cfg, total_steps))
-    return nn.AdamWeightDecay(groups, learning_rate=lr, beta1=optim_cfg.beta1, beta2=optim_cfg.beta2,
-                              eps=optim_cfg.eps)
+    table = lr_table(optim_cfg, total_steps)
+    optimizer = nn.AdamWeightDecay(groups, learning_rate=ms.Tensor(table), beta1=optim_cfg.beta1,
+                                   beta2=optim_cfg.beta2, eps=optim_cfg.eps)
+    optimizer.lr_schedule = table  # host copy, read by current_lr
+    return optimizer
 
 
 def current_lr(optimizer):
     """The learning rate the optimizer's next step will use."""
-    table = optimizer.learning_rate.asnumpy()
+    table = optimizer.lr_schedule
     step = int(optimizer.global_step.asnumpy().reshape(-1)[0])
     return float(table[min(step, len(table) - 1)])

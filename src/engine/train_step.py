@@ -101,7 +101,7 @@ class TrainStep(nn.Cell):
         return tuple(x[i * size:(i + 1) * size] for x in inputs)
 
     def construct(self, *inputs):
-        scale = ops.identity(self.loss_scale.scale)
+        scale = self.loss_scale.scale * 1.0  # a copy: ops.identity(Parameter) would return the updated value
         if self.accumulation == 1:
             loss, grads = self.grad_fn(*inputs)
         else:

@@ -15,7 +15,8 @@ import numpy as np
 from mindspore import nn, ops
 
 from .encoders import positions
-from .layers import DecoderBlock, EncoderStack, causal_bias, dense, embedding, layer_norm, padding_bias
+from .layers import (DecoderBlock, EncoderStack, TiedProjection, causal_bias, dense, embedding, layer_norm,
+                     padding_bias)
 
 
 class Decoder(nn.Cell):
@@ -33,6 +34,7 @@ class Decoder(nn.Cell):
         self.blocks = nn.CellList([DecoderBlock(c.hidden, c.heads, c.ffn, cfg.dropout, cfg.attention_dropout,
                                                 cfg.layer_norm_eps, init) for _ in range(c.layers)])
         self.final_norm = layer_norm(c.hidden, cfg.layer_norm_eps)
+        self.project = TiedProjection()
         self.output_bias = ms.Parameter(ms.Tensor(np.zeros(vocab_size, np.float32)), name="output_bias")
         self.causal = causal_bias(c.max_len)
 
@@ -41,7 +43,7 @@ class Decoder(nn.Cell):
 
     def logits(self, h):
         """Tied output projection: hidden (B, T, D) -> logits (B, T, vocab)."""
-        return ops.matmul(self.final_norm(h), self.token_embeddings.embedding_table.T) + self.output_bias
+        return self.project(self.final_norm(h), self.token_embeddings.embedding_table) + self.output_bias
 
     def embed(self, tokens):
         return self.dropout(self.token_embeddings(tokens) + self.position_embeddings(positions(tokens.shape[1])))

@@ -5,7 +5,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn, ops
 
-from .layers import dense, layer_norm
+from .layers import TiedProjection, dense, layer_norm
 
 
 class MLMHead(nn.Cell):
@@ -16,11 +16,12 @@ class MLMHead(nn.Cell):
         self.transform = dense(width, text_width, init_range)
         self.act = nn.GELU(approximate=True)
         self.layer_norm = layer_norm(text_width, eps)
+        self.project = TiedProjection()
         self.bias = Parameter(ms.Tensor(np.zeros(vocab_size, np.float32)), name="bias")
 
     def construct(self, x, word_table):
         """x (..., width), word_table (vocab, text_width) -> logits (..., vocab)."""
-        return ops.matmul(self.layer_norm(self.act(self.transform(x))), word_table.T) + self.bias
+        return self.project(self.layer_norm(self.act(self.transform(x))), word_table) + self.bias
 
 
 class RegressionHead(nn.Cell):

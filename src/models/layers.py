@@ -34,6 +34,20 @@ def padding_bias(mask):
     return ops.expand_dims(ops.expand_dims((1.0 - mask) * NEG_INF, 1), 1)
 
 
+class TiedProjection(nn.Cell):
+    """x (..., D) @ table (V, D)^T as one 2-D MatMul. On CPU, ops.matmul of a 3-D tensor with a transposed table is
+    ~30x slower (measured 553 ms vs 19 ms for a 21128 x 768 table); it is also the primitive tensor parallelism
+    shards."""
+
+    def __init__(self):
+        super().__init__()
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x, table):
+        flat = self.matmul(ops.reshape(x, (-1, x.shape[-1])), table)
+        return ops.reshape(flat, x.shape[:-1] + (table.shape[0],))
+
+
 def causal_bias(length):
     """(1, 1, L, L) additive bias that hides future positions."""
     allowed = np.tril(np.ones((length, length), np.float32))
@@ -59,6 +73,9 @@ class Attention(nn.Cell):
         self.value = dense(kv_width, width, init_range)
         self.out = dense(width, width, init_range)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        # primitives (not ops.matmul) so tensor parallelism can shard them and no explicit transpose is needed
+        self.score_matmul = ops.BatchMatMul(transpose_b=True)
+        self.context_matmul = ops.BatchMatMul()
 
     def split_heads(self, x):
         b, n, _ = x.shape
@@ -70,12 +87,12 @@ class Attention(nn.Cell):
 
     def attend(self, q, k, v, bias):
         """q (B,h,Lq,d), k/v (B,h,Lk,d) -> (B, Lq, width)."""
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * self.scale
+        scores = self.score_matmul(q, k) * self.scale
         scores = ops.cast(scores, ms.float32)
         if bias is not None:
             scores = scores + bias
         probs = ops.cast(ops.softmax(scores, -1), v.dtype)
-        return self.out(self.merge_heads(ops.matmul(self.dropout(probs), v)))
+        return self.out(self.merge_heads(self.context_matmul(self.dropout(probs), v)))
 
     def project_kv(self, memory):
         """Keys and values of `memory` (B, Lk, kv_width) as (B, h, Lk, d) each; cross-attention caches them once."""

@@ -239,3 +239,11 @@ def test_pad_or_truncate():
     np.testing.assert_array_equal(mask, [1, 1])
     empty, mask = pad_or_truncate(np.zeros((0, 3), np.float32), 2)
     assert empty.shape == (2, 3) and mask.sum() == 0
+
+
+def test_log_mel_equals_mindspore_mel_spectrogram():
+    import mindspore.dataset.audio as audio_ops
+    from src.data.transforms import log_mel
+    x = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
+    reference = audio_ops.MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=80)(x)
+    np.testing.assert_allclose(log_mel(x), np.log(reference.T + 1e-6), atol=1e-4)

@@ -1,0 +1,15 @@
+"""Evaluate an OPT checkpoint (retrieval, caption, vqa, t2i)."""
+import argparse
+import sys
+
+from src.cli import not_built_yet
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.parse_args(argv)
+    return not_built_yet("eval.py", "evaluation")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The training loop shared by the trainers: per-task train steps over one model and one optimizer, a task mixer,
+per-task data streams, logging, checkpoints and resume.
+
+A run's output folder (`run.output_dir`) holds config.yaml (resolved), metrics.jsonl, checkpoints/step_*/ and
+summary.json / summary.md. Resume (`checkpoint.resume`) restores the model, the optimizer moments and step (and so the
+LR position), the loss scale, each task's data position and the loss statistics; the task of each step and every batch
+are pure functions of (seed, step) and (seed, epoch, sample index), so the resumed run continues exactly as the
+uninterrupted one would have.
+"""
+import math
+import os
+import time
+
+import mindspore as ms
+from mindspore import nn
+from tqdm import tqdm
+
+from src.config import save_config
+from src.engine.checkpoint import (CheckpointManager, capture_rng_state, load_checkpoint, load_into,
+                                   restore_rng_state)
+from src.engine.optim import build_optimizer, current_lr
+from src.engine.run_log import LossTracker, MetricsLog
+from src.engine.train_step import LossScale, TrainStep
+from src.errors import UserError
+from src.metrics.report import markdown_table, write_results
+
+OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "global_step", "learning_rate", "beta1_power", "beta2_power",
+                            "loss_scale")
+
+
+class TrainingState(nn.Cell):
+    """Everything a checkpoint holds: model, optimizer state, loss-scale state (parameter names unchanged)."""
+
+    def __init__(self, model, optimizer, loss_scale):
+        super().__init__(auto_prefix=False)
+        self.model, self.optimizer, self.loss_scale = model, optimizer, loss_scale
+
+    def tensors(self):
+        return {p.name: p for p in self.get_parameters()}
+
+
+class DataStream:
+    """Endless batches of one task: epoch after epoch, resumable at (epoch, batch)."""
+
+    def __init__(self, make_dataset, epoch=0, batch=0):
+        self.make_dataset, self.epoch, self.batch = make_dataset, epoch, batch
+        self._iterator = None
+
+    def _open(self):
+        self._iterator = self.make_dataset(self.epoch, self.batch).create_dict_iterator(num_epochs=1,
+                                                                                        output_numpy=True)
+
+    def next(self):
+        if self._iterator is None:
+            self._open()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.epoch, self.batch = self.epoch + 1, 0
+            self._open()
+            batch = next(self._iterator)
+        self.batch += 1
+        return batch
+
+    def state(self):
+        return {"epoch": self.epoch, "batch": self.batch}
+
+
+def init_from_checkpoint(model, path, allow_missing=False):
+    """Load model weights only (no optimizer state) from a checkpoint directory or file; returns the missing keys."""
+    tensors, _ = load_checkpoint(path)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_STATE_PREFIXES)}
+    missing, unexpected = load_into(model, tensors, strict=False, source=path)
+    if unexpected or (missing and not allow_missing):
+        load_into(model, tensors, strict=True, source=path)  # raises with the full report
+    return missing
+
+
+def resolve_resume(ckpt_cfg, manager):
+    if not ckpt_cfg.resume:
+        return None
+    if ckpt_cfg.resume == "auto":
+        return manager.latest_valid()
+    if not os.path.exists(ckpt_cfg.resume):
+        raise UserError(f"checkpoint.resume: {ckpt_cfg.resume} does not exist; give a checkpoint directory "
+                        "(…/checkpoints/step_XXXXXXXX) or 'auto'")
+    return ckpt_cfg.resume
+
+
+class Trainer:
+    """Runs `cfg.train.steps` optimizer steps over the task Cells in `tasks` ({name: Cell with input_names}), drawing
+    the task of each step from `mixer` and its batch from `streams[name]` (a function (epoch, start_batch) ->
+    dataset)."""
+
+    def __init__(self, cfg, dist, model, tasks, mixer, datasets, samples_per_step):
+        self.cfg, self.dist, self.model, self.mixer = cfg, dist, model, mixer
+        t = cfg.train
+        if t.batch_size % t.grad_accumulation:
+            raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accumulation "
+                            f"{t.grad_accumulation}")
+        self.optimizer = build_optimizer(model.trainable_params(), cfg.optim, t.steps)
+        self.loss_scale = LossScale(t.loss_scale, t.loss_scale_init, t.loss_scale_factor, t.loss_scale_window)
+        self.steps = {}
+        for name, task in tasks.items():
+            step = TrainStep(task, self.optimizer, self.loss_scale, t.clip_norm, t.grad_accumulation)
+            step.set_train(True)
+            self.steps[name] = step
+        self.input_names = {name: task.input_names for name, task in tasks.items()}
+        self.state = TrainingState(model, self.optimizer, self.loss_scale)
+        self.datasets = datasets
+        self.samples_per_step = samples_per_step
+        self.out_dir = cfg.run.output_dir
+        self.manager = CheckpointManager(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint.keep_last,
+                                         cfg.checkpoint.format)
+        self.tracker = LossTracker()
+        self.start_step, self.streams = 0, {}
+        self.skipped = 0
+
+    def restore(self):
+        """Resume from checkpoint.resume or initialise the model from checkpoint.init; returns a notice or None."""
+        ckpt = self.cfg.checkpoint
+        path = resolve_resume(ckpt, self.manager)
+        positions = {}
+        if path:
+            tensors, meta = load_checkpoint(path)
+            load_into(self.state, tensors, strict=not ckpt.allow_missing_keys, source=path)
+            self.start_step = int(meta["step"])
+            positions = meta.get("data", {})
+            self.tracker.restore(meta.get("losses", {}))
+            self.skipped = int(meta.get("skipped_steps", 0))
+            restore_rng_state(meta.get("rng", {}))
+            notice = f"resumed from {path} at step {self.start_step}"
+        elif ckpt.resume == "auto":
+            notice = "checkpoint.resume=auto: no checkpoint yet, starting from scratch"
+        elif ckpt.init:
+            missing = init_from_checkpoint(self.model, ckpt.init, ckpt.allow_missing_keys)
+            notice = f"model initialised from {ckpt.init}" + (f" ({len(missing)} parameters kept their fresh "
+                                                              f"initialisation)" if missing else "")
+        else:
+            notice = None
+        for name in self.steps:
+            pos = positions.get(name, {"epoch": 0, "batch": 0})
+            self.streams[name] = DataStream(self.datasets[name], pos["epoch"], pos["batch"])
+        return notice
+
+    def save(self, step):
+        if not self.dist.is_main:
+            return None
+        meta = {"data": {n: s.state() for n, s in self.streams.items()}, "losses": self.tracker.state(),
+                "skipped_steps": self.skipped, "rng": capture_rng_state()}
+        return self.manager.save(step, self.state.tensors(), meta)
+
+    def run(self):
+        cfg, main = self.cfg, self.dist.is_main
+        notice = self.restore()
+        if main:
+            save_config(cfg, self.out_dir)
+        log = MetricsLog(self.out_dir, main, resume=self.start_step > 0)
+        total, every = cfg.train.steps, cfg.checkpoint.every
+        bar = tqdm(range(self.start_step, total), initial=self.start_step, total=total, disable=not main or None,
+                   desc="train", dynamic_ncols=True)
+        if notice and main:
+            tqdm.write(notice)
+        started, data_time, step_time, done = time.time(), 0.0, 0.0, 0
+        for step in bar:
+            task = self.mixer.task_at(step)
+            t0 = time.time()
+            batch = self.streams[task].next()
+            inputs = [ms.Tensor(batch[n]) for n in self.input_names[task]]
+            t1 = time.time()
+            lr = current_lr(self.optimizer)
+            loss, finite, scale, grad_norm = self.steps[task](*inputs)
+            loss = float(loss.asnumpy())
+            t2 = time.time()
+            data_time, step_time, done = data_time + t1 - t0, step_time + t2 - t1, done + 1
+            finite = bool(finite.asnumpy())
+            if finite:
+                self.tracker.add(task, loss)
+            else:
+                self.skipped += 1
+            rate = done * self.samples_per_step / max(time.time() - started, 1e-9)
+            bar.set_postfix_str(" ".join(f"{t}={self.tracker.recent_mean(t):.3f}" for t in self.steps)
+                                + f" lr={lr:.2e} {rate:.1f} samples/s")
+            if (step + 1) % cfg.run.log_every == 0 or step == self.start_step or step + 1 == total:
+                log.write({"step": step + 1, "task": task, "loss": loss, "finite": finite, "lr": lr,
+                           "loss_scale": float(scale.asnumpy()), "grad_norm": float(grad_norm.asnumpy()),
+                           "samples_per_s": rate, "data_s": data_time / done, "step_s": step_time / done,
+                           **{f"loss/{t}": self.tracker.recent_mean(t) for t in self.steps}})
+            if (step + 1) % every == 0 or step + 1 == total:
+                self.save(step + 1)
+        bar.close()
+        log.close()
+        elapsed = time.time() - started
+        return self.finish(elapsed, done, data_time, step_time)
+
+    def finish(self, elapsed, done, data_time, step_time):
+        losses = self.tracker.summary()
+        summary = {"steps": self.cfg.train.steps, "steps_this_run": done, "seconds": elapsed,
+                   "samples_per_s": done * self.samples_per_step / max(elapsed, 1e-9),
+                   "data_s_per_step": data_time / max(done, 1), "step_s_per_step": step_time / max(done, 1),
+                   "skipped_steps": self.skipped, "losses": losses, "world_size": self.dist.world_size}
+        rows = [{"task": t, "steps": v["steps"], "first loss": v["first"], "last loss": v["last"],
+                 "change %": 100.0 * (v["last"] - v["first"]) / abs(v["first"]) if v["first"] else math.nan}
+                for t, v in losses.items()]
+        columns = ["task", "steps", "first loss", "last loss", "change %"]
+        if self.dist.is_main:
+            write_results(self.out_dir, "summary", summary, rows, columns)
+            print(f"\n{markdown_table(rows, columns, floatfmt='.4f')}\n"
+                  f"{done} steps in {elapsed:.1f} s ({summary['samples_per_s']:.1f} samples/s, data "
+                  f"{summary['data_s_per_step'] * 1e3:.0f} ms + step {summary['step_s_per_step'] * 1e3:.0f} ms per "
+                  f"step), {self.skipped} skipped; outputs in {self.out_dir}")
+        return summary

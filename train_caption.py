@@ -1,0 +1,15 @@
+"""Fine-tune OPT for image captioning."""
+import argparse
+import sys
+
+from src.cli import not_built_yet
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.parse_args(argv)
+    return not_built_yet("train_caption.py", "image-captioning fine-tuning")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Pre-train OPT on image-text(-audio) data.
+
+    python train_pretrain.py --config config/pretrain/demo.yaml [--set train.steps=100 run.output_dir=outputs/x]
+
+One task per step, drawn by the `pretrain.tasks` ratios; each task is its own graph computing only its own heads.
+Writes run.output_dir/{config.yaml, metrics.jsonl, checkpoints/, summary.json, summary.md}. Resume with
+`--set checkpoint.resume=auto` (or a checkpoint directory). Under msrun or the rank-table launcher every rank reads
+its own shard and gradients are averaged; rank 0 alone writes.
+"""
+import argparse
+import functools
+import sys
+
+from src.cli import run_main
+from src.config import add_config_arguments, config_from_args
+
+
+def build_pretraining(cfg, dist):
+    """(cfg with the vocabulary size resolved, Trainer) for a pretraining config."""
+    from src.data.pipeline import build_pretrain_dataset, open_mindrecord
+    from src.data.tokenizer import Tokenizer
+    from src.engine.mixing import TaskMixer
+    from src.engine.trainer import Trainer
+    from src.models.opt import build_model
+    from src.tasks.pretrain import build_task
+
+    tokenizer = Tokenizer(cfg.data.vocab, cfg.data.lower_case)
+    if cfg.model.text.vocab_size <= 0:
+        cfg = cfg.with_updates({"model.text.vocab_size": tokenizer.vocab_size})
+    info = open_mindrecord(cfg.data.train, cfg.data.vocab)
+    has_audio = bool(info.meta["has_audio"]) and cfg.data.use_audio
+    mixer = TaskMixer(dict(cfg.pretrain.tasks), cfg.run.seed)
+    model = build_model(cfg.model)
+    batch = cfg.train.batch_size
+    datasets, tasks = {}, {}
+    for name in mixer.tasks:
+        make = functools.partial(_task_dataset, build_pretrain_dataset, cfg.data.train, name, cfg, tokenizer, batch,
+                                 dist.rank, dist.world_size)
+        make(0, 0)  # fail now, not at the task's first step, if the data cannot feed this task
+        datasets[name] = make
+        tasks[name] = build_task(name, model, cfg.pretrain, has_audio)
+    return cfg, Trainer(cfg, dist, model, tasks, mixer, datasets, batch * dist.world_size)
+
+
+def _task_dataset(build, path, task, cfg, tokenizer, batch, rank, world, epoch, start_batch):
+    return build(path, task, cfg, tokenizer, batch, epoch, rank=rank, world=world, start_batch=start_batch)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    from src.engine.context import enable_compile_cache, setup_context
+    dist = setup_context(cfg.run)
+    cfg, trainer = build_pretraining(cfg, dist)
+    enable_compile_cache(cfg)
+    trainer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
