@@ -12,6 +12,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = {
     "data": "samples/s of the pretraining data pipelines (MindRecord -> task batches) on demo data",
+    "train": "training-step throughput and GFLOP/s against the machine's matmul roof, with a per-phase breakdown",
 }
 
 

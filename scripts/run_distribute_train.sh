@@ -25,6 +25,9 @@ die() { echo "error: $*" >&2; exit 2; }
 
 (($# >= 3)) || usage
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# every rank runs in the directory the job was launched from, so relative paths in configs and overrides resolve as
+# typed (the original launchers cd'ed into per-rank folders and broke them); per-rank outputs go to <output>/rank_<id>
+LAUNCH_DIR="$(pwd)"
 RANK_TABLE_FILE="$(realpath -m -- "$1")"
 TASK="$2"
 CONFIG="$(realpath -m -- "$3")"
@@ -32,14 +35,9 @@ shift 3
 case "$TASK" in pretrain | retrieval | caption | vqa) ;; *) usage ;; esac
 [[ -f "$RANK_TABLE_FILE" ]] || die "RANK_TABLE_FILE=$RANK_TABLE_FILE is not a file (see scripts/make_rank_table.py)"
 [[ -f "$CONFIG" ]] || die "CONFIG=$CONFIG is not a file"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="python3"; fi
-fi
-if [[ -n "${OPT_TRAIN_CMD:-}" ]]; then
-  read -r -a ENTRY <<<"$OPT_TRAIN_CMD"
-else
-  ENTRY=("$PYTHON" "$ROOT/train_$TASK.py")
-fi
+source "$ROOT/scripts/launch_common.sh"
+pick_python
+train_entry
 
 OUTPUT="${OUTPUT_DIR:-./outputs/$TASK}"
 OVERRIDES=()
@@ -89,7 +87,7 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then
     rank_cmd "$i"
     dir="$(rank_dir "$i")"
     echo "# rank ${RANKS[$i]} on device ${DEVICES[$i]}"
-    printf 'cd %q &&' "$dir"
+    printf 'cd %q &&' "$LAUNCH_DIR"
     printf ' %q' "${RANK_ENV[@]}" "${RANK_CMD[@]}"
     printf ' >> %q 2>&1\n' "$dir/train.log"
   done
@@ -123,7 +121,7 @@ for i in "${!RANKS[@]}"; do
   dir="$(rank_dir "$i")"
   mkdir -p "$dir"
   # setsid: each rank leads its own process group, so stopping it also stops its children (e.g. data workers).
-  (cd "$dir" && exec setsid env "${RANK_ENV[@]}" "${RANK_CMD[@]}") >>"$dir/train.log" 2>&1 &
+  (cd "$LAUNCH_DIR" && exec setsid env "${RANK_ENV[@]}" "${RANK_CMD[@]}") >>"$dir/train.log" 2>&1 &
   PIDS+=("$!")
   echo "rank ${RANKS[$i]} (device ${DEVICES[$i]}, pid $!): log $dir/train.log"
 done

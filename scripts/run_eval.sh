@@ -26,16 +26,10 @@ shift 3
 [[ -n "$TASK" && "$TASK" != -* ]] || usage
 [[ -f "$CONFIG" ]] || die "CONFIG=$CONFIG is not a file"
 [[ -e "$CKPT" ]] || die "CKPT=$CKPT does not exist"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="python3"; fi
-fi
+source "$ROOT/scripts/launch_common.sh"
+pick_python
 
-OUTPUT="${OUTPUT_DIR:-./outputs/$TASK}"
-OVERRIDES=()
-for item in "$@"; do
-  if [[ "$item" == run.output_dir=* ]]; then OUTPUT="${item#*=}"; else OVERRIDES+=("$item"); fi
-done
-OUTPUT="$(realpath -m -- "$OUTPUT")"
+split_output "$@"
 
 export GLOG_v="${GLOG_v:-3}"
 export RANK_SIZE=1 RANK_ID=0

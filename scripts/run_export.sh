@@ -27,9 +27,8 @@ FORMAT="${5:-MINDIR}"
 [[ -e "$CKPT" ]] || die "CKPT=$CKPT does not exist"
 [[ "$BATCH_SIZE" =~ ^[0-9]+$ ]] || die "BATCH_SIZE must be a whole number, got '$BATCH_SIZE'"
 case "$FORMAT" in MINDIR | AIR | ONNX) ;; *) die "FORMAT must be MINDIR, AIR or ONNX, got '$FORMAT'" ;; esac
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="python3"; fi
-fi
+source "$ROOT/scripts/launch_common.sh"
+pick_python
 
 export GLOG_v="${GLOG_v:-3}"
 CMD=("$PYTHON" "$ROOT/export.py" --task "$TASK" --ckpt_file "$CKPT" --file_name "$FILE_NAME" --file_format "$FORMAT"

@@ -31,6 +31,7 @@ die() { echo "error: $*" >&2; exit 2; }
 is_count() { [[ "$1" =~ ^[0-9]+$ ]] && (($1 > 0)); }
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/launch_common.sh"
 WORKER_NUM=2
 LOCAL_WORKER_NUM=""
 MASTER_ADDR=127.0.0.1
@@ -80,18 +81,9 @@ is_count "$MASTER_PORT" || die "--master_port must be a port number, got '$MASTE
 
 if [[ -d "$ROOT/.venv/bin" ]]; then export PATH="$ROOT/.venv/bin:$PATH"; fi
 export GLOG_v="${GLOG_v:-3}"
-if [[ -n "${OPT_TRAIN_CMD:-}" ]]; then
-  read -r -a ENTRY <<<"$OPT_TRAIN_CMD"
-else
-  ENTRY=(python "$ROOT/train_$TASK.py")
-fi
+train_entry python
 
-OUTPUT="${OUTPUT_DIR:-./outputs/$TASK}"
-OVERRIDES=()
-for item in "$@"; do
-  if [[ "$item" == run.output_dir=* ]]; then OUTPUT="${item#*=}"; else OVERRIDES+=("$item"); fi
-done
-OUTPUT="$(realpath -m -- "$OUTPUT")"
+split_output "$@"
 LOG_DIR="$(realpath -m -- "${LOG_DIR:-$OUTPUT/msrun_log}")"
 
 CMD=(msrun "--worker_num=$WORKER_NUM" "--local_worker_num=$LOCAL_WORKER_NUM" "--master_addr=$MASTER_ADDR"

@@ -25,21 +25,11 @@ CONFIG="$(realpath -m -- "$2")"
 shift 2
 case "$TASK" in pretrain | retrieval | caption | vqa) ;; *) usage ;; esac
 [[ -f "$CONFIG" ]] || die "CONFIG=$CONFIG is not a file"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="python3"; fi
-fi
-if [[ -n "${OPT_TRAIN_CMD:-}" ]]; then
-  read -r -a ENTRY <<<"$OPT_TRAIN_CMD"
-else
-  ENTRY=("$PYTHON" "$ROOT/train_$TASK.py")
-fi
+source "$ROOT/scripts/launch_common.sh"
+pick_python
+train_entry
 
-OUTPUT="${OUTPUT_DIR:-./outputs/$TASK}"
-OVERRIDES=()
-for item in "$@"; do
-  if [[ "$item" == run.output_dir=* ]]; then OUTPUT="${item#*=}"; else OVERRIDES+=("$item"); fi
-done
-OUTPUT="$(realpath -m -- "$OUTPUT")"
+split_output "$@"
 
 export GLOG_v="${GLOG_v:-3}"
 export RANK_SIZE=1 RANK_ID=0

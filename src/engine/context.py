@@ -1,5 +1,6 @@
 """Process set-up shared by every entry point: device, graph/pynative mode, distributed launch, seeds."""
 import hashlib
+import json
 import os
 import random
 
@@ -39,7 +40,11 @@ def enable_compile_cache(cfg):
     """
     if not cfg.run.compile_cache:
         return None
-    keyed = cfg.with_updates({"run.output_dir": ""}).to_yaml()
+    # checkpoint, output-folder and logging settings do not shape the graphs, so resumed runs share the cache
+    keyed = cfg.to_dict()
+    keyed.pop("checkpoint", None)
+    keyed["run"] = {k: v for k, v in keyed["run"].items() if k not in ("output_dir", "log_every")}
+    keyed = json.dumps(keyed, sort_keys=True)
     path = os.path.join(cfg.run.compile_cache_dir, hashlib.sha256(keyed.encode("utf-8")).hexdigest()[:16])
     ms.set_context(enable_compile_cache=True, compile_cache_path=path)
     return path

@@ -92,7 +92,7 @@ class Trainer:
     the task of each step from `mixer` and its batch from `streams[name]` (a function (epoch, start_batch) ->
     dataset)."""
 
-    def __init__(self, cfg, dist, model, tasks, mixer, datasets, samples_per_step):
+    def __init__(self, cfg, dist, model, tasks, mixer, datasets, samples_per_step, evaluator=None):
         self.cfg, self.dist, self.model, self.mixer = cfg, dist, model, mixer
         t = cfg.train
         if t.batch_size % t.grad_accumulation:
@@ -115,6 +115,11 @@ class Trainer:
         self.tracker = LossTracker()
         self.start_step, self.streams = 0, {}
         self.skipped = 0
+        # evaluator(step) -> dict with a "score" (higher is better); run every train.eval_every steps and at the end;
+        # the best-scoring weights are kept in <output_dir>/best/ (model only) with best/metrics.json
+        self.evaluator = evaluator
+        self.best_score = None
+        self.evaluations = []
 
     def restore(self):
         """Resume from checkpoint.resume or initialise the model from checkpoint.init; returns a notice or None."""
@@ -188,17 +193,43 @@ class Trainer:
                            **{f"loss/{t}": self.tracker.recent_mean(t) for t in self.steps}})
             if (step + 1) % every == 0 or step + 1 == total:
                 self.save(step + 1)
+            if self.evaluator and ((cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0)
+                                   or step + 1 == total):
+                self.evaluate(step + 1, log)
         bar.close()
         log.close()
         elapsed = time.time() - started
         return self.finish(elapsed, done, data_time, step_time)
+
+    def evaluate(self, step, log):
+        """Run the evaluator in eval mode; keep the best model weights (main rank writes)."""
+        self.model.set_train(False)
+        metrics = self.evaluator(step)
+        self.model.set_train(True)
+        record = {"step": step, **metrics}
+        self.evaluations.append(record)
+        log.write({"eval": record})
+        score = metrics["score"]
+        improved = self.best_score is None or score > self.best_score
+        if improved:
+            self.best_score = score
+            if self.dist.is_main:
+                path = os.path.join(self.out_dir, "best")
+                model_tensors = {p.name: p for p in self.model.get_parameters()}
+                CheckpointManager(path, keep_last=1, fmt=self.cfg.checkpoint.format).save(step, model_tensors, record)
+        if self.dist.is_main:
+            tqdm.write(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                                                          if isinstance(v, (int, float)))
+                       + (" (best)" if improved else ""))
+        return metrics
 
     def finish(self, elapsed, done, data_time, step_time):
         losses = self.tracker.summary()
         summary = {"steps": self.cfg.train.steps, "steps_this_run": done, "seconds": elapsed,
                    "samples_per_s": done * self.samples_per_step / max(elapsed, 1e-9),
                    "data_s_per_step": data_time / max(done, 1), "step_s_per_step": step_time / max(done, 1),
-                   "skipped_steps": self.skipped, "losses": losses, "world_size": self.dist.world_size}
+                   "skipped_steps": self.skipped, "losses": losses, "world_size": self.dist.world_size,
+                   "evaluations": self.evaluations, "best_score": self.best_score}
         rows = [{"task": t, "steps": v["steps"], "first loss": v["first"], "last loss": v["last"],
                  "change %": 100.0 * (v["last"] - v["first"]) / abs(v["first"]) if v["first"] else math.nan}
                 for t, v in losses.items()]

@@ -19,13 +19,17 @@ SCRIPTS = os.path.join(ROOT, "scripts")
 LAUNCH_VARS = ("SERVER_ID", "OUTPUT_DIR", "DRY_RUN", "OPT_TRAIN_CMD", "RANK_TABLE_FILE", "RANK_SIZE", "RANK_ID",
                "DEVICE_ID", "MS_ROLE", "MS_WORKER_NUM", "GLOG_v", "PYTHON")
 
-# A stand-in trainer: records its cwd, arguments and rank variables; FAKE_FAIL_RANK exits 1 at once, FAKE_SLEEP
-# makes the other ranks start a `sleep 60` child and sleep too (their pids are written to pids.txt).
+# A stand-in trainer: records its cwd, arguments and rank variables in its run.output_dir; FAKE_FAIL_RANK exits 1 at
+# once, FAKE_SLEEP makes the other ranks start a `sleep 60` child and sleep too (their pids are written to pids.txt).
 FAKE_TRAINER = """
 import json, os, subprocess, sys, time
 rank = os.environ.get("RANK_ID", "")
+out = [a.split("=", 1)[1] for a in sys.argv if a.startswith("run.output_dir=")][0]
+launched_in = os.getcwd()
+os.makedirs(out, exist_ok=True)
+os.chdir(out)
 with open("seen.json", "w") as f:
-    json.dump({"cwd": os.getcwd(), "argv": sys.argv[1:], "rank": rank, "device": os.environ.get("DEVICE_ID")}, f)
+    json.dump({"cwd": launched_in, "argv": sys.argv[1:], "rank": rank, "device": os.environ.get("DEVICE_ID")}, f)
 print("fake trainer rank", rank, flush=True)
 if rank == os.environ.get("FAKE_FAIL_RANK"):
     sys.exit(1)
@@ -88,7 +92,7 @@ def test_distribute_dry_run_numbers_ranks_globally(workdir, server):
         folder = str(workdir / "out" / f"rank_{rank}")
         assert env == {"DEVICE_ID": str(device), "RANK_ID": str(rank), "RANK_SIZE": "16",
                        "RANK_TABLE_FILE": str(workdir / "cluster.json")}
-        assert cwd == folder and log == os.path.join(folder, "train.log")
+        assert cwd == str(workdir) and log == os.path.join(folder, "train.log")
         assert command[1:] == [os.path.join(ROOT, "train_caption.py"), "--config", str(workdir / "cfg.yaml"),
                                "--set", f"run.output_dir={folder}", "train.epochs=2", f"data.root={workdir / 'data'}"]
     assert not (workdir / "out").exists()
@@ -99,7 +103,7 @@ def test_distribute_output_dir_override_and_server_id_by_name(workdir):
                   cwd=workdir, SERVER_ID="10.0.0.2", DRY_RUN="1")
     ranks = _dry_run_ranks(result.stdout)
     assert [env["RANK_ID"] for _, env, _, _ in ranks] == [str(r) for r in range(8, 16)]
-    assert ranks[0][0] == str(workdir / "runs" / "a" / "rank_8")
+    assert ranks[0][0] == str(workdir)          # ranks run where the job was launched; outputs go per rank
     assert ranks[0][2][-2:] == ["--set", f"run.output_dir={workdir / 'runs' / 'a' / 'rank_8'}"]
 
 
@@ -148,7 +152,7 @@ def test_distribute_stops_all_ranks_when_one_fails(workdir):
     assert len(pids) == 2 and all(_process_gone(pid) for pid in pids)
     for rank in (0, 1):
         seen = json.loads((workdir / "out" / f"rank_{rank}" / "seen.json").read_text())
-        assert seen["cwd"] == str(workdir / "out" / f"rank_{rank}") and seen["device"] == str(rank)
+        assert seen["cwd"] == str(workdir) and seen["device"] == str(rank)
         assert f"fake trainer rank {rank}" in (workdir / "out" / f"rank_{rank}" / "train.log").read_text()
 
 
@@ -205,7 +209,7 @@ def test_standalone_dry_run_and_real_run(workdir):
     assert result.returncode == 3
     assert "fake trainer rank 0" in result.stdout
     assert "fake trainer rank 0" in (out / "train.log").read_text()
-    assert json.loads((workdir / "seen.json").read_text())["argv"][-1] == f"run.output_dir={out}"
+    assert json.loads((out / "seen.json").read_text())["argv"][-1] == f"run.output_dir={out}"
 
 
 def test_eval_and_export_dry_runs(workdir):

@@ -1,0 +1,1 @@
+"""Evaluation runners, one module per task, each with main(argv) (dispatched by eval.py --task)."""
