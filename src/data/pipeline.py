@@ -83,7 +83,7 @@ def _meta_path(path):
         if os.path.isfile(candidate):
             return candidate
     raise UserError(f"MindRecord {path} not found (no {candidates[0]}); build it with "
-                    "`python -m src.data.build_mindrecord --manifest M.jsonl --out {path} --vocab V.txt`")
+                    f"`python -m src.data.build_mindrecord --manifest M.jsonl --out {path} --vocab V.txt`")
 
 
 def epoch_indices(n, seed, epoch, rank, world, shuffle=True, drop_remainder_to=None):
@@ -210,11 +210,19 @@ def build_eval_dataset(data_path, cfg, tokenizer, batch_size, rank=0, world=1, c
         raise UserError(f"evaluation columns {unknown} are not available from {data_path}; choose from {available}")
     positions = epoch_indices(info.count, 0, 0, rank, world, shuffle=False)
     batches = math.ceil(math.ceil(info.count / world) / batch_size)
-    filler = positions[-1] if len(positions) else 0
-    padded = np.concatenate([positions, np.full(batches * batch_size - len(positions), filler, dtype=np.int64)])
     samples = _EvalSample(cfg, tokenizer, has_audio, has_vqa)
     workers = cfg.data.workers
-    data = _reader(info, ["index", "image"] + samples.input_columns[1:], padded, workers)
+    read_columns = ["index", "image"] + samples.input_columns[1:]
+    # filler rows repeat one record; a sampler may not list more indices than the file has, so they are a separate
+    # one-record reader repeated and appended
+    extra = batches * batch_size - len(positions)
+    filler = _reader(info, read_columns, np.array([positions[-1] if len(positions) else 0]), workers).repeat(extra) \
+        if extra else None
+    if len(positions):
+        data = _reader(info, read_columns, positions, workers)
+        data = data + filler if filler is not None else data
+    else:
+        data = filler
     data = data.map(image_transforms(cfg.model.image.image_size, train=False), input_columns=["image"],
                     num_parallel_workers=workers)
     data = data.map(samples, input_columns=samples.input_columns, output_columns=samples.output_columns,

@@ -98,13 +98,14 @@ class OPTModel(nn.Cell):
     def mlm_logits(self, hidden):
         return self.mlm_head(hidden, self.text_encoder.word_embeddings.embedding_table)
 
-    def text_features(self, text_tokens):
-        """Normalised contrastive embedding of the text tower ([CLS] token)."""
-        return self.contrastive.text(text_tokens[:, 0])
+    def text_features(self, text_tokens, text_mask):
+        """Normalised contrastive embedding of the text tower (mean over real tokens)."""
+        w = ops.expand_dims(ops.cast(text_mask, text_tokens.dtype), -1)
+        return self.contrastive.text((text_tokens * w).sum(1) / ops.maximum(w.sum(1), 1.0))
 
     def image_features(self, image_tokens):
-        """Normalised contrastive embedding of the image tower (global token)."""
-        return self.contrastive.image(image_tokens[:, 0])
+        """Normalised contrastive embedding of the image tower (mean over the global token and the patches)."""
+        return self.contrastive.image(image_tokens.mean(1))
 
     def audio_features(self, audio_tokens, audio_mask):
         """Normalised contrastive embedding of the audio tower (mean over real tokens)."""

@@ -123,9 +123,9 @@ class ITMTask(PretrainTask):
 class ITCTask(PretrainTask):
     def construct(self, text_ids, text_mask, image, audio=None, frame_mask=None):
         m = self.model
-        text, _ = m.encode_text(text_ids, text_mask)
+        text, t_mask = m.encode_text(text_ids, text_mask)
         img, _ = m.encode_image(image)
-        t, i = m.text_features(text), m.image_features(img)
+        t, i = m.text_features(text, t_mask), m.image_features(img)
         scale = m.contrastive.scale()
         if audio is None:
             return info_nce(t, i, scale)

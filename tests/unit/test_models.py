@@ -71,9 +71,9 @@ def test_forward_shapes_for_every_modality_subset(name, pynative):
         assert seq.shape == (2, expected_length(cfg, subset), cfg.cross.hidden), subset
         assert mask.shape == seq.shape[:2]
         assert model.pool(seq).shape == (2, cfg.cross.hidden)
-    text, _ = model.encode_text(Tensor(x["text_ids"]), Tensor(x["text_mask"]))
+    text, t_mask = model.encode_text(Tensor(x["text_ids"]), Tensor(x["text_mask"]))
     assert model.mlm_logits(seq[:, :3]).shape == (2, 3, cfg.text.vocab_size)
-    assert model.text_features(text).shape == (2, cfg.heads.contrastive_dim)
+    assert model.text_features(text, t_mask).shape == (2, cfg.heads.contrastive_dim)
 
 
 def test_padding_and_masked_positions_never_change_real_outputs(tiny_cfg, pynative):
@@ -92,6 +92,13 @@ def test_padding_and_masked_positions_never_change_real_outputs(tiny_cfg, pynati
     np.testing.assert_allclose(seq_x.asnumpy()[real], seq_y.asnumpy()[real], atol=1e-5)
     np.testing.assert_allclose(model.pool(seq_x).asnumpy(), model.pool(seq_y).asnumpy(), atol=1e-5)
     assert not np.allclose(seq_x.asnumpy()[~real], seq_y.asnumpy()[~real])   # padding itself did change
+    towers = []
+    for inputs in (x, y):
+        text, t_mask = model.encode_text(Tensor(inputs["text_ids"]), Tensor(inputs["text_mask"]))
+        aud, a_mask = model.encode_audio(Tensor(inputs["audio"]), Tensor(inputs["frame_mask"]))
+        towers.append(np.concatenate([model.text_features(text, t_mask).asnumpy(),
+                                      model.audio_features(aud, a_mask).asnumpy()], 1))
+    np.testing.assert_allclose(towers[0], towers[1], atol=1e-5)          # contrastive towers ignore padding too
 
 
 def test_masked_out_regions_in_feature_mode_never_change_real_outputs(pynative):
@@ -172,7 +179,7 @@ class AllHeadsLoss(nn.Cell):
         loss += ((m.image_regression_head(seq[:, 12:15]) - 1.0) ** 2).mean()
         loss += ((m.audio_regression_head(seq[:, -3:]) + 1.0) ** 2).mean()
         loss += ce(m.itm_head(pooled), labels) + ce(m.pair_head(pooled), labels % 2)
-        t, i, a = m.text_features(text), m.image_features(image), m.audio_features(aud, a_mask)
+        t, i, a = m.text_features(text, t_mask), m.image_features(image), m.audio_features(aud, a_mask)
         loss += -(ops.log_softmax(ops.matmul(t, i.T) * m.contrastive.scale(), -1).diagonal().mean())
         loss += -(ops.log_softmax(ops.matmul(t, a.T) * m.contrastive.scale(), -1).diagonal().mean())
         dec = m.text_decoder(ids, seq, mask)

@@ -248,3 +248,16 @@ def test_unfeedable_tasks_and_mismatched_data_are_user_errors(data, tmp_path):
         open_mindrecord(train, str(other))
     with pytest.raises(UserError, match="not found"):
         open_mindrecord(str(tmp_path / "none.mindrecord"), str(other))
+
+
+def test_eval_dataset_pads_beyond_the_record_count(data):
+    """Filler rows may outnumber the records (8 records, batch 32, 3 ranks): still every record exactly once."""
+    cfg, tokenizer, path = data["cfg"], data["tokenizer"], data["paths"]["val"]
+    n = open_mindrecord(path, cfg.data.vocab).count
+    seen = []
+    for rank in range(3):
+        batches = list(build_eval_dataset(path, cfg, tokenizer, 32, rank=rank, world=3).create_dict_iterator(
+            num_epochs=1, output_numpy=True))
+        assert len(batches) == 1 and batches[0]["index"].shape == (32,)
+        seen += batches[0]["index"][batches[0]["valid"] == 1].tolist()
+    assert sorted(seen) == list(range(n))

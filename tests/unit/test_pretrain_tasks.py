@@ -120,7 +120,7 @@ def test_itc_loss_equals_numpy_recomputation(cfg, model, has_audio):
     loss = float(task(*tensors(batch, task.input_names)).asnumpy())
 
     parts = encode_all(model, batch, has_audio)
-    t = model.text_features(parts[0]).asnumpy()
+    t = model.text_features(parts[0], parts[1]).asnumpy()
     i = model.image_features(parts[2]).asnumpy()
     scale = float(model.contrastive.scale().asnumpy())
     assert scale == pytest.approx(1 / 0.07, rel=1e-5)  # the initial temperature of the tiny config
