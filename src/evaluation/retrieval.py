@@ -1,0 +1,250 @@
+"""Cross-modal retrieval evaluation: `python eval.py --task retrieval --ckpt CKPT [options]`.
+
+Text items are EVERY caption of every record (each caption is its own query); image items are the records. IR =
+text -> image (a caption hits when its record's image is in the top K), TR = image -> text (an image hits when any
+of its captions is in the top K); recalls in percent with pessimistic ties, plus the expected recall of a random
+ranking ("chance"). With audio in the data, text -> audio, audio -> text, image -> audio and audio -> image recalls by
+the towers' contrastive embeddings (itc) are added whatever the mode: the cross-encoder heads are not used for audio.
+
+Results go to <out>/retrieval.json and retrieval.md (default out: <run of the checkpoint>/eval_retrieval). Under a
+distributed launcher every rank embeds and scores its share (r::world) and rank 0 writes.
+
+    python eval.py --task retrieval --ckpt RUN/best/step_00000100 --mode itc_itm --k 16
+    python eval.py --task retrieval --ckpt CKPT --index_out images.npz                   # also save an image index
+    python eval.py --task retrieval --ckpt CKPT --index images.npz --query "一只红色的圆" --top 5
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+
+from src.engine.distributed import all_gather_numpy
+from src.errors import UserError
+from src.inference.retrieval import (MODES, Retriever, cosine_scores, gather_items, gather_pair_scores, load_index,
+                                     mode_matrices, query_pairs, save_index, search_index, shard_positions)
+from src.metrics.retrieval import chance_retrieval_recall, retrieval_recall
+
+KS = (1, 5, 10)
+DEFAULTS = {"mode": "itc_itm", "k": 16, "batch_size": 32, "top": 5}
+TABLE_COLUMNS = ["retrieval", "scoring"] + [f"R@{k}" for k in KS] + ["mean"]
+# (result section, recall prefix, row label)
+DIRECTIONS = (("text_image", "ir", "text→image (IR)"), ("text_image", "tr", "image→text (TR)"),
+              ("text_audio", "ir", "text→audio"), ("text_audio", "tr", "audio→text"),
+              ("image_audio", "ir", "image→audio"), ("image_audio", "tr", "audio→image"))
+
+
+def caption_items(references):
+    """Every caption of every record as a text item: (captions, text_to_image int64 record index per caption)."""
+    captions, text_to_image = [], []
+    for record, ref in enumerate(references):
+        texts = [text for text in ref["captions"] if text.strip()]
+        if not texts:
+            raise UserError(f"retrieval: record {ref['id']} has no caption; every image needs at least one "
+                            "(drop it from the manifest and rebuild the MindRecord)")
+        captions += texts
+        text_to_image += [record] * len(texts)
+    return captions, np.array(text_to_image, np.int64)
+
+
+def directional_recall(ir_scores, tr_scores, text_to_image, ks=KS):
+    """retrieval_recall with IR read from `ir_scores` and TR from `tr_scores` (both (n_texts, n_images))."""
+    ir = retrieval_recall(ir_scores, text_to_image, ks)
+    tr = ir if tr_scores is ir_scores else retrieval_recall(tr_scores, text_to_image, ks)
+    result = {key: value for key, value in ir.items() if not key.startswith("tr_")}
+    result.update({key: value for key, value in tr.items() if key.startswith("tr_")})
+    ir_values, tr_values = ([result[f"{d}_r{k}"] for k in ks] for d in ("ir", "tr"))
+    result["r_mean"] = float(np.mean(ir_values + tr_values))
+    result["rsum"] = float(sum(ir_values) + sum(tr_values))
+    return result
+
+
+def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=32, rank=0, world=1,
+             gather=all_gather_numpy, retriever=None, return_features=False):
+    """Retrieval recalls of `model` on the MindRecord `data_path`; the same dict on every rank.
+
+    Keys: mode, k, data, n_texts, n_images, pairs_scored, seconds, text_image, chance, and text_audio / image_audio
+    when the data has audio. With `return_features`, also "image_features" (n_images, D) for an index.
+    """
+    from src.data.pipeline import build_eval_dataset, open_mindrecord, read_references
+
+    if mode not in MODES:
+        raise UserError(f"retrieval mode {mode!r} is unknown; choose from {', '.join(MODES)}")
+    if k < 1:
+        raise UserError(f"retrieval --k must be >= 1, got {k}")
+    retriever = retriever or Retriever(model, batch_size)
+    info = open_mindrecord(data_path, cfg.data.vocab)
+    has_audio = bool(info.meta["has_audio"]) and cfg.data.use_audio
+    captions, text_to_image = caption_items(read_references(data_path))
+    n_texts, n_images = len(captions), info.count
+    keep_tokens = mode != "itc"
+    started = time.perf_counter()
+
+    positions, valid = shard_positions(n_texts, rank, world)
+    encoded = [tokenizer.encode_padded(captions[p], cfg.model.text.max_len) for p in positions]
+    ids, mask = (np.stack(column) for column in zip(*encoded))
+    local = {"index": positions, "valid": valid, **retriever.embed_texts(ids, mask, keep_tokens)}
+    texts = gather_items(local, n_texts, gather)
+
+    columns = ["index", "valid", "image"] + (["audio", "frame_mask"] if has_audio else [])
+    # read one record per pipeline batch: build_eval_dataset's filler rows may not outnumber the records, and the
+    # Retriever re-batches to its own fixed size anyway
+    batches = build_eval_dataset(data_path, cfg, tokenizer, 1, rank, world, columns=columns)
+    local = retriever.embed_image_batches(batches.create_dict_iterator(num_epochs=1, output_numpy=True),
+                                          keep_tokens, has_audio)
+    images = gather_items(local, n_images, gather)
+    embedded = time.perf_counter()
+
+    itc = cosine_scores(texts["features"], images["features"])
+    pairs = scores = None
+    if mode != "itc":
+        pairs = query_pairs(mode, itc, k, rank, world)
+        scores = retriever.score_pairs(texts, images, pairs)
+        pairs, scores = gather_pair_scores(pairs, scores, gather)
+    ir, tr = mode_matrices(mode, itc, pairs, scores, k)
+    results = {
+        "mode": mode, "k": int(k) if mode == "itc_itm" else None, "data": data_path, "n_texts": n_texts,
+        "n_images": n_images, "pairs_scored": 0 if pairs is None else int(len(pairs)),
+        "text_image": directional_recall(ir, tr, text_to_image),
+        "chance": chance_retrieval_recall(text_to_image, n_images, KS),
+    }
+    if has_audio:
+        audio = images["audio_features"]
+        results["text_audio"] = retrieval_recall(cosine_scores(texts["features"], audio), text_to_image, KS)
+        results["image_audio"] = retrieval_recall(cosine_scores(images["features"], audio), np.arange(n_images), KS)
+    results["seconds"] = {"embed": embedded - started, "score": time.perf_counter() - embedded}
+    if return_features:
+        results["image_features"] = images["features"]
+    return results
+
+
+def table_rows(results):
+    """One markdown row per retrieval direction (and the chance rows of text-image)."""
+    rows = []
+    for section, prefix, label in DIRECTIONS:
+        for scoring, source in ((results["mode"] if section == "text_image" else "itc", section),
+                                ("chance", "chance")):
+            if source not in results or (source == "chance" and section != "text_image"):
+                continue
+            values = results[source]
+            row = {"retrieval": label, "scoring": scoring}
+            row.update({f"R@{k}": values[f"{prefix}_r{k}"] for k in KS})
+            row["mean"] = values[f"{prefix}_mean"]
+            rows.append(row)
+    return rows
+
+
+class RetrievalEvaluator:
+    """Trainer callback: itc recalls on a validation MindRecord; "score" = mean recall of IR and TR."""
+
+    def __init__(self, model, cfg, tokenizer, data_path, batch_size, rank=0, world=1):
+        self.cfg, self.tokenizer, self.data_path = cfg, tokenizer, data_path
+        self.rank, self.world = rank, world
+        self.retriever = Retriever(model, batch_size)
+
+    def __call__(self, step):
+        results = evaluate(None, self.cfg, self.tokenizer, self.data_path, mode="itc", rank=self.rank,
+                           world=self.world, retriever=self.retriever)
+        metrics = {"score": results["text_image"]["r_mean"]}
+        metrics.update({f"{d}_r{k}": results["text_image"][f"{d}_r{k}"] for d in ("ir", "tr") for k in KS})
+        return metrics
+
+
+def default_out_dir(ckpt):
+    """<run>/eval_retrieval for a checkpoint <run>/checkpoints/step_N or <run>/best/step_N."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt))), "eval_retrieval")
+
+
+def query_index(model, cfg, tokenizer, index_path, query, top):
+    """The best `top` images of the index at `index_path` for the text `query` (list of dicts)."""
+    if not query or not query.strip():
+        raise UserError("--index needs a non-empty --query TEXT")
+    index = load_index(index_path)
+    ids, mask = tokenizer.encode_padded(query, cfg.model.text.max_len)
+    features = Retriever(model, 1).embed_texts(ids[None], mask[None], keep_tokens=False, desc="query")["features"]
+    return search_index(index, features, top)[0]
+
+
+def image_sources(data_path, references):
+    """Where each record's image came from: its path in the manifest the MindRecord was built from when that
+    manifest is still there, else `<mindrecord>#<record index>`."""
+    from src.data.manifest import read_manifest
+    from src.data.pipeline import open_mindrecord
+
+    manifest = open_mindrecord(data_path, None).meta.get("manifest")
+    paths = {}
+    if manifest and os.path.isfile(manifest):
+        paths = {sample["id"]: sample.get("image_path") for sample in read_manifest(manifest)}
+    return [paths.get(ref["id"]) or f"{os.path.abspath(data_path)}#{i}" for i, ref in enumerate(references)]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="eval.py --task retrieval", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="checkpoint directory (…/checkpoints/step_N or …/best/step_N)")
+    parser.add_argument("--config", default=None, help="run config (default: the config.yaml of the checkpoint's run)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. --set data.workers=1")
+    parser.add_argument("--data", default=None, help="MindRecord to evaluate (default: data.test of the config)")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help=f"scoring: itc, itm or itc_itm (default {DEFAULTS['mode']})")
+    parser.add_argument("--k", type=int, default=None, help=f"itc_itm shortlist size (default {DEFAULTS['k']})")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help=f"items / pairs per model call (default {DEFAULTS['batch_size']})")
+    parser.add_argument("--out", default=None, help="results folder (default: <run>/eval_retrieval)")
+    parser.add_argument("--index_out", default=None, metavar="FILE", help="also save the image embeddings (npz)")
+    parser.add_argument("--index", default=None, metavar="FILE", help="query this index instead of evaluating")
+    parser.add_argument("--query", default=None, help="text to search the --index for")
+    parser.add_argument("--top", type=int, default=None, help=f"images to print for --query (default {DEFAULTS['top']})")
+    return parser
+
+
+def setting(args, cfg, name):
+    """Command line, then retrieval.<name> of the config, then the built-in default."""
+    value = getattr(args, name)
+    return value if value is not None else cfg.get(f"retrieval.{name}", DEFAULTS[name])
+
+
+def main(argv=None):
+    from src.data.tokenizer import Tokenizer
+    from src.engine.context import setup_context
+    from src.inference.loading import load_trained_model, resolve_config
+    from src.metrics.report import markdown_table, write_results
+
+    args = build_parser().parse_args(argv)
+    if args.query is not None and args.index is None:
+        raise UserError("--query needs --index FILE (an index written with --index_out)")
+    cfg = resolve_config(args.ckpt, args.config, args.overrides)
+    dist = setup_context(cfg.run)
+    tokenizer = Tokenizer(cfg.data.vocab, cfg.data.lower_case)
+    model = load_trained_model(cfg, args.ckpt)
+    if args.index:
+        hits = query_index(model, cfg, tokenizer, args.index, args.query, setting(args, cfg, "top"))
+        if dist.is_main:
+            print(markdown_table(hits, ["rank", "score", "id", "image_id", "source"], floatfmt=".4f"), end="")
+        return 0
+    data = args.data or cfg.data.test
+    if not data:
+        raise UserError("no evaluation data: pass --data MINDRECORD or set data.test in the config")
+    mode, k, batch_size = (setting(args, cfg, name) for name in ("mode", "k", "batch_size"))
+    results = evaluate(model, cfg, tokenizer, data, mode, k, batch_size, dist.rank, dist.world_size,
+                       return_features=bool(args.index_out))
+    features = results.pop("image_features", None)
+    if not dist.is_main:
+        return 0
+    results["checkpoint"] = args.ckpt
+    rows = table_rows(results)
+    out = args.out or default_out_dir(args.ckpt)
+    json_path, _ = write_results(out, "retrieval", results, rows, TABLE_COLUMNS)
+    print(markdown_table(rows, TABLE_COLUMNS), end="")
+    print(f"{results['n_texts']} captions x {results['n_images']} images, {results['pairs_scored']} pairs through "
+          f"the cross-encoder; results in {json_path}")
+    if args.index_out:
+        from src.data.pipeline import read_references
+        refs = read_references(data)
+        sources = image_sources(data, refs)
+        save_index(args.index_out, features, [r["id"] for r in refs], [r["image_id"] for r in refs], sources,
+                   args.ckpt)
+        print(f"image index of {len(refs)} images written to {args.index_out}")
+    return 0
