@@ -1,4 +1,5 @@
 """Process set-up shared by every entry point: device, graph/pynative mode, distributed launch, seeds."""
+import glob
 import hashlib
 import json
 import os
@@ -7,8 +8,9 @@ import random
 import mindspore as ms
 import mindspore.dataset as ds
 import numpy as np
+from mindspore.communication import get_group_size
 
-from src.engine.distributed import init_distributed
+from src.engine.distributed import init_distributed, is_distributed
 from src.errors import UserError
 
 
@@ -32,11 +34,14 @@ def setup_context(run_cfg):
 
 
 def enable_compile_cache(cfg):
-    """Cache compiled graphs under run.compile_cache_dir/<hash of the resolved config>.
+    """Cache compiled graphs under run.compile_cache_dir/<hash of the resolved config, sources and launch>.
 
-    MindSpore's compile cache checks the Python sources but not parameter shapes: a graph compiled for another
-    config (another vocabulary size, LR table length, ...) would be reused and crash or compute wrongly. Keying the
-    folder by everything in the config except the output folder keeps each config's graphs apart.
+    MindSpore's compile cache numbers graphs by compile order, does not check parameter shapes, and of the Python
+    sources hashes only the entry script and its top-level imports (not the models, tasks or engine, which are
+    imported inside functions). So a graph compiled for another config (vocabulary size, LR table length, ...) or
+    older model code would be reused and crash or compute wrongly. The folder is keyed by the config (minus output,
+    logging and checkpoint settings), the repository's Python sources and, as a precaution, the data-parallel world
+    size (a single-process graph has no gradient all-reduce).
     """
     if not cfg.run.compile_cache:
         return None
@@ -44,7 +49,22 @@ def enable_compile_cache(cfg):
     keyed = cfg.to_dict()
     keyed.pop("checkpoint", None)
     keyed["run"] = {k: v for k, v in keyed["run"].items() if k not in ("output_dir", "log_every")}
+    keyed["sources"] = _sources_sha256()
+    keyed["world_size"] = get_group_size() if is_distributed() else 1
     keyed = json.dumps(keyed, sort_keys=True)
     path = os.path.join(cfg.run.compile_cache_dir, hashlib.sha256(keyed.encode("utf-8")).hexdigest()[:16])
     ms.set_context(enable_compile_cache=True, compile_cache_path=path)
     return path
+
+
+def _sources_sha256():
+    """sha256 over the path and content of every .py file of the repository's src/ package and entry scripts."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    files = sorted(glob.glob(os.path.join(root, "src", "**", "*.py"), recursive=True)
+                   + glob.glob(os.path.join(root, "*.py")))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(os.path.relpath(path, root).encode("utf-8"))
+        with open(path, "rb") as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()

@@ -148,6 +148,17 @@ class Trainer:
             self.streams[name] = DataStream(self.datasets[name], pos["epoch"], pos["batch"])
         return notice
 
+    def compile_steps(self):
+        """Compile every task's train step, in the fixed order of `tasks`, on a batch of its data.
+
+        MindSpore's compile cache (src.engine.context.enable_compile_cache) numbers graphs by the order they are
+        compiled in; compiling lazily at each task's first step would give a resumed run, whose first task can
+        differ, another task's cached graph.
+        """
+        for name, step in self.steps.items():
+            batch = next(self.datasets[name](0, 0).create_dict_iterator(num_epochs=1, output_numpy=True))
+            step.compile(*[ms.Tensor(batch[n]) for n in self.input_names[name]])
+
     def save(self, step):
         if not self.dist.is_main:
             return None
@@ -158,6 +169,7 @@ class Trainer:
     def run(self):
         cfg, main = self.cfg, self.dist.is_main
         notice = self.restore()
+        self.compile_steps()
         if main:
             save_config(cfg, self.out_dir)
         log = MetricsLog(self.out_dir, main, resume=self.start_step > 0)
