@@ -1,15 +1,96 @@
-"""Fine-tune OPT for image captioning."""
+"""Fine-tune OPT for image captioning.
+
+    python train_caption.py --config config/caption/demo.yaml [--set checkpoint.init=PRETRAIN/checkpoints/step_X]
+    python train_caption.py --config config/caption/demo.yaml --stage scst \
+        --set checkpoint.init=XE_RUN/best/step_X run.output_dir=XE_RUN/scst
+
+Stage xe (default): image (+ audio when the data has it and data.use_audio is on) -> text decoder, label-smoothed
+cross-entropy (caption.label_smoothing, default 0.1). Stage scst: self-critical CIDEr-D optimisation from a
+cross-entropy checkpoint: caption.scst_samples (default 5) captions sampled per image (caption.scst_top_k,
+caption.scst_temperature), reward = CIDEr-D against the references, baseline = the greedy caption's CIDEr-D; the
+learning rate is caption.scst_lr (default 1e-5, no warm-up). With data.val set, greedy-decoding CIDEr-D is measured
+every train.eval_every steps and at the end, and the best weights are kept in run.output_dir/best/.
+"""
 import argparse
+import functools
 import sys
 
-from src.cli import not_built_yet
+from src.cli import run_main
+from src.config import add_config_arguments, config_from_args
+
+STAGES = ("xe", "scst")
+
+
+def scst_config(cfg):
+    """The config of the SCST stage: its own learning rate, no warm-up; needs checkpoint.init."""
+    from src.errors import UserError
+    if not cfg.checkpoint.init and not cfg.checkpoint.resume:
+        raise UserError("--stage scst starts from a cross-entropy captioning checkpoint: add --set "
+                        "checkpoint.init=<xe run>/best/step_XXXXXXXX")
+    return cfg.with_updates({"optim.lr": float(cfg.get("caption.scst_lr", 1e-5)), "optim.warmup_steps": 0})
+
+
+def build_caption_training(cfg, dist, stage="xe"):
+    """(cfg with the vocabulary size resolved, Trainer) for caption fine-tuning stage `stage`."""
+    from src.data.finetune_pipeline import (build_caption_dataset, build_scst_dataset, check_finetune_data,
+                                            dataset_factory)
+    from src.data.pipeline import read_references
+    from src.data.tokenizer import Tokenizer
+    from src.engine.mixing import TaskMixer
+    from src.engine.trainer import Trainer
+    from src.evaluation.caption import validation_evaluator
+    from src.inference.pipeline import TextGenerator, decoding_settings
+    from src.models.opt import build_model
+    from src.tasks.caption import CaptionTask, SCSTTask
+
+    tokenizer = Tokenizer(cfg.data.vocab, cfg.data.lower_case)
+    if cfg.model.text.vocab_size <= 0:
+        cfg = cfg.with_updates({"model.text.vocab_size": tokenizer.vocab_size})
+    if stage == "scst":
+        cfg = scst_config(cfg)
+    _, has_audio = check_finetune_data(cfg.data.train, cfg, "caption")
+    model = build_model(cfg.model)
+    batch = cfg.train.batch_size
+    make = dataset_factory(build_caption_dataset if stage == "xe" else build_scst_dataset, cfg, tokenizer, dist)
+    if stage == "xe":
+        task = CaptionTask(model, has_audio, cfg.get("caption.label_smoothing", 0.1))
+    else:
+        samples = int(cfg.get("caption.scst_samples", 5))
+        task = SCSTTask(model, has_audio, samples)
+        sampling = {"top_k": cfg.get("caption.scst_top_k", 0), "top_p": cfg.get("caption.scst_top_p", 1.0),
+                    "temperature": cfg.get("caption.scst_temperature", 1.0),
+                    "max_len": decoding_settings(cfg, "caption")["max_len"]}
+        generator = TextGenerator(model, tokenizer, decoding_settings(cfg, "caption"))
+        references = read_references(cfg.data.train)
+        make = functools.partial(_scst_batches, make, generator, references, samples, sampling, cfg.run.seed)
+    make(0, 0)  # fail now, not at the first step, if the data cannot feed the task
+    evaluator = validation_evaluator(model, cfg, tokenizer, cfg.data.val) if cfg.data.val else None
+    trainer = Trainer(cfg, dist, model, {"caption": task}, TaskMixer({"caption": 1.0}, cfg.run.seed),
+                      {"caption": make}, batch * dist.world_size, evaluator)
+    return cfg, trainer
+
+
+
+def _scst_batches(make, generator, references, samples, sampling, seed, epoch, start_batch):
+    from src.tasks.caption import SCSTBatches
+    return SCSTBatches(make(epoch, start_batch), generator, references, samples, sampling, seed + epoch)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_args(argv)
-    return not_built_yet("train_caption.py", "image-captioning fine-tuning")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--stage", choices=STAGES, default="xe", help="xe: cross-entropy (default); scst: CIDEr-D "
+                                                                      "optimisation from an xe checkpoint")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    from src.engine.context import enable_compile_cache, setup_context
+    dist = setup_context(cfg.run)
+    cfg, trainer = build_caption_training(cfg, dist, args.stage)
+    enable_compile_cache(cfg)
+    trainer.run()
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -1,0 +1,165 @@
+"""Captioning evaluation and inference: `python eval.py --task caption ...`.
+
+    python eval.py --task caption --ckpt RUN/best/step_X --image img.jpg|folder [--out captions.jsonl]
+    python eval.py --task caption --ckpt RUN/best/step_X [--split test] [--out_dir DIR]
+
+With --image, prints `<file>\\t<caption>` per image and writes them as JSONL (default <out_dir>/captions.jsonl).
+Without it, captions every image of the data.<split> MindRecord and scores them with BLEU-1..4, METEOR, ROUGE-L and
+CIDEr-D (src/metrics/caption.py) into <out_dir>/caption_<split>.json and .md (with example captions), plus the
+predictions as caption_<split>_predictions.jsonl. <out_dir> defaults to <run>/eval. SPICE is not offered (it needs
+a Java scene-graph parser and model downloads).
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from src.config import add_config_arguments
+from src.metrics.caption import caption_metrics
+from src.metrics.report import atomic_write_text, markdown_table
+
+EXAMPLES = 8   # examples shown in the markdown report
+
+
+def add_common_arguments(parser):
+    """--ckpt, --config, --set, --split, --out_dir, --batch_size and the decoding options shared with VQA."""
+    parser.add_argument("--ckpt", required=True, help="checkpoint step directory (e.g. RUN/best/step_00000300)")
+    add_config_arguments(parser, default_config="")  # empty: the config.yaml of the checkpoint's run
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="which data.<split> MindRecord to evaluate (default test)")
+    parser.add_argument("--out_dir", default=None, help="where results go (default: <run.output_dir>/eval)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--strategy", choices=["greedy", "beam", "sample"], default=None)
+    parser.add_argument("--beam_size", type=int, default=None)
+    parser.add_argument("--max_len", type=int, default=None, help="tokens generated at most (EOS included)")
+    parser.add_argument("--length_penalty", type=float, default=None)
+    parser.add_argument("--no_repeat_ngram", type=int, default=None)
+
+
+def decoding_overrides(args):
+    return {k: getattr(args, k) for k in ("strategy", "beam_size", "max_len", "length_penalty", "no_repeat_ngram")}
+
+
+def split_path(cfg, split):
+    from src.errors import UserError
+    path = cfg.data[split]
+    if not path:
+        raise UserError(f"data.{split} is empty: set it to a MindRecord (--set data.{split}=PATH) or pass --image")
+    return path
+
+
+def eval_batch_size(count, wanted):
+    """The largest batch size <= `wanted` that divides `count`: build_eval_dataset's filler rows must not take the
+    number of read positions above the number of records (MindDataset's SubsetSampler refuses that)."""
+    return max(b for b in range(1, min(wanted, count) + 1) if count % b == 0)
+
+
+def eval_batches(data_path, cfg, tokenizer, batch_size, desc):
+    """Ordered evaluation batches (all records, this process alone) with a progress bar; `valid` marks real rows."""
+    from src.data.pipeline import build_eval_dataset, open_mindrecord
+    count = open_mindrecord(data_path, cfg.data.vocab).count
+    data = build_eval_dataset(data_path, cfg, tokenizer, eval_batch_size(count, batch_size))
+    for batch in tqdm(data.create_dict_iterator(num_epochs=1, output_numpy=True), total=data.get_dataset_size(),
+                      desc=desc, disable=None, leave=False):
+        yield batch, batch["valid"].astype(bool)
+
+
+def audio_of(batch):
+    return (batch["audio"], batch["frame_mask"]) if "audio" in batch else (None, None)
+
+
+def predict_captions(generator, data_path, cfg, tokenizer, batch_size=16, **decoding):
+    """{record index: caption} for every record of the MindRecord at `data_path`."""
+    predictions = {}
+    for batch, valid in eval_batches(data_path, cfg, tokenizer, batch_size, "caption"):
+        texts = generator.run(batch["image"], *audio_of(batch), **decoding)
+        predictions.update((int(i), t) for i, t, ok in zip(batch["index"], texts, valid) if ok)
+    return predictions
+
+
+def corpus_cider(predictions, references):
+    """CIDEr-D of {index: caption} against the records of `read_references` (fast: no Java)."""
+    from src.tasks.caption import cider_scores
+    keys = sorted(predictions)
+    return float(np.mean(cider_scores([predictions[k] for k in keys], [references[k]["captions"] for k in keys],
+                                      references[keys[0]]["lang"])))
+
+
+def validation_evaluator(model, cfg, tokenizer, data_path, batch_size=16):
+    """evaluator(step) -> {"score": CIDEr-D, "cider_d": ...} of greedy captions on `data_path` (for the Trainer)."""
+    from src.data.pipeline import read_references
+    from src.inference.pipeline import TextGenerator, decoding_settings
+    references = read_references(data_path)
+    generator = TextGenerator(model, tokenizer, decoding_settings(cfg, "caption", strategy="greedy"))
+
+    def evaluate(step):
+        cider = corpus_cider(predict_captions(generator, data_path, cfg, tokenizer, batch_size), references)
+        return {"score": cider, "cider_d": cider}
+    return evaluate
+
+
+def write_report(out_dir, name, title, results, examples, example_columns):
+    """<out_dir>/<name>.json (results + examples) and <name>.md (metric table, then an examples table)."""
+    os.makedirs(out_dir, exist_ok=True)
+    payload = {**results, "examples": examples}
+    atomic_write_text(os.path.join(out_dir, f"{name}.json"), json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    metrics = [{"metric": k, "value": v} for k, v in results.items() if isinstance(v, (int, float, str))]
+    text = (f"# {title}\n\n" + markdown_table(metrics, ["metric", "value"], floatfmt=".4f")
+            + "\n## Examples\n\n" + markdown_table(examples, example_columns))
+    atomic_write_text(os.path.join(out_dir, f"{name}.md"), text)
+    return os.path.join(out_dir, f"{name}.json")
+
+
+def write_jsonl(path, rows):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def evaluate_split(captioner, split, out_dir, batch_size):
+    """Caption data.<split>, score it and write the report; returns the metrics."""
+    from src.data.pipeline import read_references
+    cfg = captioner.cfg
+    path = split_path(cfg, split)
+    references = read_references(path)
+    predictions = predict_captions(captioner.generator, path, cfg, captioner.tokenizer, batch_size)
+    lang = references[0]["lang"]
+    refs = {references[i]["id"]: references[i]["captions"] for i in predictions}
+    preds = {references[i]["id"]: predictions[i] for i in predictions}
+    metrics = caption_metrics(preds, refs, lang=lang)
+    results = {"split": split, "data": path, "lang": lang, **metrics, "decoding": captioner.generator.settings}
+    rows = [{"id": key, "image_id": references[i]["image_id"], "caption": predictions[i],
+             "references": references[i]["captions"]} for key, i in zip(preds, predictions)]
+    write_jsonl(os.path.join(out_dir, f"caption_{split}_predictions.jsonl"), rows)
+    examples = [{"id": r["id"], "generated": r["caption"], "reference": r["references"][0]} for r in rows[:EXAMPLES]]
+    write_report(out_dir, f"caption_{split}", f"Captioning on {split} ({path})", results, examples,
+                 ["id", "generated", "reference"])
+    return metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="eval.py --task caption", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--image", default=None, help="caption this image file, or every image of this folder")
+    parser.add_argument("--out", default=None, help="with --image: JSONL file for the captions "
+                                                    "(default <out_dir>/captions.jsonl)")
+    args = parser.parse_args(argv)
+    from src.inference.pipeline import Captioner, image_files
+    files = image_files(args.image) if args.image else None
+    captioner = Captioner(args.ckpt, args.config or None, args.overrides, args.batch_size, **decoding_overrides(args))
+    out_dir = args.out_dir or os.path.join(captioner.cfg.run.output_dir, "eval")
+    if files:
+        captions = captioner.caption(files)
+        for path, caption in zip(files, captions):
+            print(f"{path}\t{caption}")
+        out = args.out or os.path.join(out_dir, "captions.jsonl")
+        write_jsonl(out, [{"image": p, "caption": c} for p, c in zip(files, captions)])
+        print(f"captions written to {out}")
+        return 0
+    metrics = evaluate_split(captioner, args.split, out_dir, args.batch_size)
+    print(markdown_table([{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, float)],
+                         ["metric", "value"], floatfmt=".4f"))
+    print(f"results written to {out_dir}/caption_{args.split}.json and .md")
+    return 0

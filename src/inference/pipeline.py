@@ -1,0 +1,230 @@
+"""One-call inference: `Captioner(ckpt).caption(images)`, `VQA(ckpt).answer(image, question)`, `Retriever(ckpt)`.
+
+Each class reads the run config next to the checkpoint (or `config=`), builds the model in eval mode, loads the
+weights and works in batches of `batch_size`. Images are file paths, encoded bytes or float32 arrays (3, S, S)
+already transformed; a single item gives a single result, a list gives a list.
+
+`TextGenerator` is the shared engine of captioning and VQA (also used by the evaluation and SCST code): it encodes
+[question |] image [| audio] into the text decoder's memory in one graph, then decodes with
+`src.inference.generation.generate` (KV cache) or ranks a closed list of answers with `score_sequences`.
+"""
+import os
+
+import mindspore as ms
+import numpy as np
+
+from src.data.tokenizer import Tokenizer
+from src.data.transforms import load_audio, load_image
+from src.inference.retrieval import ImageTower, TextTower
+from src.errors import UserError
+from src.inference.generation import generate, score_sequences
+from src.inference.loading import load_trained_model, resolve_config
+
+# Decoding settings per task; each can be set in the config as `<task>.<key>` (e.g. caption.beam_size).
+DECODING_DEFAULTS = {
+    "caption": {"strategy": "beam", "beam_size": 3, "length_penalty": 1.0, "max_len": 30, "min_len": 1,
+                "no_repeat_ngram": 3, "top_k": 0, "top_p": 1.0, "temperature": 1.0},
+    "vqa": {"strategy": "greedy", "beam_size": 3, "length_penalty": 1.0, "max_len": 10, "min_len": 1,
+            "no_repeat_ngram": 0, "top_k": 0, "top_p": 1.0, "temperature": 1.0},
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def decoding_settings(cfg, task, **overrides):
+    """The `generate` keyword arguments of `task` ("caption" or "vqa"): defaults, then the config's `<task>.*`
+    keys, then the non-None `overrides`; max_len is capped at the text decoder's length."""
+    settings = {key: cfg.get(f"{task}.{key}", value) for key, value in DECODING_DEFAULTS[task].items()}
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    settings["max_len"] = min(int(settings["max_len"]), cfg.model.text_decoder.max_len)
+    return settings
+
+
+class TextGenerator:
+    """Encode inputs into the text decoder's memory, then generate text or rank candidate texts."""
+
+    def __init__(self, model, tokenizer, settings):
+        from src.tasks.caption import MemoryEncoder
+        self.model, self.tokenizer, self.settings = model, tokenizer, dict(settings)
+        self._make_encoder = MemoryEncoder
+        self._encoders = {}
+        self.special = dict(bos_id=tokenizer.cls_id, eos_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)
+
+    def memory(self, image, audio=None, frame_mask=None, question_ids=None, question_mask=None):
+        """numpy batches -> (memory, mask) Tensors."""
+        key = (question_ids is not None, audio is not None)
+        if key not in self._encoders:
+            self._encoders[key] = self._make_encoder(self.model, *key)
+        inputs = ([question_ids, question_mask] if key[0] else []) + [image] + ([audio, frame_mask] if key[1] else [])
+        return self._encoders[key](*[ms.Tensor(np.asarray(x)) for x in inputs])
+
+    def generate(self, memory, mask, **overrides):
+        """Token rows (B, L) without BOS, ending at EOS (then pad), and their log-probs (B,)."""
+        settings = {**self.settings, **overrides}
+        return generate(self.model.text_decoder, memory, mask, **self.special, **settings)
+
+    def texts(self, tokens):
+        return [self.tokenizer.decode(row) for row in tokens]
+
+    def run(self, image, audio=None, frame_mask=None, question_ids=None, question_mask=None, **overrides):
+        """Generated texts of one batch."""
+        memory, mask = self.memory(image, audio, frame_mask, question_ids, question_mask)
+        return self.texts(self.generate(memory, mask, **overrides)[0])
+
+    def candidate_tokens(self, candidates):
+        """Candidate texts -> (C, L) int32 rows `tokens [SEP]`, pad-filled, L <= the decoder length."""
+        limit = self.model.text_decoder.max_len
+        rows = [self.tokenizer.encode(text, limit + 1)[1:] for text in candidates]
+        out = np.full((len(rows), max(len(r) for r in rows)), self.tokenizer.pad_id, np.int32)
+        for i, row in enumerate(rows):
+            out[i, :len(row)] = row
+        return out
+
+    def rank(self, memory, mask, candidate_tokens):
+        """Log-prob of every candidate for every memory row: float64 (B, C)."""
+        batch, count = memory.shape[0], len(candidate_tokens)
+        memory = np.repeat(memory.asnumpy(), count, 0)
+        mask = np.repeat(mask.asnumpy(), count, 0)
+        tokens = np.tile(candidate_tokens, (batch, 1))
+        return score_sequences(self.model.text_decoder, memory, mask, tokens, **self.special).reshape(batch, count)
+
+
+class Answerer:
+    """Answers of prepared VQA batches: free generation, or with `answers` (closed vocabulary) the candidate whose
+    tokens the decoder gives the highest total log-probability."""
+
+    def __init__(self, generator, answers=None):
+        self.generator = generator
+        self.answers = list(answers) if answers else None
+        self.answer_tokens = generator.candidate_tokens(self.answers) if self.answers else None
+
+    def __call__(self, image, question_ids, question_mask, audio=None, frame_mask=None):
+        memory, mask = self.generator.memory(image, audio, frame_mask, question_ids, question_mask)
+        if self.answers is None:
+            return self.generator.texts(self.generator.generate(memory, mask)[0])
+        scores = self.generator.rank(memory, mask, self.answer_tokens)
+        return [self.answers[i] for i in scores.argmax(1)]
+
+
+class _Loaded:
+    """Config, tokenizer and model of a trained checkpoint."""
+
+    def __init__(self, ckpt, config=None, overrides=(), batch_size=16):
+        if not os.path.exists(ckpt):
+            raise UserError(f"checkpoint {ckpt} does not exist; give a step directory such as "
+                            "<run>/checkpoints/step_00000480 or <run>/best/step_...")
+        self.cfg = resolve_config(ckpt, config, overrides)
+        self.tokenizer = Tokenizer(self.cfg.data.vocab, self.cfg.data.lower_case)
+        self.model = load_trained_model(self.cfg, ckpt)
+        self.batch_size = int(batch_size)
+
+    def images(self, images):
+        size = self.cfg.model.image.image_size
+        return np.stack([np.asarray(x, np.float32) if isinstance(x, np.ndarray) else load_image(x, size)
+                         for x in images])
+
+    def audio(self, paths):
+        a = self.cfg.model.audio
+        loaded = [load_audio(p, a.max_frames, a.n_mels, None if a.mode == "mel" else a.feature_dim) for p in paths]
+        return np.stack([x[0] for x in loaded]), np.stack([x[1] for x in loaded])
+
+    def batches(self, count):
+        return [slice(start, min(start + self.batch_size, count)) for start in range(0, count, self.batch_size)]
+
+
+def _as_list(x):
+    return (list(x), False) if isinstance(x, (list, tuple)) else ([x], True)
+
+
+class Captioner(_Loaded):
+    """`Captioner(ckpt).caption("img.jpg")` -> caption; a list of images -> list of captions. Decoding options
+    (strategy, beam_size, max_len, ...) override the config's `caption.*` settings."""
+
+    def __init__(self, ckpt, config=None, overrides=(), batch_size=16, **decoding):
+        super().__init__(ckpt, config, overrides, batch_size)
+        self.generator = TextGenerator(self.model, self.tokenizer, decoding_settings(self.cfg, "caption", **decoding))
+
+    def caption(self, images, audio=None):
+        """Captions of `images` (optionally with audio files, one per image)."""
+        images, single = _as_list(images)
+        audio = _as_list(audio)[0] if audio is not None else None
+        if audio is not None and len(audio) != len(images):
+            raise UserError(f"{len(audio)} audio files for {len(images)} images; give one per image or none")
+        out = []
+        for part in self.batches(len(images)):
+            sound = self.audio(audio[part]) if audio is not None else (None, None)
+            out += self.generator.run(self.images(images[part]), *sound)
+        return out[0] if single else out
+
+
+class VQA(_Loaded):
+    """`VQA(ckpt).answer("img.jpg", "图中有几个圆？")` -> answer; lists of images and questions -> list of answers.
+    With `answers` (a list of candidate answers) every question is answered by the candidate the decoder scores
+    highest (closed vocabulary) instead of by free generation."""
+
+    def __init__(self, ckpt, config=None, overrides=(), batch_size=16, answers=None, **decoding):
+        super().__init__(ckpt, config, overrides, batch_size)
+        self.generator = TextGenerator(self.model, self.tokenizer, decoding_settings(self.cfg, "vqa", **decoding))
+        self.answerer = Answerer(self.generator, answers)
+
+    def questions(self, questions):
+        length = self.cfg.model.text.max_len
+        pairs = [self.tokenizer.encode_padded(q, length) for q in questions]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def answer(self, images, questions):
+        """Answers to `questions`, each about the image at the same position (one image for all is fine)."""
+        images, single = _as_list(images)
+        questions, single_question = _as_list(questions)
+        if len(images) == 1 and len(questions) > 1:
+            images = images * len(questions)
+        if len(images) != len(questions):
+            raise UserError(f"{len(images)} images for {len(questions)} questions; give one image per question")
+        out = []
+        for part in self.batches(len(questions)):
+            ids, mask = self.questions(questions[part])
+            out += self.answerer(self.images(images[part]), ids, mask)
+        return out[0] if single and single_question else out
+
+
+
+class Retriever(_Loaded):
+    """`Retriever(ckpt).search("红色的圆", ["a.jpg", "b.jpg"])` -> image indices, best first, and their similarities.
+    `embed_texts` / `embed_images` give the normalised contrastive embeddings of the two towers."""
+
+    def __init__(self, ckpt, config=None, overrides=(), batch_size=16):
+        super().__init__(ckpt, config, overrides, batch_size)
+        self._text, self._image = TextTower(self.model), ImageTower(self.model)
+
+    def embed_texts(self, texts):
+        texts = _as_list(texts)[0]
+        length = self.cfg.model.text.max_len
+        out = []
+        for part in self.batches(len(texts)):
+            pairs = [self.tokenizer.encode_padded(t, length) for t in texts[part]]
+            out.append(self._text(ms.Tensor(np.stack([p[0] for p in pairs])),
+                                  ms.Tensor(np.stack([p[1] for p in pairs])))[2].asnumpy())
+        return np.concatenate(out)
+
+    def embed_images(self, images):
+        images = _as_list(images)[0]
+        return np.concatenate([self._image(ms.Tensor(self.images(images[part])))[2].asnumpy()
+                               for part in self.batches(len(images))])
+
+    def search(self, text, images):
+        """(indices of `images` best first, cosine similarities in that order) for one query text."""
+        sims = self.embed_images(images) @ self.embed_texts([text])[0]
+        order = np.argsort(-sims, kind="stable")
+        return order, sims[order]
+
+
+def image_files(path):
+    """An image file, or the image files of a folder (sorted by name)."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, name) for name in os.listdir(path)
+                       if name.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise UserError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+        return files
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such image file or folder")
+    return [path]
