@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the built-in demo data: bash scripts/run_demo.sh [--quick]
-# Generates the demo dataset, builds its vocabulary and MindRecords, pre-trains the small model, then runs the
-# downstream stages that exist, and writes a report to outputs/demo/report.md.
-# --quick: a shorter version (fewer samples and steps, under 3 minutes) used by the tests.
+# Generates the demo dataset, builds its vocabulary and MindRecords, pre-trains the small model, evaluates zero-shot
+# retrieval, fine-tunes and evaluates retrieval, captioning and VQA, and writes outputs/demo/report.md.
+# --quick: a short version used by the tests (few samples, three pre-training tasks for a few steps, zero-shot
+# retrieval only; about 3 minutes).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$REPO_ROOT"
@@ -19,26 +20,60 @@ done
 DATA="${DEMO_DATA:-data/demo}"
 OUT="${DEMO_OUT:-outputs/demo}"
 if [ "$QUICK" = 1 ]; then
-  SIZES=(--n_train 192 --n_val 32 --n_test 32); PRETRAIN=(train.steps=30 checkpoint.every=15)
+  SIZES=(--n_train 96 --n_val 16 --n_test 16)
+  PRETRAIN=(train.steps=12 checkpoint.every=12 pretrain.tasks.mlm=1 pretrain.tasks.itc=1 pretrain.tasks.itm=1
+            pretrain.tasks.mvm=0 pretrain.tasks.mam=0 pretrain.tasks.td=0)
+  EVAL=(--k 4)
 else
-  SIZES=(--n_train 2000 --n_val 200 --n_test 200); PRETRAIN=()
+  SIZES=(--n_train 2000 --n_val 100 --n_test 100)
+  PRETRAIN=()
+  EVAL=()
 fi
+COMMON=(data.train="$DATA/mindrecord/train.mindrecord" data.val="$DATA/mindrecord/val.mindrecord"
+        data.test="$DATA/mindrecord/test.mindrecord" data.vocab="$DATA/vocab.txt")
 mkdir -p "$OUT"
 start=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
+newest() { ls -d "$1"/step_* | tail -n 1; }
 
-stage "1/3 demo data -> $DATA"
+stage "1/7 demo data -> $DATA"
 python -m src.data.demo --out "$DATA" "${SIZES[@]}" --audio tones
 python -m src.data.vocab --manifest "$DATA/train.jsonl" "$DATA/train_vqa.jsonl" --out "$DATA/vocab.txt"
 
-stage "2/3 MindRecords -> $DATA/mindrecord"
+stage "2/7 MindRecords -> $DATA/mindrecord"
 for split in train val test; do
-  python -m src.data.build_mindrecord --manifest "$DATA/$split.jsonl" --out "$DATA/mindrecord/$split.mindrecord" \
-    --vocab "$DATA/vocab.txt" --strict
+  for kind in "" _vqa; do
+    python -m src.data.build_mindrecord --manifest "$DATA/$split$kind.jsonl" \
+      --out "$DATA/mindrecord/$split$kind.mindrecord" --vocab "$DATA/vocab.txt" --strict
+  done
 done
 
-stage "3/3 pre-training the small model -> $OUT/pretrain"
-python train_pretrain.py --config config/pretrain/demo.yaml --set run.output_dir="$OUT/pretrain" \
-  data.train="$DATA/mindrecord/train.mindrecord" data.vocab="$DATA/vocab.txt" "${PRETRAIN[@]}"
+stage "3/7 pre-training the small model -> $OUT/pretrain"
+python train_pretrain.py --config config/pretrain/demo.yaml --set run.output_dir="$OUT/pretrain" "${COMMON[@]}" \
+  "${PRETRAIN[@]}"
+PRETRAINED="$(newest "$OUT/pretrain/checkpoints")"
 
+stage "4/7 retrieval: zero-shot, fine-tuning, fine-tuned -> $OUT/retrieval*"
+python eval.py --task retrieval --ckpt "$PRETRAINED" --data "$DATA/mindrecord/test.mindrecord" \
+  --out "$OUT/retrieval_zeroshot" "${EVAL[@]}"
+if [ "$QUICK" = 0 ]; then
+  python train_retrieval.py --config config/retrieval/demo.yaml --set run.output_dir="$OUT/retrieval" \
+    checkpoint.init="$PRETRAINED" "${COMMON[@]}"
+  python eval.py --task retrieval --ckpt "$(newest "$OUT/retrieval/best")" \
+    --data "$DATA/mindrecord/test.mindrecord" --out "$OUT/retrieval_finetuned"
+
+  stage "5/7 captioning: fine-tuning, test split -> $OUT/caption"
+  python train_caption.py --config config/caption/demo.yaml --set run.output_dir="$OUT/caption" \
+    checkpoint.init="$PRETRAINED" "${COMMON[@]}"
+  python eval.py --task caption --ckpt "$(newest "$OUT/caption/best")" --split test --out_dir "$OUT/caption"
+
+  stage "6/7 VQA: fine-tuning, test split -> $OUT/vqa"
+  python train_vqa.py --config config/vqa/demo.yaml --set run.output_dir="$OUT/vqa" checkpoint.init="$PRETRAINED" \
+    data.train="$DATA/mindrecord/train_vqa.mindrecord" data.val="$DATA/mindrecord/val_vqa.mindrecord" \
+    data.test="$DATA/mindrecord/test_vqa.mindrecord" data.vocab="$DATA/vocab.txt"
+  python eval.py --task vqa --ckpt "$(newest "$OUT/vqa/best")" --split test --out_dir "$OUT/vqa"
+fi
+
+stage "7/7 report -> $OUT/report.md"
+python scripts/demo_report.py "$OUT"
 stage "done"
