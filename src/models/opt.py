@@ -10,12 +10,13 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
+from src.data.masking import IMAGE_TOKEN_OFFSET  # image-decoder vocabulary: PAD 0, BOS 1, EOS 2, then VQ codes
+
 from .decoder import Decoder
 from .encoders import AudioEncoder, ImageEncoder, TextEncoder, positions
 from .heads import ContrastiveHead, MLMHead, RegressionHead
 from .layers import EncoderStack, dense, embedding, layer_norm
 
-IMAGE_TOKEN_OFFSET = 3  # image-decoder vocabulary = PAD 0, BOS 1, EOS 2, then the VQ codes
 
 
 class ModalityEmbedding(nn.Cell):
