@@ -227,9 +227,16 @@ def mode_matrices(mode, itc, pairs=None, scores=None, k=None):
         if np.isinf(full).any():
             raise ValueError("itm mode needs a score for every (text, image) pair")
         return full, full
-    ir = np.where(shortlist_mask(itc, k), full, -np.inf)
-    tr = np.where(shortlist_mask(itc.T, k).T, full, -np.inf)
-    return ir, tr
+    return _rerank(itc, full, shortlist_mask(itc, k)), _rerank(itc, full, shortlist_mask(itc.T, k).T)
+
+
+def _rerank(itc, full, keep):
+    """Shortlisted entries keep their cross-encoder score; the others rank below every shortlisted one, in their itc
+    order (as ALBEF does), so recall at K beyond the shortlist size stays meaningful."""
+    if not keep.any():
+        return itc
+    offset = float(full[keep].min()) - float(itc.max()) - 1.0
+    return np.where(keep, full, itc + offset).astype(np.float32)
 
 
 # -------------------------------------------------------------------------------------------------- sharding

@@ -17,7 +17,7 @@ from src.engine.optim import build_optimizer
 from src.engine.train_step import LossScale, TrainStep
 from src.evaluation.retrieval import directional_recall, evaluate, query_index
 from src.inference.retrieval import (Retriever, gather_items, gather_pair_scores, load_index, mode_matrices,
-                                     query_pairs, save_index, search_index, shard_positions)
+                                     query_pairs, save_index, search_index, shard_positions, shortlist_mask)
 from src.models.opt import build_model
 from src.tasks.retrieval import RetrievalTask
 from tests.helpers import ROOT
@@ -57,12 +57,16 @@ def test_recalls_of_each_mode_on_a_hand_built_case():
     assert query_pairs("itc_itm", ITC, 5).tolist() == ALL_PAIRS.tolist()
 
 
-def test_itc_itm_scores_outside_the_shortlist_are_minus_infinity():
+def test_itc_itm_ranks_the_rest_below_the_shortlist_in_itc_order():
     pairs = query_pairs("itc_itm", ITC, 2)
     ir, tr = mode_matrices("itc_itm", ITC, pairs, ITM[pairs[:, 0], pairs[:, 1]], 2)
-    assert (np.isfinite(ir).sum(1) == 2).all() and (np.isfinite(tr).sum(0) == 2).all()
-    assert ir[1].tolist() == [0.0, 2.0, -np.inf]          # caption 1: itc top-2 = images 1, 0
-    assert tr[:, 2].tolist() == [-np.inf, 0.0, -np.inf, 1.0, -np.inf]  # image 2: itc top-2 = captions 3, 1
+    assert ir[1, :2].tolist() == [0.0, 2.0] and ir[1, 2] < 0.0   # caption 1: itc top-2 = images 1, 0, re-scored
+    assert tr[[1, 3], 2].tolist() == [0.0, 1.0] and tr[[0, 2, 4], 2].max() < 0.0   # image 2: captions 3, 1
+    for row, keep in ((ir, shortlist_mask(ITC, 2)), (tr.T, shortlist_mask(ITC.T, 2))):
+        for scores, kept, itc in zip(row, keep, ITC if row is ir else ITC.T):
+            assert scores[kept].min() > scores[~kept].max()
+            rest = np.flatnonzero(~kept)
+            assert np.argsort(-scores[rest], kind="stable").tolist() == np.argsort(-itc[rest], kind="stable").tolist()
 
 
 def test_sharding_covers_every_query_once_and_gathers_back_in_order():
