@@ -11,12 +11,10 @@ caption.scst_temperature), reward = CIDEr-D against the references, baseline = t
 learning rate is caption.scst_lr (default 1e-5, no warm-up). With data.val set, greedy-decoding CIDEr-D is measured
 every train.eval_every steps and at the end, and the best weights are kept in run.output_dir/best/.
 """
-import argparse
 import functools
 import sys
 
-from src.cli import run_main
-from src.config import add_config_arguments, config_from_args
+from src.cli import run_main, run_training, trainer_parser
 
 STAGES = ("xe", "scst")
 
@@ -77,19 +75,11 @@ def _scst_batches(make, generator, references, samples, sampling, seed, epoch, s
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-    add_config_arguments(parser)
+    parser = trainer_parser(__doc__)
     parser.add_argument("--stage", choices=STAGES, default="xe", help="xe: cross-entropy (default); scst: CIDEr-D "
                                                                       "optimisation from an xe checkpoint")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    from src.engine.context import enable_compile_cache, setup_context
-    dist = setup_context(cfg.run)
-    cfg, trainer = build_caption_training(cfg, dist, args.stage)
-    enable_compile_cache(cfg)
-    trainer.run()
-    return 0
+    return run_training(args, lambda cfg, dist: build_caption_training(cfg, dist, args.stage))
 
 
 if __name__ == "__main__":

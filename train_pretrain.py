@@ -7,12 +7,10 @@ Writes run.output_dir/{config.yaml, metrics.jsonl, checkpoints/, summary.json, s
 `--set checkpoint.resume=auto` (or a checkpoint directory). Under msrun or the rank-table launcher every rank reads
 its own shard and gradients are averaged; rank 0 alone writes.
 """
-import argparse
 import functools
 import sys
 
-from src.cli import run_main
-from src.config import add_config_arguments, config_from_args
+from src.cli import run_main, run_training, trainer_parser
 
 
 def build_pretraining(cfg, dist):
@@ -47,17 +45,9 @@ def _task_dataset(build, path, task, cfg, tokenizer, batch, rank, world, epoch, 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
-    add_config_arguments(parser)
+    parser = trainer_parser(__doc__)
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    from src.engine.context import enable_compile_cache, setup_context
-    dist = setup_context(cfg.run)
-    cfg, trainer = build_pretraining(cfg, dist)
-    enable_compile_cache(cfg)
-    trainer.run()
-    return 0
+    return run_training(args, build_pretraining)
 
 
 if __name__ == "__main__":

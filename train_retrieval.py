@@ -9,11 +9,9 @@ computed and the best weights kept in run.output_dir/best/ (score = mean of IR a
 retrieval.margin (0.2), retrieval.itc_weight (1.0), retrieval.hard_negatives (true) and retrieval.batch_size (32,
 evaluation) are read from the config when present. Resume with `--set checkpoint.resume=auto`.
 """
-import argparse
 import sys
 
-from src.cli import run_main
-from src.config import add_config_arguments, config_from_args
+from src.cli import run_main, run_training, trainer_parser
 
 TASK = "retrieval"
 
@@ -56,17 +54,9 @@ def build_retrieval_training(cfg, dist):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
-    add_config_arguments(parser)
+    parser = trainer_parser(__doc__)
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    from src.engine.context import enable_compile_cache, setup_context
-    dist = setup_context(cfg.run)
-    cfg, trainer = build_retrieval_training(cfg, dist)
-    enable_compile_cache(cfg)
-    trainer.run()
-    return 0
+    return run_training(args, build_retrieval_training)
 
 
 if __name__ == "__main__":

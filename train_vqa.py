@@ -8,11 +8,9 @@ on one of the question's answers per epoch. With data.val set, answer accuracy (
 answer list when vqa.closed_vocab is on) is measured every train.eval_every steps and at the end; the best weights
 are kept in run.output_dir/best/.
 """
-import argparse
 import sys
 
-from src.cli import run_main
-from src.config import add_config_arguments, config_from_args
+from src.cli import run_main, run_training, trainer_parser
 
 
 def build_vqa_training(cfg, dist):
@@ -48,17 +46,9 @@ def build_vqa_training(cfg, dist):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-    add_config_arguments(parser)
+    parser = trainer_parser(__doc__)
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    from src.engine.context import enable_compile_cache, setup_context
-    dist = setup_context(cfg.run)
-    cfg, trainer = build_vqa_training(cfg, dist)
-    enable_compile_cache(cfg)
-    trainer.run()
-    return 0
+    return run_training(args, build_vqa_training)
 
 
 if __name__ == "__main__":
