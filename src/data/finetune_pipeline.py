@@ -18,9 +18,8 @@ import json
 import numpy as np
 
 from src.data.masking import sample_rng, text_generation_targets
-from src.data.pipeline import (_check_data, _reader, _SampleArrays, _split_captions, epoch_indices, open_mindrecord,
-                               stored_array)
-from src.data.transforms import image_transforms
+from src.data.pipeline import (_check_data, _SampleArrays, _split_captions, open_mindrecord, stored_array,
+                               training_positions, training_samples)
 from src.errors import UserError
 
 AUDIO_COLUMNS = ["audio", "frame_mask"]
@@ -47,26 +46,11 @@ def check_finetune_data(data_path, cfg, kind):
     return info, has_audio
 
 
-def _positions(info, cfg, batch_size, epoch, rank, world, start_batch):
-    positions = epoch_indices(info.count, cfg.run.seed, epoch, rank, world, drop_remainder_to=batch_size)
-    if not 0 <= start_batch < len(positions) // batch_size:
-        raise UserError(f"cannot resume at batch {start_batch}: epoch {epoch} has {len(positions) // batch_size} "
-                        "batches per device")
-    return positions[start_batch * batch_size:]
-
-
 def _build(kind, samples, data_path, cfg, batch_size, epoch, rank, world, start_batch):
     info, has_audio = check_finetune_data(data_path, cfg, kind)
-    positions = _positions(info, cfg, batch_size, epoch, rank, world, start_batch)
-    workers = cfg.data.workers
-    samples = samples(has_audio)
-    data = _reader(info, ["index", "image"] + samples.input_columns[1:], positions, workers)
-    data = data.map(image_transforms(cfg.model.image.image_size, train=True,
-                                     random_resized_crop=cfg.data.random_crop, crop_scale=cfg.data.crop_scale,
-                                     hflip=cfg.data.hflip), input_columns=["image"], num_parallel_workers=workers)
-    data = data.map(samples, input_columns=samples.input_columns, output_columns=samples.output_columns,
-                    num_parallel_workers=workers)
-    data = data.batch(batch_size, drop_remainder=True, num_parallel_workers=workers)
+    positions = training_positions(info, cfg, batch_size, epoch, rank, world, start_batch)
+    data = training_samples(info, cfg, samples(has_audio), positions)
+    data = data.batch(batch_size, drop_remainder=True, num_parallel_workers=cfg.data.workers)
     return data.project(finetune_columns(kind, has_audio))
 
 

@@ -158,6 +158,26 @@ def _reader(info, columns, positions, workers):
                           num_parallel_workers=workers)
 
 
+def training_positions(info, cfg, batch_size, epoch, rank, world, start_batch):
+    """This rank's record positions of a training epoch (whole batches), from batch `start_batch` on."""
+    positions = epoch_indices(info.count, cfg.run.seed, epoch, rank, world, drop_remainder_to=batch_size)
+    if not 0 <= start_batch < len(positions) // batch_size:
+        raise UserError(f"cannot resume at batch {start_batch}: epoch {epoch} has {len(positions) // batch_size} "
+                        "batches per device")
+    return positions[start_batch * batch_size:]
+
+
+def training_samples(info, cfg, samples, positions):
+    """Records at `positions` -> training image transform -> the per-sample `samples` map (unbatched)."""
+    workers = cfg.data.workers
+    data = _reader(info, ["index", "image"] + samples.input_columns[1:], positions, workers)
+    data = data.map(image_transforms(cfg.model.image.image_size, train=True,
+                                     random_resized_crop=cfg.data.random_crop, crop_scale=cfg.data.crop_scale,
+                                     hflip=cfg.data.hflip), input_columns=["image"], num_parallel_workers=workers)
+    return data.map(samples, input_columns=samples.input_columns, output_columns=samples.output_columns,
+                    num_parallel_workers=workers)
+
+
 def build_pretrain_dataset(data_path, task, cfg, tokenizer, batch_size, epoch, rank=0, world=1, start_batch=0):
     """The batches of pretraining `task` for one epoch on rank `rank` of `world`, from batch `start_batch` on.
 
@@ -170,19 +190,9 @@ def build_pretrain_dataset(data_path, task, cfg, tokenizer, batch_size, epoch, r
         raise UserError(f"pretraining task 'itm' swaps images and audio inside a batch and needs a batch size of at "
                         f"least 3, got {batch_size}; raise train.batch_size or switch it off with "
                         "--set pretrain.tasks.itm=0")
-    positions = epoch_indices(info.count, cfg.run.seed, epoch, rank, world, drop_remainder_to=batch_size)
-    if not 0 <= start_batch < len(positions) // batch_size:
-        raise UserError(f"cannot resume at batch {start_batch}: epoch {epoch} has {len(positions) // batch_size} "
-                        "batches per device")
-    positions = positions[start_batch * batch_size:]
-    samples = _PretrainSample(task, cfg, tokenizer, epoch, has_audio)
+    positions = training_positions(info, cfg, batch_size, epoch, rank, world, start_batch)
+    data = training_samples(info, cfg, _PretrainSample(task, cfg, tokenizer, epoch, has_audio), positions)
     workers = cfg.data.workers
-    data = _reader(info, ["index", "image"] + samples.input_columns[1:], positions, workers)
-    data = data.map(image_transforms(cfg.model.image.image_size, train=True,
-                                     random_resized_crop=cfg.data.random_crop, crop_scale=cfg.data.crop_scale,
-                                     hflip=cfg.data.hflip), input_columns=["image"], num_parallel_workers=workers)
-    data = data.map(samples, input_columns=samples.input_columns, output_columns=samples.output_columns,
-                    num_parallel_workers=workers)
     if task == "itm":
         swap = (_SwapForMatching if has_audio else _SwapPairs)(cfg.run.seed, epoch)
         data = data.batch(batch_size, drop_remainder=True, per_batch_map=swap, input_columns=swap.input_columns,
