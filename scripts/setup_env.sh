@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced by run_tests.sh and run_demo.sh: creates .venv on first use, (re)installs the requirements when they change,
-# activates the venv and sets quiet, cached MindSpore defaults. Needs only a Python 3.9-3.11 on PATH.
+# activates the venv and sets quiet MindSpore logs. Needs only a python3 on PATH (tested with 3.11).
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 VENV="$REPO_ROOT/.venv"
