@@ -29,7 +29,7 @@ class LossScale(nn.Cell):
                                     requires_grad=False)
 
     def update(self, finite):
-        """Adjust the scale after a step; returns the scale in use before the update."""
+        """Adjust the scale after a step (grow after `window` finite steps, shrink on overflow)."""
         if self.mode != "dynamic":
             return self.scale
         if finite:

@@ -80,7 +80,11 @@ def resolve_resume(ckpt_cfg, manager):
     if not ckpt_cfg.resume:
         return None
     if ckpt_cfg.resume == "auto":
-        return manager.latest_valid()
+        path = manager.latest_valid()
+        if path is None and manager.list():
+            raise UserError(f"checkpoint.resume=auto: every checkpoint in {manager.directory} is corrupt or "
+                            "truncated; remove them to start from scratch, or resume from a copy elsewhere")
+        return path
     if not os.path.exists(ckpt_cfg.resume):
         raise UserError(f"checkpoint.resume: {ckpt_cfg.resume} does not exist; give a checkpoint directory "
                         "(…/checkpoints/step_XXXXXXXX) or 'auto'")

@@ -23,6 +23,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from src.errors import UserError
+from src.metrics.report import check_same_ids
 from src.metrics.vqa import remove_punctuation
 
 LANGS = ("zh", "en")
@@ -88,12 +89,7 @@ def _check_inputs(predictions, references, lang, zh_tokenize):
         raise UserError(f"caption metrics: unknown zh_tokenize {zh_tokenize!r}; use one of {', '.join(ZH_TOKENIZERS)}")
     if not references:
         raise UserError("caption metrics: no references to evaluate against")
-    missing = [key for key in references if key not in predictions]
-    extra = [key for key in predictions if key not in references]
-    if missing or extra:
-        raise UserError(f"caption metrics: predictions and references cover different ids ({len(missing)} without "
-                        f"a prediction, e.g. {missing[:3]}; {len(extra)} without references, e.g. {extra[:3]}); "
-                        "caption every image of the evaluation set")
+    check_same_ids("caption metrics", predictions, references, "references", "image")
     empty = [key for key, refs in references.items() if not refs]
     if empty:
         raise UserError(f"caption metrics: id {empty[0]!r} has no reference caption; give at least one")

@@ -6,6 +6,8 @@ import tempfile
 
 import numpy as np
 
+from src.errors import UserError
+
 MISSING = "-"   # cell text for a value a row does not have
 
 
@@ -93,3 +95,13 @@ def _to_json(value):
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def check_same_ids(kind, predictions, truth, truth_name, unit):
+    """UserError unless `predictions` and `truth` (dicts) cover exactly the same ids."""
+    missing = [key for key in truth if key not in predictions]
+    extra = [key for key in predictions if key not in truth]
+    if missing or extra:
+        raise UserError(f"{kind}: predictions and {truth_name} cover different ids ({len(missing)} without a "
+                        f"prediction, e.g. {missing[:3]}; {len(extra)} without {truth_name}, e.g. {extra[:3]}); "
+                        f"predict every {unit} of the evaluation set")

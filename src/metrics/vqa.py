@@ -8,6 +8,7 @@ import unicodedata
 from collections import Counter
 
 from src.errors import UserError
+from src.metrics.report import check_same_ids
 
 LANGS = ("zh", "en")
 
@@ -145,9 +146,4 @@ def _check_lang(lang):
 def _check_ids(preds, answers):
     if not answers:
         raise UserError("vqa: no ground-truth questions to evaluate")
-    missing = [key for key in answers if key not in preds]
-    extra = [key for key in preds if key not in answers]
-    if missing or extra:
-        raise UserError(f"vqa: predictions and answers cover different questions ({len(missing)} without a "
-                        f"prediction, e.g. {missing[:3]}; {len(extra)} without answers, e.g. {extra[:3]}); "
-                        "predict every question of the evaluation set")
+    check_same_ids("vqa", preds, answers, "answers", "question")
