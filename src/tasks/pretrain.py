@@ -60,6 +60,14 @@ class PretrainTask(nn.Cell):
     def audio_part(self, seq):
         return seq[:, self.text_len + self.image_len:]
 
+    def masked_feature_loss(self, pred, target, masked, contrastive_weight):
+        """Regression at the masked positions, plus the contrastive variant when its weight is above 0."""
+        loss = feature_regression(pred, target, masked)
+        if contrastive_weight > 0:
+            loss = loss + contrastive_weight * feature_contrastive(pred, target, masked,
+                                                                   self.cfg.feature_temperature)
+        return loss
+
 
 class MLMTask(PretrainTask):
     extra_inputs = ("mlm_positions", "mlm_labels", "mlm_weights")
@@ -79,11 +87,7 @@ class MVMTask(PretrainTask):
         target = standardize(ops.stop_gradient(target[:, 1:]))
         seq, _ = self.encode(text_ids, text_mask, image, image_masked, audio, frame_mask)
         pred = self.model.image_regression_head(self.image_part(seq))
-        loss = feature_regression(pred, target, image_masked)
-        if self.cfg.mvm_contrastive_weight > 0:
-            loss = loss + self.cfg.mvm_contrastive_weight * feature_contrastive(
-                pred, target, image_masked, self.cfg.feature_temperature)
-        return loss
+        return self.masked_feature_loss(pred, target, image_masked, self.cfg.mvm_contrastive_weight)
 
 
 class MAMTask(PretrainTask):
@@ -95,11 +99,7 @@ class MAMTask(PretrainTask):
         target = standardize(ops.stop_gradient(target))
         seq, _ = self.encode(text_ids, text_mask, image, None, audio, frame_mask, audio_masked)
         pred = self.model.audio_regression_head(self.audio_part(seq))
-        loss = feature_regression(pred, target, audio_masked)
-        if self.cfg.mam_contrastive_weight > 0:
-            loss = loss + self.cfg.mam_contrastive_weight * feature_contrastive(
-                pred, target, audio_masked, self.cfg.feature_temperature)
-        return loss
+        return self.masked_feature_loss(pred, target, audio_masked, self.cfg.mam_contrastive_weight)
 
 
 class ITMTask(PretrainTask):
