@@ -26,7 +26,7 @@ class MetricsLog:
 
 
 class LossTracker:
-    """Per-task loss statistics: mean of the first and of the last `window` steps, and a running recent mean."""
+    """Per-task loss statistics: the first `window` losses, a running mean of the last `window`, and step counts."""
 
     def __init__(self, window=20):
         self.window = window
@@ -57,11 +57,12 @@ class LossTracker:
             self.steps[task] = n
 
     def summary(self):
-        """{task: {"steps", "first", "last"}}: means of the first and of the last k losses, k = min(window, n // 2),
-        so the two never overlap."""
+        """{task: {"steps", "first", "last"}}: means of the first and of the last k of a task's n losses, k = n // 5
+        (at least 1, at most `window`): the start and the end of training, never overlapping, and not blurred by a
+        fast initial drop as halves would be."""
         out = {}
         for task in self.first:
-            k = max(1, min(self.window, self.steps[task] // 2))
+            k = max(1, min(self.window, self.steps[task] // 5))
             first, last = self.first[task][:k], list(self.recent[task])[-k:]
             out[task] = {"steps": self.steps[task], "first": sum(first) / k, "last": sum(last) / k}
         return out

@@ -82,14 +82,16 @@ class PairScorer(nn.Cell):
 
 
 class Retriever:
-    """The graph Cells of one model for retrieval, run with a fixed batch size."""
+    """The graph Cells of one model for retrieval, run with a fixed batch size. `towers` = (text, image, audio, pair)
+    callables with the signatures of TextTower, ImageTower, AudioTower and PairScorer (e.g. exported graphs) replace
+    the Cells of `model`."""
 
-    def __init__(self, model, batch_size):
+    def __init__(self, model, batch_size, towers=None):
         if batch_size < 1:
             raise UserError(f"retrieval batch size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
-        self.text_tower, self.image_tower = TextTower(model), ImageTower(model)
-        self.audio_tower, self.pair_scorer = AudioTower(model), PairScorer(model)
+        towers = towers or (TextTower(model), ImageTower(model), AudioTower(model), PairScorer(model))
+        self.text_tower, self.image_tower, self.audio_tower, self.pair_scorer = towers
 
     def embed_texts(self, ids, mask, keep_tokens=True, desc="texts"):
         """ids, mask (n, L) -> {"features" (n, D)} plus "tokens" / "token_mask" when `keep_tokens`."""
@@ -274,7 +276,8 @@ def gather_items(local, n, gather=all_gather_numpy):
 
 
 def gather_pair_scores(pairs, scores, gather=all_gather_numpy):
-    """Every rank's (pairs (P_r, 2), scores (P_r,)), concatenated in rank order (P_r may differ between ranks)."""
+    """Every rank's (pairs (P_r, 2), scores (P_r,)) merged: sorted unique pairs and their scores (P_r may differ
+    between ranks; a pair two ranks both shortlisted, one for a text query and one for an image query, counts once)."""
     longest = int(max(np.concatenate(gather(np.array([len(pairs)], np.int64)))))
     padded_pairs = np.full((longest, 2), -1, np.int64)
     padded_pairs[:len(pairs)] = pairs
@@ -283,7 +286,8 @@ def gather_pair_scores(pairs, scores, gather=all_gather_numpy):
     all_pairs = np.concatenate(gather(padded_pairs))
     all_scores = np.concatenate(gather(padded_scores))
     real = all_pairs[:, 0] >= 0
-    return all_pairs[real], all_scores[real]
+    unique, first = np.unique(all_pairs[real], axis=0, return_index=True)
+    return unique, all_scores[real][first]
 
 
 # ------------------------------------------------------------------------------------------------------ index

@@ -86,6 +86,10 @@ def test_sharding_covers_every_query_once_and_gathers_back_in_order():
     pairs, scores = gather_pair_scores(np.array([[0, 1], [3, 0]]), np.array([5.0, 6.0], np.float32),
                                        lambda a: [a, _pad_like(a, next(answers))])
     assert pairs.tolist() == [[0, 1], [3, 0], [4, 2]] and scores.tolist() == [5.0, 6.0, 7.0]
+    # a pair both ranks shortlisted (rank 0 for its text query, rank 1 for its image query) is kept once, sorted
+    answers = iter([np.array([2]), np.array([[3, 0], [1, 1]]), np.array([6.0, 8.0], np.float32)])
+    pairs, scores = gather_pair_scores(np.array([[3, 0]]), np.array([6.0], np.float32), lambda a: [a, next(answers)])
+    assert pairs.tolist() == [[1, 1], [3, 0]] and scores.tolist() == [8.0, 6.0]
 
 
 def _pad_like(mine, theirs):
