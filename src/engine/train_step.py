@@ -84,6 +84,7 @@ class TrainStep(nn.Cell):
 
     def __init__(self, loss_net, optimizer, loss_scale, clip_norm=1.0, accumulation=1):
         super().__init__(auto_prefix=False)
+        self.network = loss_net  # a child Cell, so that set_train on the step reaches the model's dropout
         self.optimizer = optimizer
         self.loss_scale = loss_scale
         self.clip_norm = float(clip_norm)

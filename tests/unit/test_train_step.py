@@ -191,3 +191,15 @@ def test_loss_scale_update_grows_after_window_and_never_drops_below_one(pynative
     assert float(LossScale("none", init=8.0).scale.asnumpy()) == 1.0
     with pytest.raises(ValueError, match="train.loss_scale"):
         LossScale("static")
+
+
+def test_set_train_on_the_step_reaches_every_cell_of_the_model():
+    """The model is only called through value_and_grad; the step must still switch its dropout on and off."""
+    cfg = model_config("tiny")
+    model = build_model(cfg.model)
+    model.set_train(False)
+    step = sgd_step(mlm_net(cfg, model), 1)
+    step.set_train(True)
+    assert all(cell.training for _, cell in model.cells_and_names())
+    step.set_train(False)
+    assert not any(cell.training for _, cell in model.cells_and_names())
