@@ -133,6 +133,43 @@ def load_image(path_or_bytes, image_size, train=False, rng=None, random_resized_
     return np.ascontiguousarray(image, dtype=np.float32)
 
 
+def to_uint8(images):
+    """Undo the ImageNet normalisation of float32 images (B, 3, H, W): uint8 (B, H, W, 3), rounded and clipped."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected normalised images (B, 3, H, W), got shape {images.shape}")
+    mean = 255.0 * np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
+    std = 255.0 * np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
+    pixels = np.clip(np.rint(images * std + mean), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+
+
+def write_png(pixels, path, columns=None, gap=2):
+    """Write uint8 images (B, H, W, 3) as one PNG: a grid of `columns` per row (default: all in one row) with
+    `gap` white pixels between them. The file is written through a temporary name and a rename."""
+    from PIL import Image
+    pixels = np.asarray(pixels, dtype=np.uint8)
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    count, height, width, _ = pixels.shape
+    columns = max(1, min(columns or count, count))
+    rows = -(-count // columns)
+    canvas = np.full((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), 255, np.uint8)
+    for index, image in enumerate(pixels):
+        top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
+        canvas[top:top + height, left:left + width] = image
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp_path = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        Image.fromarray(canvas).save(tmp_path, format="PNG")
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------- audio
 
 
