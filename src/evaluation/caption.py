@@ -2,6 +2,7 @@
 
     python eval.py --task caption --ckpt RUN/best/step_X --image img.jpg|folder [--out captions.jsonl]
     python eval.py --task caption --ckpt RUN/best/step_X [--split test] [--out_dir DIR]
+    python eval.py --task caption --mindir EXPORT_PREFIX [...]      # the same on exported MindIR graphs
 
 With --image, prints `<file>\\t<caption>` per image and writes them as JSONL (default <out_dir>/captions.jsonl).
 Without it, captions every image of the data.<split> MindRecord and scores them with BLEU-1..4, METEOR, ROUGE-L and
@@ -24,8 +25,9 @@ EXAMPLES = 8   # examples shown in the markdown report
 
 
 def add_common_arguments(parser):
-    """--ckpt, --config, --set, --split, --out_dir, --batch_size and the decoding options shared with VQA."""
-    parser.add_argument("--ckpt", required=True, help="checkpoint step directory (e.g. RUN/best/step_00000300)")
+    """--ckpt or --mindir, --config, --set, --split, --out_dir, --batch_size and the decoding options shared with
+    VQA."""
+    add_model_arguments(parser)
     add_config_arguments(parser, default_config="")  # empty: the config.yaml of the checkpoint's run
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="which data.<split> MindRecord to evaluate (default test)")
@@ -36,6 +38,14 @@ def add_common_arguments(parser):
     parser.add_argument("--max_len", type=int, default=None, help="tokens generated at most (EOS included)")
     parser.add_argument("--length_penalty", type=float, default=None)
     parser.add_argument("--no_repeat_ngram", type=int, default=None)
+
+
+def add_model_arguments(parser):
+    """--ckpt CKPT or --mindir EXPORT (exactly one): what to evaluate."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint step directory (e.g. RUN/best/step_00000300)")
+    source.add_argument("--mindir", metavar="PREFIX", help="run the graphs of export.py instead: its --file_name "
+                                                           "PREFIX, PREFIX_export.json or their folder")
 
 
 def decoding_overrides(args):
@@ -148,7 +158,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from src.inference.pipeline import Captioner, image_files
     files = image_files(args.image) if args.image else None
-    captioner = Captioner(args.ckpt, args.config or None, args.overrides, args.batch_size, **decoding_overrides(args))
+    captioner = Captioner(args.ckpt, args.config or None, args.overrides, args.batch_size, args.mindir,
+                          **decoding_overrides(args))
     out_dir = args.out_dir or os.path.join(captioner.cfg.run.output_dir, "eval")
     if files:
         captions = captioner.caption(files)

@@ -6,12 +6,14 @@ of its captions is in the top K); recalls in percent with pessimistic ties, plus
 ranking ("chance"). With audio in the data, text -> audio, audio -> text, image -> audio and audio -> image recalls by
 the towers' contrastive embeddings (itc) are added whatever the mode: the cross-encoder heads are not used for audio.
 
-Results go to <out>/retrieval.json and retrieval.md (default out: <run of the checkpoint>/eval_retrieval). Under a
-distributed launcher every rank embeds and scores its share (r::world) and rank 0 writes.
+Results go to <out>/retrieval.json and retrieval.md (default out: <run of the checkpoint>/eval_retrieval, or
+<export folder>/eval_retrieval with --mindir). Under a distributed launcher every rank embeds and scores its share
+(r::world) and rank 0 writes.
 
     python eval.py --task retrieval --ckpt RUN/best/step_00000100 --mode itc_itm --k 16
     python eval.py --task retrieval --ckpt CKPT --index_out images.npz                   # also save an image index
     python eval.py --task retrieval --ckpt CKPT --index images.npz --query "一只红色的圆" --top 5
+    python eval.py --task retrieval --mindir EXPORT_PREFIX --mode itc_itm    # on exported MindIR graphs
 """
 import argparse
 import os
@@ -155,13 +157,15 @@ def default_out_dir(ckpt):
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt))), "eval_retrieval")
 
 
-def query_index(model, cfg, tokenizer, index_path, query, top):
-    """The best `top` images of the index at `index_path` for the text `query` (list of dicts)."""
+def query_index(model, cfg, tokenizer, index_path, query, top, retriever=None):
+    """The best `top` images of the index at `index_path` for the text `query` (list of dicts); `retriever`
+    (e.g. of an export) replaces `model`'s."""
     if not query or not query.strip():
         raise UserError("--index needs a non-empty --query TEXT")
     index = load_index(index_path)
     ids, mask = tokenizer.encode_padded(query, cfg.model.text.max_len)
-    features = Retriever(model, 1).embed_texts(ids[None], mask[None], keep_tokens=False, desc="query")["features"]
+    retriever = retriever or Retriever(model, 1)
+    features = retriever.embed_texts(ids[None], mask[None], keep_tokens=False, desc="query")["features"]
     return search_index(index, features, top)[0]
 
 
@@ -182,7 +186,10 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="eval.py --task retrieval", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="checkpoint directory (…/checkpoints/step_N or …/best/step_N)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint directory (…/checkpoints/step_N or …/best/step_N)")
+    source.add_argument("--mindir", metavar="PREFIX", help="run the graphs of export.py instead: its --file_name "
+                                                           "PREFIX, PREFIX_export.json or their folder")
     parser.add_argument("--config", default=None, help="run config (default: the config.yaml of the checkpoint's run)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. --set data.workers=1")
@@ -215,12 +222,19 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.query is not None and args.index is None:
         raise UserError("--query needs --index FILE (an index written with --index_out)")
-    cfg = resolve_config(args.ckpt, args.config, args.overrides)
+    exported = None
+    if args.mindir:
+        from src.inference.exported import ExportedModel
+        exported = ExportedModel(args.mindir, "retrieval", args.overrides)
+        cfg = exported.cfg
+    else:
+        cfg = resolve_config(args.ckpt, args.config, args.overrides)
     dist = setup_context(cfg.run)
     tokenizer = Tokenizer(cfg.data.vocab, cfg.data.lower_case)
-    model = load_trained_model(cfg, args.ckpt)
+    model = load_trained_model(cfg, args.ckpt) if exported is None else None
     if args.index:
-        hits = query_index(model, cfg, tokenizer, args.index, args.query, setting(args, cfg, "top"))
+        hits = query_index(model, cfg, tokenizer, args.index, args.query, setting(args, cfg, "top"),
+                           exported.retriever(1) if exported else None)
         if dist.is_main:
             print(markdown_table(hits, ["rank", "score", "id", "image_id", "source"], floatfmt=".4f"), end="")
         return 0
@@ -229,13 +243,16 @@ def main(argv=None):
         raise UserError("no evaluation data: pass --data MINDRECORD or set data.test in the config")
     mode, k, batch_size = (setting(args, cfg, name) for name in ("mode", "k", "batch_size"))
     results = evaluate(model, cfg, tokenizer, data, mode, k, batch_size, dist.rank, dist.world_size,
+                       retriever=exported.retriever(batch_size) if exported else None,
                        return_features=bool(args.index_out))
     features = results.pop("image_features", None)
     if not dist.is_main:
         return 0
-    results["checkpoint"] = args.ckpt
+    source = args.ckpt or exported.path
+    results["checkpoint"] = source
     rows = table_rows(results)
-    out = args.out or default_out_dir(args.ckpt)
+    out = args.out or (default_out_dir(args.ckpt) if args.ckpt else
+                       os.path.join(os.path.dirname(os.path.abspath(exported.path)), "eval_retrieval"))
     json_path, _ = write_results(out, "retrieval", results, rows, TABLE_COLUMNS)
     print(markdown_table(rows, TABLE_COLUMNS), end="")
     print(f"{results['n_texts']} captions x {results['n_images']} images, {results['pairs_scored']} pairs through "
@@ -245,6 +262,6 @@ def main(argv=None):
         refs = read_references(data)
         sources = image_sources(data, refs)
         save_index(args.index_out, features, [r["id"] for r in refs], [r["image_id"] for r in refs], sources,
-                   args.ckpt)
+                   source)
         print(f"image index of {len(refs)} images written to {args.index_out}")
     return 0

@@ -2,6 +2,7 @@
 
     python eval.py --task vqa --ckpt RUN/best/step_X --image img.jpg --question "图中有几个圆？"
     python eval.py --task vqa --ckpt RUN/best/step_X [--split test] [--closed_vocab] [--out_dir DIR]
+    python eval.py --task vqa --mindir EXPORT_PREFIX [...]          # generative answers from exported graphs
 
 With --image/--question, prints the answer. Without, answers every question of the data.<split> MindRecord and
 reports exact-match accuracy (after answer normalisation), VQA v2 accuracy (when questions have >= 3 answers), the
@@ -124,14 +125,19 @@ def main(argv=None):
     from src.inference.pipeline import VQA
     if (args.image is None) != (args.question is None):
         raise UserError("give --image and --question together (or neither, to evaluate a data split)")
-    cfg = resolve_config(args.ckpt, args.config or None, args.overrides)
+    if args.mindir:
+        from src.inference.exported import ExportedModel
+        cfg = ExportedModel(args.mindir, "vqa", args.overrides).cfg
+    else:
+        cfg = resolve_config(args.ckpt, args.config or None, args.overrides)
     closed = args.closed_vocab if args.closed_vocab is not None else cfg.get("vqa.closed_vocab", False)
     train_refs = training_references(cfg) if closed or args.image is None else None
     if closed and not train_refs:
         raise UserError("closed-vocabulary VQA takes its answers from data.train; set data.train to the training "
                         "MindRecord")
     answers = answer_list(train_refs, train_refs[0]["lang"], cfg.get("vqa.answer_list_size", 0)) if closed else None
-    vqa = VQA(args.ckpt, args.config or None, args.overrides, args.batch_size, answers, **decoding_overrides(args))
+    vqa = VQA(args.ckpt, args.config or None, args.overrides, args.batch_size, answers, args.mindir,
+              **decoding_overrides(args))
     if args.image is not None:
         print(vqa.answer(args.image, args.question))
         return 0

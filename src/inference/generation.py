@@ -130,13 +130,13 @@ def _banned(values, history, step, eos_id, never, min_len, no_repeat_ngram):
 
 
 class _CachedStepper:
-    """Host side of KV-cache decoding: prepares the memory once (then copies its rows per beam) and keeps the state."""
+    """Host side of KV-cache decoding: `step` has the `DecodeStep` signature (the Cell or an exported graph); the
+    prepared `state` (from `PrepareMemory`) has its rows copied per beam, then is carried from step to step."""
 
-    def __init__(self, cells, memory, memory_mask, copies):
-        state = cells.prepare(memory, memory_mask)
+    def __init__(self, step, state, copies):
         if copies > 1:
             state = tuple(ms.Tensor(np.repeat(s.asnumpy(), copies, 0)) for s in state)
-        self.state, self.step = state, cells.step
+        self.state, self.step = state, step
 
     def __call__(self, tokens, position, origin):
         out = self.step(ms.Tensor(tokens[:, None]), ms.Tensor(np.array([position], np.int32)), ms.Tensor(origin),
@@ -166,11 +166,11 @@ def _as_tensor(x, dtype):
     return x if isinstance(x, ms.Tensor) else ms.Tensor(np.asarray(x), dtype)
 
 
-def _check(decoder, strategy, max_len, beam_size, min_len, no_repeat_ngram, top_k, top_p, temperature):
+def _check(decoder_len, strategy, max_len, beam_size, min_len, no_repeat_ngram, top_k, top_p, temperature):
     if strategy not in STRATEGIES:
         raise UserError(f"unknown decoding strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
-    if not 1 <= max_len <= decoder.max_len:
-        raise UserError(f"generation max_len {max_len} must lie in [1, {decoder.max_len}] (the decoder's max_len); "
+    if not 1 <= max_len <= decoder_len:
+        raise UserError(f"generation max_len {max_len} must lie in [1, {decoder_len}] (the decoder's max_len); "
                         "lower it or enlarge the decoder's max_len in the model config")
     checks = [(beam_size >= 1, "beam_size", beam_size, ">= 1"), (min_len >= 0, "min_len", min_len, ">= 0"),
               (no_repeat_ngram >= 0, "no_repeat_ngram", no_repeat_ngram, ">= 0 (0 = off)"),
@@ -189,17 +189,35 @@ def generate(decoder, memory, memory_mask, bos_id, eos_id, pad_id, max_len, stra
     memory (B, S, H) and memory_mask (B, S) are Tensors or arrays. Returns (tokens int32 (B, L), scores float64 (B,))
     with L the longest returned sequence. `use_cache=False` decodes without the KV cache (same results, slower).
     """
-    _check(decoder, strategy, max_len, beam_size, min_len, no_repeat_ngram, top_k, top_p, temperature)
+    _check(decoder.max_len, strategy, max_len, beam_size, min_len, no_repeat_ngram, top_k, top_p, temperature)
     memory, memory_mask = _as_tensor(memory, ms.float32), _as_tensor(memory_mask, ms.float32)
     copies = beam_size if strategy == "beam" else 1
     cells = decoding_cells(decoder)
     if use_cache:
-        stepper = _CachedStepper(cells, memory, memory_mask, copies)
+        stepper = _CachedStepper(cells.step, cells.prepare(memory, memory_mask), copies)
     else:
         stepper = _FullStepper(cells, memory, memory_mask, copies, decoder.max_len, pad_id)
+    return _search(stepper, memory.shape[0], bos_id, eos_id, pad_id, max_len, strategy, beam_size, length_penalty,
+                   min_len, no_repeat_ngram, top_k, top_p, temperature, seed)
+
+
+def generate_from_state(step, state, decoder_len, bos_id, eos_id, pad_id, max_len, strategy="greedy", beam_size=3,
+                        length_penalty=1.0, min_len=1, no_repeat_ngram=0, top_k=0, top_p=1.0, temperature=1.0,
+                        seed=0):
+    """`generate` through any callables with the PrepareMemory / DecodeStep signatures, e.g. exported graphs:
+    `state` is the prepared decoding state (B rows), `step` the DecodeStep callable and `decoder_len` the decoder's
+    max_len. Same conventions and results as `generate`."""
+    _check(decoder_len, strategy, max_len, beam_size, min_len, no_repeat_ngram, top_k, top_p, temperature)
+    stepper = _CachedStepper(step, tuple(state), beam_size if strategy == "beam" else 1)
+    return _search(stepper, state[0].shape[0], bos_id, eos_id, pad_id, max_len, strategy, beam_size, length_penalty,
+                   min_len, no_repeat_ngram, top_k, top_p, temperature, seed)
+
+
+def _search(stepper, batch, bos_id, eos_id, pad_id, max_len, strategy, beam_size, length_penalty, min_len,
+            no_repeat_ngram, top_k, top_p, temperature, seed):
+    """Run the decoding `strategy` for `batch` memory rows through `stepper(tokens, position, origin) -> logits`."""
     ban = functools.partial(_banned, eos_id=eos_id, never=sorted({pad_id, bos_id} - {eos_id}), min_len=min_len,
                             no_repeat_ngram=no_repeat_ngram)
-    batch = memory.shape[0]
     if strategy == "beam":
         return _beam_search(stepper, ban, batch, beam_size, bos_id, eos_id, pad_id, max_len, length_penalty)
     if strategy == "greedy":

@@ -1,8 +1,9 @@
 """One-call inference: `Captioner(ckpt).caption(images)`, `VQA(ckpt).answer(image, question)`, `Retriever(ckpt)`.
 
 Each class reads the run config next to the checkpoint (or `config=`), builds the model in eval mode, loads the
-weights and works in batches of `batch_size`. Images are file paths, encoded bytes or float32 arrays (3, S, S)
-already transformed; a single item gives a single result, a list gives a list.
+weights and works in batches of `batch_size`; with `mindir=PREFIX` (and ckpt None) it runs the graphs of an
+`export.py` export instead (src.inference.exported). Images are file paths, encoded bytes or float32 arrays
+(3, S, S) already transformed; a single item gives a single result, a list gives a list.
 
 `TextGenerator` is the shared engine of captioning and VQA (also used by the evaluation and SCST code): it encodes
 [question |] image [| audio] into the text decoder's memory in one graph, then decodes with
@@ -106,16 +107,30 @@ class Answerer:
 
 
 class _Loaded:
-    """Config, tokenizer and model of a trained checkpoint."""
+    """Config, tokenizer and model of a trained checkpoint, or with `mindir` (an export's PREFIX, manifest or
+    folder) the config, tokenizer and graphs of an export (`self.model` is then None)."""
+    task = None
 
-    def __init__(self, ckpt, config=None, overrides=(), batch_size=16):
-        if not os.path.exists(ckpt):
-            raise UserError(f"checkpoint {ckpt} does not exist; give a step directory such as "
-                            "<run>/checkpoints/step_00000480 or <run>/best/step_...")
-        self.cfg = resolve_config(ckpt, config, overrides)
+    def __init__(self, ckpt, config=None, overrides=(), batch_size=16, mindir=None):
+        if mindir:
+            from src.inference.exported import ExportedModel
+            self.exported = ExportedModel(mindir, self.task, overrides)
+            self.cfg, self.model = self.exported.cfg, None
+        else:
+            if not ckpt or not os.path.exists(ckpt):
+                raise UserError(f"checkpoint {ckpt} does not exist; give a step directory such as "
+                                "<run>/checkpoints/step_00000480 or <run>/best/step_...")
+            self.cfg = resolve_config(ckpt, config, overrides)
+            self.model = load_trained_model(self.cfg, ckpt)
         self.tokenizer = Tokenizer(self.cfg.data.vocab, self.cfg.data.lower_case)
-        self.model = load_trained_model(self.cfg, ckpt)
         self.batch_size = int(batch_size)
+
+    def text_generator(self, decoding):
+        """The TextGenerator of this task with the config's decoding settings and the `decoding` overrides."""
+        settings = decoding_settings(self.cfg, self.task, **decoding)
+        if self.model is None:
+            return self.exported.text_generator(self.tokenizer, settings)
+        return TextGenerator(self.model, self.tokenizer, settings)
 
     def images(self, images):
         size = self.cfg.model.image.image_size
@@ -139,9 +154,11 @@ class Captioner(_Loaded):
     """`Captioner(ckpt).caption("img.jpg")` -> caption; a list of images -> list of captions. Decoding options
     (strategy, beam_size, max_len, ...) override the config's `caption.*` settings."""
 
-    def __init__(self, ckpt, config=None, overrides=(), batch_size=16, **decoding):
-        super().__init__(ckpt, config, overrides, batch_size)
-        self.generator = TextGenerator(self.model, self.tokenizer, decoding_settings(self.cfg, "caption", **decoding))
+    task = "caption"
+
+    def __init__(self, ckpt, config=None, overrides=(), batch_size=16, mindir=None, **decoding):
+        super().__init__(ckpt, config, overrides, batch_size, mindir)
+        self.generator = self.text_generator(decoding)
 
     def caption(self, images, audio=None):
         """Captions of `images` (optionally with audio files, one per image)."""
@@ -161,9 +178,11 @@ class VQA(_Loaded):
     With `answers` (a list of candidate answers) every question is answered by the candidate the decoder scores
     highest (closed vocabulary) instead of by free generation."""
 
-    def __init__(self, ckpt, config=None, overrides=(), batch_size=16, answers=None, **decoding):
-        super().__init__(ckpt, config, overrides, batch_size)
-        self.generator = TextGenerator(self.model, self.tokenizer, decoding_settings(self.cfg, "vqa", **decoding))
+    task = "vqa"
+
+    def __init__(self, ckpt, config=None, overrides=(), batch_size=16, answers=None, mindir=None, **decoding):
+        super().__init__(ckpt, config, overrides, batch_size, mindir)
+        self.generator = self.text_generator(decoding)
         self.answerer = Answerer(self.generator, answers)
 
     def questions(self, questions):
@@ -191,9 +210,14 @@ class Retriever(_Loaded):
     """`Retriever(ckpt).search("红色的圆", ["a.jpg", "b.jpg"])` -> image indices, best first, and their similarities.
     `embed_texts` / `embed_images` give the normalised contrastive embeddings of the two towers."""
 
-    def __init__(self, ckpt, config=None, overrides=(), batch_size=16):
-        super().__init__(ckpt, config, overrides, batch_size)
-        self._text, self._image = TextTower(self.model), ImageTower(self.model)
+    task = "retrieval"
+
+    def __init__(self, ckpt, config=None, overrides=(), batch_size=16, mindir=None):
+        super().__init__(ckpt, config, overrides, batch_size, mindir)
+        if mindir:
+            self._text, self._image = self.exported.graph("text"), self.exported.graph("image")
+        else:
+            self._text, self._image = TextTower(self.model), ImageTower(self.model)
 
     def embed_texts(self, texts):
         texts = _as_list(texts)[0]
