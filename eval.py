@@ -16,6 +16,7 @@ TASKS = {
     "retrieval": "src.evaluation.retrieval",
     "caption": "src.evaluation.caption",
     "vqa": "src.evaluation.vqa",
+    "t2i": "src.evaluation.t2i",
 }
 
 
