@@ -67,8 +67,9 @@ if [ "$QUICK" = 0 ]; then
     checkpoint.init="$PRETRAINED" "${COMMON[@]}"
   python eval.py --task caption --ckpt "$(newest "$OUT/caption/best")" --split test --out_dir "$OUT/caption"
 
-  stage "6/7 VQA: fine-tuning, test split -> $OUT/vqa"
-  python train_vqa.py --config config/vqa/demo.yaml --set run.output_dir="$OUT/vqa" checkpoint.init="$PRETRAINED" \
+  stage "6/7 VQA: fine-tuning from the captioning model, test split -> $OUT/vqa"
+  python train_vqa.py --config config/vqa/demo.yaml --set run.output_dir="$OUT/vqa" \
+    checkpoint.init="$(newest "$OUT/caption/best")" \
     data.train="$DATA/mindrecord/train_vqa.mindrecord" data.val="$DATA/mindrecord/val_vqa.mindrecord" \
     data.test="$DATA/mindrecord/test_vqa.mindrecord" data.vocab="$DATA/vocab.txt"
   python eval.py --task vqa --ckpt "$(newest "$OUT/vqa/best")" --split test --out_dir "$OUT/vqa"
