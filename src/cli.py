@@ -14,19 +14,17 @@ def run_main(main, argv=None):
         return 2
 
 
-def not_built_yet(prog, capability):
-    """For entry points whose capability has not landed: say so and fail, never pretend to run."""
-    print(f"{prog}: {capability} is not built yet in this repository (see the README's Status section).",
-          file=sys.stderr)
-    return 2
+def docstring_parser(doc, prog=None):
+    """An argument parser whose help is a module docstring: the first paragraph as description, the rest verbatim."""
+    summary, _, details = doc.partition("\n\n")
+    return argparse.ArgumentParser(prog=prog, description=summary, epilog=details or None,
+                                   formatter_class=argparse.RawTextHelpFormatter)
 
 
 def trainer_parser(doc):
     """The argument parser every trainer shares: --config and --set, help text from the module docstring."""
     from src.config import add_config_arguments
-    summary, _, details = doc.partition("\n\n")
-    parser = argparse.ArgumentParser(description=summary, epilog=details or None,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = docstring_parser(doc)
     add_config_arguments(parser)
     return parser
 

@@ -10,13 +10,13 @@ CIDEr-D (src/metrics/caption.py) into <out_dir>/caption_<split>.json and .md (wi
 predictions as caption_<split>_predictions.jsonl. <out_dir> defaults to <run>/eval. SPICE is not offered (it needs
 a Java scene-graph parser and model downloads).
 """
-import argparse
 import json
 import os
 
 import numpy as np
 from tqdm import tqdm
 
+from src.cli import docstring_parser
 from src.config import add_config_arguments
 from src.metrics.caption import caption_metrics
 from src.metrics.report import atomic_write_text, markdown_table
@@ -149,8 +149,7 @@ def evaluate_split(captioner, split, out_dir, batch_size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="eval.py --task caption", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    parser = docstring_parser(__doc__, "eval.py --task caption")
     add_common_arguments(parser)
     parser.add_argument("--image", default=None, help="caption this image file, or every image of this folder")
     parser.add_argument("--out", default=None, help="with --image: JSONL file for the captions "

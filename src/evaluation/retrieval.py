@@ -15,12 +15,12 @@ Results go to <out>/retrieval.json and retrieval.md (default out: <run of the ch
     python eval.py --task retrieval --ckpt CKPT --index images.npz --query "一只红色的圆" --top 5
     python eval.py --task retrieval --mindir EXPORT_PREFIX --mode itc_itm    # on exported MindIR graphs
 """
-import argparse
 import os
 import time
 
 import numpy as np
 
+from src.cli import docstring_parser
 from src.engine.distributed import all_gather_numpy
 from src.errors import UserError
 from src.inference.retrieval import (MODES, Retriever, cosine_scores, gather_items, gather_pair_scores, load_index,
@@ -183,9 +183,7 @@ def image_sources(data_path, references):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="eval.py --task retrieval", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = docstring_parser(__doc__, "eval.py --task retrieval")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint directory (…/checkpoints/step_N or …/best/step_N)")
     source.add_argument("--mindir", metavar="PREFIX", help="run the graphs of export.py instead: its --file_name "

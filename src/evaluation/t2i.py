@@ -21,12 +21,12 @@ Files in <out_dir> (default <run>/eval): t2i_<split>.json / .md (metrics and exa
 (one row per example prompt: the real image, then the candidates best first) and t2i_<split>_examples/<k>.png (the
 best image of example k, linked next to its prompt in the markdown).
 """
-import argparse
 import os
 import time
 
 import numpy as np
 
+from src.cli import docstring_parser
 from src.config import add_config_arguments
 from src.errors import UserError
 from src.metrics.report import markdown_table
@@ -119,8 +119,7 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="eval.py --task t2i", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    parser = docstring_parser(__doc__, "eval.py --task t2i")
     parser.add_argument("--ckpt", required=True, help="OPT checkpoint step directory")
     parser.add_argument("--vq", required=True, help="VQ image tokenizer checkpoint step directory")
     parser.add_argument("--vq_config", default=None, help="the VQ run's config.yaml (default: found next to --vq)")

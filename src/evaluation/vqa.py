@@ -11,10 +11,10 @@ the reference answers average more than 3 tokens) the caption metrics. Writes <o
 (with examples) and the predictions as vqa_<split>_predictions.jsonl. --closed_vocab answers with the best-scoring
 answer seen in data.train (config vqa.answer_list_size keeps only the most frequent ones; 0 = all).
 """
-import argparse
 import os
 from collections import Counter
 
+from src.cli import docstring_parser
 from src.evaluation.caption import (EXAMPLES, add_common_arguments, audio_of, decoding_overrides, eval_batches,
                                     split_path, write_jsonl, write_report)
 from src.metrics.caption import caption_metrics
@@ -110,8 +110,7 @@ def evaluate_split(vqa, split, out_dir, batch_size, caption_mode="auto", train_r
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="eval.py --task vqa", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    parser = docstring_parser(__doc__, "eval.py --task vqa")
     add_common_arguments(parser)
     parser.add_argument("--image", default=None, help="answer a question about this image")
     parser.add_argument("--question", default=None, help="the question (with --image)")
