@@ -1,35 +1,42 @@
 """Training-step throughput: `python scripts/benchmark.py train [--config config/model/base.yaml] [--batch_size 8]`.
 
 Times one pretraining task's step (default MLM over text + image + audio, the full cross-modal sequence) on a real
-pipeline batch from generated demo data, split into phases — data (pipeline, per batch), forward + backward, optimizer
-update, whole train step — and reports steps/s, samples/s, peak memory (max RSS) and achieved GFLOP/s as a fraction of
-the machine's fp32 matmul throughput measured in the same run (2048^3 MatMul in a graph Cell).
+pipeline batch from generated demo data, split into phases, and reports steps/s, samples/s, peak memory (max RSS of the
+train-step process) and achieved GFLOP/s as a fraction of the machine's fp32 matmul throughput measured in the same
+run (2048^3 MatMul in a graph Cell, sampled before and after the phases; the higher sample is the roof, so a moment
+of contention from other processes does not shrink it).
+
+Phases:
+- data: ms per batch of the task's pipeline over `--data_batches` batches after two warm-up ones, with short queues
+  (prefetch 2) so that batches made ahead do not hide its cost;
+- forward_backward: a graph Cell returning `value_and_grad` of the task over every trainable parameter (no optimizer);
+- optimizer: a graph Cell running only the optimizer update on fixed gradients;
+- train_step: `src.engine.train_step.TrainStep` exactly as the trainer builds it (train.clip_norm, loss scale none,
+  train.grad_accumulation 1).
+Each model phase runs in its own process (`--phase`), so one compiled graph's memory never adds to another's (the
+base config's forward + backward graph alone reaches about 20 GB RSS at batch 8 on CPU), and each phase's peak RSS is
+its own.
 
 FLOPs are counted analytically from the config (matmuls and attention only; one training step = 3x the forward).
 """
+import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 
 import mindspore as ms
+import mindspore.dataset as ds
 import numpy as np
 from mindspore import nn, ops
 
 from src.bench import print_table
 from src.config import load_config
-from src.data.build_mindrecord import build_mindrecord
-from src.data.demo import generate_demo
-from src.data.manifest import read_manifest
-from src.data.pipeline import build_pretrain_dataset
-from src.data.tokenizer import Tokenizer
-from src.data.vocab import build_vocab, manifest_texts, write_vocab
-from src.engine.optim import build_optimizer
-from src.engine.train_step import LossScale, TrainStep
-from src.models.opt import build_model
-from src.tasks.pretrain import build_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL_PHASES = ("forward_backward", "optimizer", "train_step")
 
 
 def add_arguments(parser):
@@ -38,8 +45,12 @@ def add_arguments(parser):
     parser.add_argument("--task", default="mlm", choices=["mlm", "mvm", "mam", "itm", "itc", "td"])
     parser.add_argument("--vocab_size", type=int, default=21128,
                         help="model vocabulary (the demo text uses the first ids; default bert-base-chinese's size)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default 5)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per phase after one warm-up (default 5)")
     parser.add_argument("--samples", type=int, default=64, help="demo samples generated for the data phase")
+    parser.add_argument("--data_batches", type=int, default=20, help="timed batches of the data phase (default 20)")
+    parser.add_argument("--phase", choices=MODEL_PHASES, default=None,
+                        help="internal: time one model phase on --batch_file and write it to --out")
+    parser.add_argument("--batch_file", default=None, help="internal: .npz batch for --phase")
 
 
 def block_flops(tokens, width, ffn, memory=0):
@@ -93,17 +104,12 @@ def matmul_roof(size=2048, repeats=10):
             return ops.matmul(x, y)
     net = MatMul()
     x = ms.Tensor(np.random.default_rng(0).standard_normal((size, size)).astype(np.float32))
-    net(x, x).asnumpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        net(x, x).asnumpy()
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / float(np.median(times)) / 1e9
+    return 2 * size ** 3 / timed(lambda: net(x, x).asnumpy(), repeats) / 1e9
 
 
 def timed(fn, steps):
-    fn()  # compile / warm up
+    """Median seconds of `steps` calls of fn after one untimed call (compile / warm-up)."""
+    fn()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -112,49 +118,43 @@ def timed(fn, steps):
     return float(np.median(times))
 
 
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def model_config(args):
+    return load_config(args.config, [f"train.batch_size={args.batch_size}", f"model.text.vocab_size={args.vocab_size}"])
+
+
 def run(args):
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
-    roof = matmul_roof()
+    if args.phase:
+        return run_phase(args)
+    roof_samples = [matmul_roof()]
+    cfg = model_config(args)
     with tempfile.TemporaryDirectory(prefix="opt_bench_train_") as tmp:
-        cfg = load_config(args.config, [f"train.batch_size={args.batch_size}"])
-        generate_demo(os.path.join(tmp, "demo"), args.samples, 0, 0, image_size=64, audio="tones")
-        manifest = os.path.join(tmp, "demo", "train.jsonl")
-        vocab = os.path.join(tmp, "vocab.txt")
-        write_vocab(vocab, build_vocab(manifest_texts(read_manifest(manifest))))
-        record = os.path.join(tmp, "train.mindrecord")
-        build_mindrecord(manifest, record, vocab, max_frames=cfg.model.audio.max_frames)
-        tokenizer = Tokenizer(vocab)
-        cfg = cfg.with_updates({"data.vocab": vocab, "model.text.vocab_size": max(args.vocab_size,
-                                                                                    tokenizer.vocab_size)})
-        dataset = build_pretrain_dataset(record, args.task, cfg, tokenizer, args.batch_size, 0)
-        iterator = dataset.create_dict_iterator(num_epochs=-1, output_numpy=True)
-        batch = next(iterator)
-        data_s = timed(lambda: next(iterator), args.steps)
-
-        model = build_model(cfg.model)
-        task = build_task(args.task, model, cfg.pretrain, has_audio="audio" in batch)
-        inputs = [ms.Tensor(batch[n]) for n in task.input_names]
-        optimizer = build_optimizer(model.trainable_params(), cfg.optim, 1000)
-        step = TrainStep(task, optimizer, LossScale("none"), cfg.train.clip_norm)
-        step.set_train(True)
-        grad = _GradOnly(task, optimizer)
-        grads = grad(*inputs)
-        update = _UpdateOnly(optimizer)
-        fwd_bwd_s = timed(lambda: grad(*inputs)[0].asnumpy(), args.steps)
-        optimizer_s = timed(lambda: update(grads).asnumpy(), args.steps)
-        step_s = timed(lambda: step(*inputs)[0].asnumpy(), args.steps)
+        batch_file = os.path.join(tmp, "batch.npz")
+        data_s, vocab_size = time_data(args, cfg, tmp, batch_file)
+        args.vocab_size = max(args.vocab_size, vocab_size)
+        cfg = model_config(args)
+        phases = {phase: run_phase_process(args, phase, batch_file, tmp) for phase in MODEL_PHASES}
+    roof_samples.append(matmul_roof())
+    roof = max(roof_samples)
+    step = phases["train_step"]
+    step_s = step["seconds"]
     flops = 3 * forward_flops(cfg.model, args.task, cfg.pretrain.max_predictions) * args.batch_size
     achieved = flops / step_s / 1e9
     results = {
         "benchmark": "train", "config": os.path.relpath(args.config, ROOT), "task": args.task,
-        "batch_size": args.batch_size, "parameters": int(sum(p.size for p in model.trainable_params())),
+        "batch_size": args.batch_size, "parameters": step["parameters"],
         "steps_per_s": 1.0 / step_s, "samples_per_s": args.batch_size / step_s,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_rss_gb": step["peak_rss_gb"],
         "train_gflop_per_step": flops / 1e9, "achieved_gflop_s": achieved, "matmul_roof_gflop_s": roof,
-        "fraction_of_roof": achieved / roof,
-        "phases_ms": {"data": data_s * 1e3, "forward_backward": fwd_bwd_s * 1e3, "optimizer": optimizer_s * 1e3,
-                      "train_step": step_s * 1e3},
+        "matmul_roof_samples": roof_samples, "fraction_of_roof": achieved / roof,
+        "phases_ms": {"data": data_s * 1e3, **{p: phases[p]["seconds"] * 1e3 for p in MODEL_PHASES}},
+        "phase_peak_rss_gb": {p: phases[p]["peak_rss_gb"] for p in MODEL_PHASES},
+        "load_average": os.getloadavg(),
     }
     rows = [{"phase": k, "ms": v} for k, v in results["phases_ms"].items()]
     print_table(f"{results['config']}, task {args.task}, batch {args.batch_size}: {results['steps_per_s']:.3f} "
@@ -162,6 +162,86 @@ def run(args):
                 f"{100 * results['fraction_of_roof']:.0f}% of the {roof:.0f} GFLOP/s matmul roof, peak RSS "
                 f"{results['peak_rss_gb']:.1f} GB", rows, ["phase", "ms"])
     return results
+
+
+def time_data(args, cfg, tmp, batch_file):
+    """Build demo data, time the task pipeline (seconds per batch), save one batch to `batch_file`; returns
+    (seconds, tokenizer vocabulary size)."""
+    from src.data.build_mindrecord import build_mindrecord
+    from src.data.demo import generate_demo
+    from src.data.manifest import read_manifest
+    from src.data.pipeline import build_pretrain_dataset
+    from src.data.tokenizer import Tokenizer
+    from src.data.vocab import build_vocab, manifest_texts, write_vocab
+
+    generate_demo(os.path.join(tmp, "demo"), args.samples, 0, 0, image_size=max(32, cfg.model.image.image_size),
+                  audio="tones")
+    manifest = os.path.join(tmp, "demo", "train.jsonl")
+    vocab = os.path.join(tmp, "vocab.txt")
+    write_vocab(vocab, build_vocab(manifest_texts(read_manifest(manifest))))
+    record = os.path.join(tmp, "train.mindrecord")
+    build_mindrecord(manifest, record, vocab, max_frames=cfg.model.audio.max_frames)
+    tokenizer = Tokenizer(vocab)
+    cfg = cfg.with_updates({"data.vocab": vocab})
+    default_prefetch = ds.config.get_prefetch_size()
+    ds.config.set_prefetch_size(2)
+    try:
+        dataset = build_pretrain_dataset(record, args.task, cfg, tokenizer, args.batch_size, 0).repeat()
+        iterator = dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
+        np.savez(batch_file, **next(iterator))
+        next(iterator)
+        start = time.perf_counter()
+        for _ in range(args.data_batches):
+            next(iterator)
+        seconds = (time.perf_counter() - start) / args.data_batches
+    finally:
+        ds.config.set_prefetch_size(default_prefetch)
+    return seconds, tokenizer.vocab_size
+
+
+def run_phase_process(args, phase, batch_file, tmp):
+    """Run one model phase in a fresh process; returns its results dict."""
+    out = os.path.join(tmp, f"{phase}.json")
+    command = [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "train", "--phase", phase,
+               "--batch_file", batch_file, "--out", out, "--config", args.config, "--batch_size",
+               str(args.batch_size), "--task", args.task, "--vocab_size", str(args.vocab_size), "--steps",
+               str(args.steps)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark phase {phase} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    with open(out, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_phase(args):
+    """Time one model phase (see the module docstring) on the batch in --batch_file."""
+    from src.engine.optim import build_optimizer
+    from src.engine.train_step import LossScale, TrainStep
+    from src.models.opt import build_model
+    from src.tasks.pretrain import build_task
+
+    cfg = model_config(args)
+    with np.load(args.batch_file) as saved:
+        batch = dict(saved)
+    model = build_model(cfg.model)
+    task = build_task(args.task, model, cfg.pretrain, has_audio="audio" in batch)
+    task.set_train(True)
+    inputs = [ms.Tensor(batch[n]) for n in task.input_names]
+    optimizer = build_optimizer(model.trainable_params(), cfg.optim, 1000)
+    if args.phase == "forward_backward":
+        grad = _GradOnly(task, optimizer)
+        seconds = timed(lambda: grad(*inputs)[0].asnumpy(), args.steps)
+    elif args.phase == "optimizer":
+        grads = tuple(ms.Tensor(np.full(p.shape, 1e-3, np.float32)) for p in optimizer.parameters)
+        update = _UpdateOnly(optimizer)
+        seconds = timed(lambda: update(grads).asnumpy(), args.steps)
+    else:
+        step = TrainStep(task, optimizer, LossScale("none"), cfg.train.clip_norm)
+        step.set_train(True)
+        seconds = timed(lambda: step(*inputs)[0].asnumpy(), args.steps)
+    print(f"{args.phase}: {seconds * 1e3:.1f} ms")
+    return {"phase": args.phase, "seconds": seconds, "peak_rss_gb": peak_rss_gb(),
+            "parameters": int(sum(p.size for p in model.trainable_params()))}
 
 
 class _GradOnly(nn.Cell):

@@ -5,10 +5,12 @@ Gradient accumulation splits the incoming batch into `accumulation` equal micro-
 their gradients before one optimizer update, so a step with accumulation k over a batch of k*B samples equals a plain
 step over the same k*B samples (to float tolerance) while holding the activations of only B samples at a time.
 
-Loss scaling works on every backend: overflow is detected with `mindspore.amp.all_finite` on the unscaled gradients
-(the Ascend-only float-status ops are not used). On overflow the update is skipped and the scale is divided by
-`factor`; after `window` finite steps it is multiplied by `factor`. The scale and its counter are Parameters, so they
-are saved in checkpoints and restored on resume.
+Loss scaling works on every backend: a step overflows when the global norm of the unscaled gradients is not finite
+(an inf or NaN in any gradient makes it inf or NaN; the Ascend-only float-status ops are not used), so the norm that
+clipping needs is the only full pass over the gradients before the update. On overflow the update is skipped and the
+scale is divided by `factor`; after `window` finite steps it is multiplied by `factor`. The scale and its counter are
+Parameters, so they are saved in checkpoints and restored on resume. With loss scaling off and no accumulation the
+gradients are used as they come (no multiply by 1).
 """
 import mindspore as ms
 import numpy as np
@@ -46,6 +48,7 @@ class LossScale(nn.Cell):
 _scale_grad = ops.MultitypeFuncGraph("scale_grad")
 _square_sum = ops.MultitypeFuncGraph("square_sum")
 _add = ops.MultitypeFuncGraph("add")
+_row_times_row = ops.MatMul(transpose_b=True)
 
 
 @_scale_grad.register("Tensor", "Tensor")
@@ -55,7 +58,10 @@ def _scale_one(factor, grad):
 
 @_square_sum.register("Tensor")
 def _square_sum_one(grad):
-    return ops.reduce_sum(ops.square(ops.cast(grad, ms.float32)))
+    """sum(grad ** 2) as one (1, n) x (n, 1) MatMul: reads the gradient once and writes no squared copy (about twice
+    as fast on CPU as reduce_sum(square(grad)) over hundreds of gradients)."""
+    flat = ops.reshape(ops.cast(grad, ms.float32), (1, -1))
+    return ops.reshape(_row_times_row(flat, flat), ())
 
 
 @_add.register("Tensor", "Tensor")
@@ -89,7 +95,9 @@ class TrainStep(nn.Cell):
         self.loss_scale = loss_scale
         self.clip_norm = float(clip_norm)
         self.accumulation = int(accumulation)
-        self.grad_fn = ms.value_and_grad(ScaledLoss(loss_net, loss_scale), None, optimizer.parameters)
+        self.rescale = loss_scale.mode != "none" or self.accumulation > 1  # gradients need a 1 / (scale * k)
+        differentiated = ScaledLoss(loss_net, loss_scale) if loss_scale.mode != "none" else loss_net
+        self.grad_fn = ms.value_and_grad(differentiated, None, optimizer.parameters)
         self.hyper_map = ops.HyperMap()
         self.distributed = ms.get_auto_parallel_context("parallel_mode") in ("data_parallel", "hybrid_parallel")
         self.reducer = nn.Identity()
@@ -111,11 +119,12 @@ class TrainStep(nn.Cell):
                 part_loss, part_grads = self.grad_fn(*self.micro_batch(inputs, i))
                 loss = loss + part_loss
                 grads = self.hyper_map(_add, grads, part_grads)
-        loss = loss / (scale * self.accumulation)
-        grads = self.hyper_map(ops.partial(_scale_grad, 1.0 / (scale * self.accumulation)), grads)
+        if self.rescale:
+            loss = loss / (scale * self.accumulation)
+            grads = self.hyper_map(ops.partial(_scale_grad, 1.0 / (scale * self.accumulation)), grads)
         grads = self.reducer(grads)
-        finite = ms.amp.all_finite(grads)
         grad_norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        finite = ops.isfinite(grad_norm)
         if self.clip_norm > 0:
             grads = self.hyper_map(ops.partial(_scale_grad, self.clip_norm / ops.maximum(grad_norm, self.clip_norm)),
                                    grads)

@@ -74,7 +74,7 @@ def runs():
     data = [Tensor(batch[name]) for name in net.loss_net.input_names]
     normal = [Tensor(np.ones(BATCH, np.float32))] + data
     overflow = [Tensor(np.full(BATCH, POISON, np.float32))] + data
-    start = snapshot(net)
+    start = {p.name: p.asnumpy().copy() for p in net.get_parameters()}  # buffers too, for the clone
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
