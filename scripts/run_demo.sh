@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job on the built-in demo data: bash scripts/run_demo.sh [--quick]
-# Generates the demo dataset, builds its vocabulary and MindRecords, pre-trains the small model, evaluates zero-shot
-# retrieval, fine-tunes and evaluates retrieval, captioning and VQA, and writes outputs/demo/report.md.
-# --quick: a short version used by the tests (few samples, three pre-training tasks for a few steps, zero-shot
-# retrieval only; about 3 minutes).
+# Generates the demo dataset and its vocabulary, trains the image tokenizer (VQ-VAE) and encodes every image into
+# codes, builds the MindRecords, pre-trains the small model (image decoding included), evaluates zero-shot retrieval,
+# fine-tunes and evaluates retrieval, captioning, VQA and text-to-image, and writes outputs/demo/report.md.
+# --quick: a short version used by the tests (few samples, a few VQ steps, four pre-training tasks for a few steps,
+# zero-shot retrieval only; 6 minutes on the 2-core machine shared with other jobs).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$REPO_ROOT"
@@ -12,7 +13,7 @@ QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "usage: bash scripts/run_demo.sh [--quick]" >&2; exit 2 ;;
   esac
 done
@@ -21,11 +22,13 @@ DATA="${DEMO_DATA:-data/demo}"
 OUT="${DEMO_OUT:-outputs/demo}"
 if [ "$QUICK" = 1 ]; then
   SIZES=(--n_train 96 --n_val 16 --n_test 16)
+  VQ=(train.steps=10 train.eval_every=10 checkpoint.every=10 optim.warmup_steps=2 vq.grid_images=4)
   PRETRAIN=(train.steps=12 checkpoint.every=12 pretrain.tasks.mlm=1 pretrain.tasks.itc=1 pretrain.tasks.itm=1
-            pretrain.tasks.mvm=0 pretrain.tasks.mam=0 pretrain.tasks.td=0)
+            pretrain.tasks.mvm=0 pretrain.tasks.mam=0 pretrain.tasks.td=0 pretrain.tasks.id=1)
   EVAL=(--k 4)
 else
   SIZES=(--n_train 2000 --n_val 100 --n_test 100)
+  VQ=()
   PRETRAIN=()
   EVAL=()
 fi
@@ -35,25 +38,35 @@ mkdir -p "$OUT"
 start=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 newest() { ls -d "$1"/step_* | tail -n 1; }
+if [ "$QUICK" = 1 ]; then LAST=6; else LAST=9; fi
 
-stage "1/7 demo data -> $DATA"
+stage "1/$LAST demo data -> $DATA"
 python -m src.data.demo --out "$DATA" "${SIZES[@]}" --audio tones
 python -m src.data.vocab --manifest "$DATA/train.jsonl" "$DATA/train_vqa.jsonl" --out "$DATA/vocab.txt"
 
-stage "2/7 MindRecords -> $DATA/mindrecord"
+stage "2/$LAST image tokenizer: VQ-VAE training, image codes -> $OUT/vq, $DATA/tokens"
+python scripts/train_image_tokenizer.py --config config/vq/demo.yaml --set run.output_dir="$OUT/vq" \
+  data.train="$DATA/train.jsonl" data.val="$DATA/val.jsonl" "${VQ[@]}"
+VQ_CKPT="$(newest "$OUT/vq/checkpoints")"
 for split in train val test; do
-  for kind in "" _vqa; do
-    python -m src.data.build_mindrecord --manifest "$DATA/$split$kind.jsonl" \
-      --out "$DATA/mindrecord/$split$kind.mindrecord" --vocab "$DATA/vocab.txt" --strict
-  done
+  python -m src.data.extract_image_tokens --vq "$VQ_CKPT" --manifest "$DATA/$split.jsonl" \
+    --out "$DATA/tokens/$split.jsonl"
 done
 
-stage "3/7 pre-training the small model -> $OUT/pretrain"
+stage "3/$LAST MindRecords (captions with image codes; VQA) -> $DATA/mindrecord"
+for split in train val test; do
+  python -m src.data.build_mindrecord --manifest "$DATA/tokens/$split.jsonl" \
+    --out "$DATA/mindrecord/$split.mindrecord" --vocab "$DATA/vocab.txt" --strict
+  python -m src.data.build_mindrecord --manifest "$DATA/${split}_vqa.jsonl" \
+    --out "$DATA/mindrecord/${split}_vqa.mindrecord" --vocab "$DATA/vocab.txt" --strict
+done
+
+stage "4/$LAST pre-training the small model -> $OUT/pretrain"
 python train_pretrain.py --config config/pretrain/demo.yaml --set run.output_dir="$OUT/pretrain" "${COMMON[@]}" \
   "${PRETRAIN[@]}"
 PRETRAINED="$(newest "$OUT/pretrain/checkpoints")"
 
-stage "4/7 retrieval: zero-shot, fine-tuning, fine-tuned -> $OUT/retrieval*"
+stage "5/$LAST retrieval: zero-shot, fine-tuning, fine-tuned -> $OUT/retrieval*"
 python eval.py --task retrieval --ckpt "$PRETRAINED" --data "$DATA/mindrecord/test.mindrecord" \
   --out "$OUT/retrieval_zeroshot" "${EVAL[@]}"
 if [ "$QUICK" = 0 ]; then
@@ -62,19 +75,25 @@ if [ "$QUICK" = 0 ]; then
   python eval.py --task retrieval --ckpt "$(newest "$OUT/retrieval/best")" \
     --data "$DATA/mindrecord/test.mindrecord" --out "$OUT/retrieval_finetuned"
 
-  stage "5/7 captioning: fine-tuning, test split -> $OUT/caption"
+  stage "6/$LAST captioning: fine-tuning, test split -> $OUT/caption"
   python train_caption.py --config config/caption/demo.yaml --set run.output_dir="$OUT/caption" \
     checkpoint.init="$PRETRAINED" "${COMMON[@]}"
   python eval.py --task caption --ckpt "$(newest "$OUT/caption/best")" --split test --out_dir "$OUT/caption"
 
-  stage "6/7 VQA: fine-tuning from the captioning model, test split -> $OUT/vqa"
+  stage "7/$LAST VQA: fine-tuning from the captioning model, test split -> $OUT/vqa"
   python train_vqa.py --config config/vqa/demo.yaml --set run.output_dir="$OUT/vqa" \
     checkpoint.init="$(newest "$OUT/caption/best")" \
     data.train="$DATA/mindrecord/train_vqa.mindrecord" data.val="$DATA/mindrecord/val_vqa.mindrecord" \
     data.test="$DATA/mindrecord/test_vqa.mindrecord" data.vocab="$DATA/vocab.txt"
   python eval.py --task vqa --ckpt "$(newest "$OUT/vqa/best")" --split test --out_dir "$OUT/vqa"
+
+  stage "8/$LAST text-to-image: image-decoding fine-tune, generation on the test split -> $OUT/t2i"
+  python train_pretrain.py --config config/t2i/demo.yaml --set run.output_dir="$OUT/t2i" \
+    checkpoint.init="$PRETRAINED" "${COMMON[@]}"
+  python eval.py --task t2i --ckpt "$(newest "$OUT/t2i/checkpoints")" --vq "$VQ_CKPT" --split test \
+    --out_dir "$OUT/t2i/eval"
 fi
 
-stage "7/7 report -> $OUT/report.md"
+stage "$LAST/$LAST report -> $OUT/report.md"
 python scripts/demo_report.py "$OUT"
 stage "done"
