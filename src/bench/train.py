@@ -12,7 +12,7 @@ Phases:
 - forward_backward: a graph Cell returning `value_and_grad` of the task over every trainable parameter (no optimizer);
 - optimizer: a graph Cell running only the optimizer update on fixed gradients;
 - train_step: `src.engine.train_step.TrainStep` exactly as the trainer builds it (train.clip_norm, loss scale none,
-  train.grad_accumulation 1).
+  train.grad_accumulation = `--accumulation`, default 1).
 Each model phase runs in its own process (`--phase`), so one compiled graph's memory never adds to another's (the
 base config's forward + backward graph alone reaches about 20 GB RSS at batch 8 on CPU), and each phase's peak RSS is
 its own.
@@ -45,6 +45,10 @@ def add_arguments(parser):
     parser.add_argument("--task", default="mlm", choices=["mlm", "mvm", "mam", "itm", "itc", "td"])
     parser.add_argument("--vocab_size", type=int, default=21128,
                         help="model vocabulary (the demo text uses the first ids; default bert-base-chinese's size)")
+    parser.add_argument("--accumulation", type=int, default=1,
+                        help="gradient accumulation micro-batches per step (train.grad_accumulation): the batch is "
+                             "split into this many equal parts, so a batch that does not fit in memory can still "
+                             "be measured; forward+backward is then timed on one part and multiplied")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per phase after one warm-up (default 5)")
     parser.add_argument("--samples", type=int, default=64, help="demo samples generated for the data phase")
     parser.add_argument("--data_batches", type=int, default=20, help="timed batches of the data phase (default 20)")
@@ -147,7 +151,7 @@ def run(args):
     achieved = flops / step_s / 1e9
     results = {
         "benchmark": "train", "config": os.path.relpath(args.config, ROOT), "task": args.task,
-        "batch_size": args.batch_size, "parameters": step["parameters"],
+        "batch_size": args.batch_size, "accumulation": args.accumulation, "parameters": step["parameters"],
         "steps_per_s": 1.0 / step_s, "samples_per_s": args.batch_size / step_s,
         "peak_rss_gb": step["peak_rss_gb"],
         "train_gflop_per_step": flops / 1e9, "achieved_gflop_s": achieved, "matmul_roof_gflop_s": roof,
@@ -157,7 +161,8 @@ def run(args):
         "load_average": os.getloadavg(),
     }
     rows = [{"phase": k, "ms": v} for k, v in results["phases_ms"].items()]
-    print_table(f"{results['config']}, task {args.task}, batch {args.batch_size}: {results['steps_per_s']:.3f} "
+    print_table(f"{results['config']}, task {args.task}, batch {args.batch_size} in {args.accumulation} "
+                f"micro-batch(es): {results['steps_per_s']:.3f} "
                 f"steps/s, {results['samples_per_s']:.2f} samples/s, {achieved:.0f} GFLOP/s = "
                 f"{100 * results['fraction_of_roof']:.0f}% of the {roof:.0f} GFLOP/s matmul roof, peak RSS "
                 f"{results['peak_rss_gb']:.1f} GB", rows, ["phase", "ms"])
@@ -205,7 +210,7 @@ def run_phase_process(args, phase, batch_file, tmp):
     command = [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "train", "--phase", phase,
                "--batch_file", batch_file, "--out", out, "--config", args.config, "--batch_size",
                str(args.batch_size), "--task", args.task, "--vocab_size", str(args.vocab_size), "--steps",
-               str(args.steps)]
+               str(args.steps), "--accumulation", str(args.accumulation)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark phase {phase} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -228,15 +233,18 @@ def run_phase(args):
     task.set_train(True)
     inputs = [ms.Tensor(batch[n]) for n in task.input_names]
     optimizer = build_optimizer(model.trainable_params(), cfg.optim, 1000)
+    if args.batch_size % args.accumulation:
+        raise ValueError(f"--batch_size {args.batch_size} is not a multiple of --accumulation {args.accumulation}")
     if args.phase == "forward_backward":
         grad = _GradOnly(task, optimizer)
-        seconds = timed(lambda: grad(*inputs)[0].asnumpy(), args.steps)
+        part = [x[:args.batch_size // args.accumulation] for x in inputs]
+        seconds = args.accumulation * timed(lambda: grad(*part)[0].asnumpy(), args.steps)
     elif args.phase == "optimizer":
         grads = tuple(ms.Tensor(np.full(p.shape, 1e-3, np.float32)) for p in optimizer.parameters)
         update = _UpdateOnly(optimizer)
         seconds = timed(lambda: update(grads).asnumpy(), args.steps)
     else:
-        step = TrainStep(task, optimizer, LossScale("none"), cfg.train.clip_norm)
+        step = TrainStep(task, optimizer, LossScale("none"), cfg.train.clip_norm, args.accumulation)
         step.set_train(True)
         seconds = timed(lambda: step(*inputs)[0].asnumpy(), args.steps)
     print(f"{args.phase}: {seconds * 1e3:.1f} ms")
