@@ -65,8 +65,7 @@ class AudioTower(nn.Cell):
 
 def pair_logit(model, text, text_mask, image, image_mask):
     """Pair score of tower outputs: pair_head logit "matched" minus "not matched" (= logit of P(matched))."""
-    seq, _ = model.fuse(text, text_mask, image, image_mask)
-    logits = model.pair_head(model.pool(seq))
+    logits = model.pair_logits(text, text_mask, image, image_mask)
     return ops.cast(logits[:, 1] - logits[:, 0], ms.float32)
 
 

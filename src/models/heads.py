@@ -68,3 +68,55 @@ class ContrastiveHead(nn.Cell):
 
     def audio(self, pooled):
         return self.normalize(self.audio_proj(pooled))
+
+
+class MatchingHead(nn.Cell):
+    """Matching logits from the fused [CLS] and from how much the modality towers agree.
+
+        logits = Dense(pooled) + gain * scale * (sims - centre) @ pattern.T
+
+    `sims` (B, P) are the cosines between the contrastive features of the P modality pairs the head judges (text-image;
+    and text-audio, image-audio for three-modal matching); `scale` is the contrastive head's inverse temperature.
+    `centre` (P,) is the running mean of the sims seen in training (an exponential moving average with decay
+    `centre_decay`, bias-corrected, updated in-graph when the cell is training and including the current batch), so a
+    pair counts as agreeing when its towers agree more than a typical training pair does; it is a buffer
+    (`requires_grad=False`) that checkpoints carry. `pattern` (classes, P) is fixed: +1 where the class says the two
+    modalities of a pair belong together and -1 where it says they do not.
+
+    `gain` starts at 0, so an untrained head is exactly the Dense head and random towers add no noise; it is stored
+    divided by GAIN_STEP (an optimizer step moves it GAIN_STEP times further), so it can reach a useful size within
+    the first hundred steps once the towers agree on matching pairs, and stays near 0 while they do not.
+
+    Why: a cross-encoder learns to compare modalities from random negatives only after many thousands of steps; the
+    towers' agreement, trained by the contrastive task, lets matching learn from the first few hundred, and the fused
+    [CLS] adds what the towers miss.
+    """
+
+    GAIN_STEP = 10.0
+
+    def __init__(self, width, pattern, init_range=0.02, centre_decay=0.9):
+        super().__init__()
+        pattern = np.asarray(pattern, np.float32)
+        self.dense = dense(width, pattern.shape[0], init_range)
+        self.pattern = ms.Tensor(pattern)
+        self.gain = Parameter(ms.Tensor(np.array(0.0, np.float32)), name="gain")
+        self.decay = float(centre_decay)
+        self.centre_sum = Parameter(ms.Tensor(np.zeros(pattern.shape[1], np.float32)), name="centre_sum",
+                                    requires_grad=False)
+        self.centre_weight = Parameter(ms.Tensor(np.array(0.0, np.float32)), name="centre_weight",
+                                       requires_grad=False)
+
+    def centre(self, sims):
+        """The bias-corrected running mean of the sims; in training, updated with this batch first."""
+        if self.training:
+            batch_mean = ops.stop_gradient(sims.mean(0))
+            total = self.centre_sum * self.decay + batch_mean * (1.0 - self.decay)
+            weight = self.centre_weight * self.decay + (1.0 - self.decay)
+            ops.assign(self.centre_sum, total)
+            ops.assign(self.centre_weight, weight)
+            return total / weight
+        return self.centre_sum / ops.maximum(self.centre_weight, 1e-12)
+
+    def construct(self, pooled, sims, scale):
+        agreement = (ops.cast(sims, ms.float32) - self.centre(sims)) * (scale * self.gain * self.GAIN_STEP)
+        return ops.cast(self.dense(pooled), ms.float32) + ops.matmul(agreement, self.pattern.T)

@@ -11,12 +11,24 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
 from src.data.masking import IMAGE_TOKEN_OFFSET  # image-decoder vocabulary: PAD 0, BOS 1, EOS 2, then VQ codes
+from src.data.masking import (ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_CLASSES, ITM_IMAGE_SWAPPED, ITM_MATCHED,
+                              ITM_SAME_OTHER)
 
 from .decoder import Decoder
 from .encoders import AudioEncoder, ImageEncoder, TextEncoder, positions
-from .heads import ContrastiveHead, MLMHead, RegressionHead
+from .heads import ContrastiveHead, MatchingHead, MLMHead, RegressionHead
 from .layers import EncoderStack, dense, embedding, layer_norm
 
+# Which modality pairs belong together under each three-modal matching class: (text-image, text-audio, image-audio),
+# +1 together, -1 not (the starting `pattern` of the matching head; see src.data.masking.itm_batch for the classes).
+THREE_MODAL_PATTERN = {
+    ITM_SAME_OTHER: (-1, -1, +1),      # image and audio from the same other sample
+    ITM_IMAGE_SWAPPED: (-1, +1, -1),
+    ITM_AUDIO_SWAPPED: (+1, -1, -1),
+    ITM_BOTH_DIFFERENT: (-1, -1, -1),
+    ITM_MATCHED: (+1, +1, +1),
+}
+PAIR_PATTERN = ((-1,), (+1,))          # text-image pair matching: class 0 not matched, class 1 matched
 
 
 class ModalityEmbedding(nn.Cell):
@@ -63,8 +75,11 @@ class OPTModel(nn.Cell):
         self.mlm_head = MLMHead(width, cfg.text.hidden, cfg.text.vocab_size, eps, init)
         self.image_regression_head = RegressionHead(width, image_target, eps, init)
         self.audio_regression_head = RegressionHead(width, audio_target, eps, init)
-        self.itm_head = dense(width, cfg.heads.itm_classes, init)
-        self.pair_head = dense(width, 2, init)
+        if cfg.heads.itm_classes != ITM_CLASSES:
+            raise ValueError(f"model.heads.itm_classes must be {ITM_CLASSES} (src.data.masking.ITM_*), got "
+                             f"{cfg.heads.itm_classes}")
+        self.itm_head = MatchingHead(width, [THREE_MODAL_PATTERN[k] for k in range(ITM_CLASSES)], init)
+        self.pair_head = MatchingHead(width, PAIR_PATTERN, init)
         self.contrastive = ContrastiveHead(cfg.text.hidden, cfg.image.hidden, cfg.audio.hidden,
                                            cfg.heads.contrastive_dim, cfg.heads.temperature, init)
 
@@ -113,6 +128,20 @@ class OPTModel(nn.Cell):
         w = ops.expand_dims(ops.cast(audio_mask, audio_tokens.dtype), -1)
         pooled = (audio_tokens * w).sum(1) / ops.maximum(w.sum(1), 1.0)
         return self.contrastive.audio(pooled)
+
+    def pair_logits(self, text, text_mask, image, image_mask):
+        """Text-image matching logits (B, 2) (not matched, matched) of single-modal token outputs."""
+        seq, _ = self.fuse(text, text_mask, image, image_mask)
+        sims = (self.text_features(text, text_mask) * self.image_features(image)).sum(-1, keepdims=True)
+        return self.pair_head(self.pool(seq), sims, self.contrastive.scale())
+
+    def matching_logits(self, text, text_mask, image, image_mask, audio, audio_mask):
+        """Three-modal matching logits (B, 5) (src.data.masking.ITM_* classes) of single-modal token outputs."""
+        seq, _ = self.fuse(text, text_mask, image, image_mask, audio, audio_mask)
+        t, i = self.text_features(text, text_mask), self.image_features(image)
+        a = self.audio_features(audio, audio_mask)
+        sims = ops.stack(((t * i).sum(-1), (t * a).sum(-1), (i * a).sum(-1)), 1)
+        return self.itm_head(self.pool(seq), sims, self.contrastive.scale())
 
     def construct(self, text_ids, text_mask, images, audio, frame_mask):
         """All three modalities through the cross-modal encoder -> (sequence, mask, pooled). Mainly for tools

@@ -10,7 +10,8 @@ audio columns come last and only when the data has audio). The cross-modal seque
 |      |                                                  | output at masked patches (+ optional contrastive)     |
 | mam  | text, image, audio with masked tokens            | MSE as for mvm + contrastive (cosine / T)              |
 | itm  | text, image and audio, some swapped in-batch     | 5-way cross-entropy (which was swapped) + 2-way        |
-|      | (text, image) pairs                              | text-image matching                                    |
+|      | (text, image) pairs                              | text-image matching; the heads also read the towers'   |
+|      |                                                  | agreement (models.heads.MatchingHead)                  |
 | itc  | single-modal towers only                         | symmetric InfoNCE for text-image, text-audio,          |
 |      |                                                  | image-audio                                            |
 | td   | text fully masked, image/audio partly or fully   | label-smoothed cross-entropy of the text decoder       |
@@ -110,13 +111,11 @@ class ITMTask(PretrainTask):
         m = self.model
         text, t_mask = m.encode_text(text_ids, text_mask)
         img, i_mask = m.encode_image(image)
-        pair_seq, _ = m.fuse(text, t_mask, img, i_mask)
         image_matches = ops.logical_or(ops.equal(itm_labels, ITM_MATCHED), ops.equal(itm_labels, ITM_AUDIO_SWAPPED))
-        loss = cross_entropy(m.pair_head(m.pool(pair_seq)), ops.cast(image_matches, itm_labels.dtype))
+        loss = cross_entropy(m.pair_logits(text, t_mask, img, i_mask), ops.cast(image_matches, itm_labels.dtype))
         if audio is not None:
             aud, a_mask = m.encode_audio(audio, frame_mask)
-            seq, _ = m.fuse(text, t_mask, img, i_mask, aud, a_mask)
-            loss = loss + cross_entropy(m.itm_head(m.pool(seq)), itm_labels)
+            loss = loss + cross_entropy(m.matching_logits(text, t_mask, img, i_mask, aud, a_mask), itm_labels)
         return loss
 
 

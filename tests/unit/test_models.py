@@ -28,7 +28,7 @@ def test_every_config_builds_with_hand_checked_encoder_size(name):
     c = cfg.cross
     assert counts["cross_encoder"] == encoder_stack_params(c.hidden, c.layers, c.ffn, c.final_layer_norm)
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
-    assert counts["itm_head"] == c.hidden * 5 + 5
+    assert counts["itm_head"] == c.hidden * 5 + 5 + 1 + 3 + 1  # Dense, gain, running centre and its weight
 
 
 def test_released_shapes_match_the_reference_estimates():
@@ -173,12 +173,12 @@ class AllHeadsLoss(nn.Cell):
         image, i_mask = m.encode_image(images, image_masked)
         aud, a_mask = m.encode_audio(audio, frame_mask, audio_masked)
         seq, mask = m.fuse(text, t_mask, image, i_mask, aud, a_mask)
-        pooled = m.pool(seq)
         ce = ops.cross_entropy
         loss = ce(m.mlm_logits(seq[:, :4]).reshape(-1, m.cfg.text.vocab_size), ids[:, :4].reshape(-1))
         loss += ((m.image_regression_head(seq[:, 12:15]) - 1.0) ** 2).mean()
         loss += ((m.audio_regression_head(seq[:, -3:]) + 1.0) ** 2).mean()
-        loss += ce(m.itm_head(pooled), labels) + ce(m.pair_head(pooled), labels % 2)
+        loss += ce(m.matching_logits(text, t_mask, image, i_mask, aud, a_mask), labels)
+        loss += ce(m.pair_logits(text, t_mask, image, i_mask), labels % 2)
         t, i, a = m.text_features(text, t_mask), m.image_features(image), m.audio_features(aud, a_mask)
         loss += -(ops.log_softmax(ops.matmul(t, i.T) * m.contrastive.scale(), -1).diagonal().mean())
         loss += -(ops.log_softmax(ops.matmul(t, a.T) * m.contrastive.scale(), -1).diagonal().mean())
@@ -221,3 +221,4 @@ def test_training_step_reaches_every_parameter_and_lowers_the_loss(tiny_cfg):
     assert not silent, f"parameters without gradient: {silent}"
     losses = [float(loss.asnumpy())] + [float(step(*inputs)[0].asnumpy()) for _ in range(7)]
     assert losses[-1] < 0.8 * losses[0], losses
+

@@ -101,15 +101,19 @@ def test_itm_loss_equals_numpy_recomputation(cfg, model, has_audio):
     task = build_task("itm", model, cfg.pretrain, has_audio)
     batch = task_batch("itm", cfg.model, cfg.pretrain, seed=2, has_audio=has_audio)
     batch["itm_labels"] = np.array([ITM_MATCHED, ITM_AUDIO_SWAPPED, ITM_IMAGE_SWAPPED, ITM_SAME_OTHER], np.int32)
-    loss = float(task(*tensors(batch, task.input_names)).asnumpy())
-
-    parts = encode_all(model, batch, has_audio)
-    pair_seq, _ = model.fuse(*parts[:4])
-    pair_logits = model.pair_head(model.pool(pair_seq)).asnumpy()
-    expected = np_cross_entropy(pair_logits, np.array([1, 1, 0, 0]))  # the image belongs to the text in rows 0, 1
-    if has_audio:
-        seq, _ = model.fuse(*parts)
-        expected += np_cross_entropy(model.itm_head(model.pool(seq)).asnumpy(), batch["itm_labels"])
+    heads = (model.pair_head, model.itm_head)
+    for head in heads:  # let the towers' agreement count (a new head's gain is 0)
+        head.gain.set_data(Tensor(np.float32(0.01)))
+    try:
+        loss = float(task(*tensors(batch, task.input_names)).asnumpy())
+        parts = encode_all(model, batch, has_audio)
+        pair_logits = model.pair_logits(*parts[:4]).asnumpy()
+        expected = np_cross_entropy(pair_logits, np.array([1, 1, 0, 0]))  # the image is the text's in rows 0, 1
+        if has_audio:
+            expected += np_cross_entropy(model.matching_logits(*parts).asnumpy(), batch["itm_labels"])
+    finally:
+        for head in heads:
+            head.gain.set_data(Tensor(np.float32(0.0)))
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
