@@ -61,12 +61,29 @@ def directional_recall(ir_scores, tr_scores, text_to_image, ks=KS):
     return result
 
 
+class StageClock:
+    """Wall and process CPU seconds of consecutive stages: `lap(name)` closes the stage that ran since the last lap.
+    CPU time counts every thread of this process, so it moves far less than wall time when other jobs share the
+    cores."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+        self._last = (time.perf_counter(), time.process_time())
+
+    def lap(self, name):
+        now = (time.perf_counter(), time.process_time())
+        self.wall[name], self.cpu[name] = now[0] - self._last[0], now[1] - self._last[1]
+        self._last = now
+
+
 def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=32, rank=0, world=1,
              gather=all_gather_numpy, retriever=None, return_features=False):
     """Retrieval recalls of `model` on the MindRecord `data_path`; the same dict on every rank.
 
-    Keys: mode, k, data, n_texts, n_images, pairs_scored, seconds, text_image, chance, and text_audio / image_audio
-    when the data has audio. With `return_features`, also "image_features" (n_images, D) for an index.
+    Keys: mode, k, data, n_texts, n_images, pairs_scored, text_image, chance, text_audio / image_audio when the data
+    has audio, and seconds / cpu_seconds: wall and process CPU time of this rank per stage (embed_texts,
+    embed_images, shortlist and score when pairs are scored, rank; see `StageClock`). With `return_features`, also
+    "image_features" (n_images, D) for an index.
     """
     from src.data.pipeline import build_eval_dataset, open_mindrecord, read_references
 
@@ -80,13 +97,14 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
     captions, text_to_image = caption_items(read_references(data_path))
     n_texts, n_images = len(captions), info.count
     keep_tokens = mode != "itc"
-    started = time.perf_counter()
+    clock = StageClock()
 
     positions, valid = shard_positions(n_texts, rank, world)
     encoded = [tokenizer.encode_padded(captions[p], cfg.model.text.max_len) for p in positions]
     ids, mask = (np.stack(column) for column in zip(*encoded))
     local = {"index": positions, "valid": valid, **retriever.embed_texts(ids, mask, keep_tokens)}
     texts = gather_items(local, n_texts, gather)
+    clock.lap("embed_texts")
 
     columns = ["index", "valid", "image"] + (["audio", "frame_mask"] if has_audio else [])
     # read one record per pipeline batch: build_eval_dataset's filler rows may not outnumber the records, and the
@@ -95,14 +113,16 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
     local = retriever.embed_image_batches(batches.create_dict_iterator(num_epochs=1, output_numpy=True),
                                           keep_tokens, has_audio)
     images = gather_items(local, n_images, gather)
-    embedded = time.perf_counter()
+    clock.lap("embed_images")
 
     itc = cosine_scores(texts["features"], images["features"])
     pairs = scores = None
     if mode != "itc":
         pairs = query_pairs(mode, itc, k, rank, world)
+        clock.lap("shortlist")
         scores = retriever.score_pairs(texts, images, pairs)
         pairs, scores = gather_pair_scores(pairs, scores, gather)
+        clock.lap("score")
     ir, tr = mode_matrices(mode, itc, pairs, scores, k)
     results = {
         "mode": mode, "k": int(k) if mode == "itc_itm" else None, "data": data_path, "n_texts": n_texts,
@@ -114,7 +134,8 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
         audio = images["audio_features"]
         results["text_audio"] = retrieval_recall(cosine_scores(texts["features"], audio), text_to_image, KS)
         results["image_audio"] = retrieval_recall(cosine_scores(images["features"], audio), np.arange(n_images), KS)
-    results["seconds"] = {"embed": embedded - started, "score": time.perf_counter() - embedded}
+    clock.lap("rank")
+    results["seconds"], results["cpu_seconds"] = clock.wall, clock.cpu
     if return_features:
         results["image_features"] = images["features"]
     return results

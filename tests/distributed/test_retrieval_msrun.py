@@ -50,7 +50,7 @@ def checkpoint(tmp_path_factory):
 def _results(out_dir):
     with open(os.path.join(out_dir, "retrieval.json"), encoding="utf-8") as f:
         results = json.load(f)
-    return {k: v for k, v in results.items() if k not in ("checkpoint", "seconds", "world_size")}
+    return {k: v for k, v in results.items() if k not in ("checkpoint", "seconds", "cpu_seconds", "world_size")}
 
 
 def test_two_workers_equal_one_process(checkpoint, tmp_path):

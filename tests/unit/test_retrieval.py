@@ -135,6 +135,12 @@ def test_every_mode_on_a_tiny_model(setup):
     assert (itc["n_texts"], itc["n_images"], itc["pairs_scored"]) == (n_texts, N_TEST, 0)
     assert itm["pairs_scored"] == n_texts * N_TEST
     assert full["text_image"] == itm["text_image"]  # k >= N: the re-ranking is the exhaustive cross-encoder
+    assert full["pairs_scored"] == itm["pairs_scored"]  # ... on every pair once, though both directions shortlist it
+    for result in (itc, itm, short):
+        assert set(result["seconds"]) == set(result["cpu_seconds"])
+        assert min(result["seconds"].values()) >= 0
+    assert set(itc["seconds"]) == {"embed_texts", "embed_images", "rank"}
+    assert set(itm["seconds"]) == {"embed_texts", "embed_images", "shortlist", "score", "rank"}
     # k = 1: the one finite candidate is the itc top-1, so R@1 is itc's, except where itc ties (identical captions
     # of two images): itc counts a tie as a miss, the shortlist keeps one of the tied candidates
     for key in ("ir_r1", "tr_r1"):
@@ -152,6 +158,26 @@ def test_embeddings_do_not_depend_on_the_batch_size(setup):
     for key in ("features", "tokens", "token_mask"):
         np.testing.assert_allclose(by_4[key], by_2[key], rtol=1e-5, atol=1e-6)
     assert by_4["features"].shape[0] == 5
+
+
+def test_pair_scores_do_not_depend_on_the_batch_or_its_filler_rows(setup):
+    """Fixed-shape pair batches: the short last batch is filled with copies of its last pair and those are dropped;
+    a pair's score is the same whatever batch it lands in, alone or repeated."""
+    rng = np.random.default_rng(0)
+    length, width = setup["cfg"].model.text.max_len, setup["cfg"].model.text.hidden
+    image_tokens = setup["model"].image_encoder.num_tokens + 1
+    texts = {"tokens": rng.standard_normal((3, length, width)).astype(np.float32),
+             "token_mask": (np.arange(length) < np.array([[length], [3], [2]])).astype(np.int32)}
+    images = {"tokens": rng.standard_normal((2, image_tokens, setup["cfg"].model.image.hidden)).astype(np.float32),
+              "token_mask": np.ones((2, image_tokens), np.int32)}
+    pairs = np.array([[0, 0], [0, 1], [1, 0], [2, 1], [1, 1], [2, 0], [0, 1]])  # 7 = 4 + a short batch of 3
+    by_4 = setup["retriever"].score_pairs(texts, images, pairs)
+    alone = np.concatenate([Retriever(setup["model"], 1).score_pairs(texts, images, pair[None]) for pair in pairs])
+    assert by_4.shape == (7,) and by_4.dtype == np.float32
+    np.testing.assert_allclose(by_4, alone, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(by_4[1], by_4[6], rtol=1e-6)   # the same pair in a full and in the filled batch
+    assert np.ptp(by_4) > 1e-4   # the pairs are told apart
+    assert setup["retriever"].score_pairs(texts, images, np.zeros((0, 2))).shape == (0,)
 
 
 def test_index_round_trip(setup, tmp_path):
