@@ -34,6 +34,7 @@ from mindspore import nn, ops
 
 from src.bench import print_table
 from src.config import load_config
+from src.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_PHASES = ("forward_backward", "optimizer", "train_step")
@@ -131,6 +132,9 @@ def model_config(args):
 
 
 def run(args):
+    if args.accumulation < 1 or args.batch_size % args.accumulation:
+        raise UserError(f"--batch_size {args.batch_size} must be a positive multiple of --accumulation "
+                        f"{args.accumulation}")
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
     if args.phase:
@@ -233,8 +237,6 @@ def run_phase(args):
     task.set_train(True)
     inputs = [ms.Tensor(batch[n]) for n in task.input_names]
     optimizer = build_optimizer(model.trainable_params(), cfg.optim, 1000)
-    if args.batch_size % args.accumulation:
-        raise ValueError(f"--batch_size {args.batch_size} is not a multiple of --accumulation {args.accumulation}")
     if args.phase == "forward_backward":
         grad = _GradOnly(task, optimizer)
         part = [x[:args.batch_size // args.accumulation] for x in inputs]

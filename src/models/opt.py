@@ -10,9 +10,9 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from src.data.masking import IMAGE_TOKEN_OFFSET  # image-decoder vocabulary: PAD 0, BOS 1, EOS 2, then VQ codes
-from src.data.masking import (ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_CLASSES, ITM_IMAGE_SWAPPED, ITM_MATCHED,
-                              ITM_SAME_OTHER)
+# IMAGE_TOKEN_OFFSET: the image-decoder vocabulary is PAD 0, BOS 1, EOS 2, then the VQ codes
+from src.data.masking import (IMAGE_TOKEN_OFFSET, ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_CLASSES,
+                              ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER)
 
 from .decoder import Decoder
 from .encoders import AudioEncoder, ImageEncoder, TextEncoder, positions
@@ -20,7 +20,7 @@ from .heads import ContrastiveHead, MatchingHead, MLMHead, RegressionHead
 from .layers import EncoderStack, dense, embedding, layer_norm
 
 # Which modality pairs belong together under each three-modal matching class: (text-image, text-audio, image-audio),
-# +1 together, -1 not (the starting `pattern` of the matching head; see src.data.masking.itm_batch for the classes).
+# +1 together, -1 not (the matching head's fixed `pattern`; see src.data.masking.itm_batch for the classes).
 THREE_MODAL_PATTERN = {
     ITM_SAME_OTHER: (-1, -1, +1),      # image and audio from the same other sample
     ITM_IMAGE_SWAPPED: (-1, +1, -1),

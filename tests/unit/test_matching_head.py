@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
+from src.data.masking import ITM_CLASSES, ITM_IMAGE_SWAPPED, ITM_MATCHED
 from src.models.heads import MatchingHead
 from src.models.opt import PAIR_PATTERN, THREE_MODAL_PATTERN
-from src.data.masking import ITM_CLASSES, ITM_MATCHED, ITM_IMAGE_SWAPPED
 
 
 def numpy_logits(head, pooled, sims, scale, centre):
@@ -29,7 +29,7 @@ def test_a_new_head_is_the_dense_head_alone():
     np.testing.assert_allclose(out.asnumpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_untrained_head_in_eval_mode_adds_the_scaled_sims_through_the_pattern():
+def test_head_without_a_centre_in_eval_mode_adds_the_scaled_sims_through_the_pattern():
     rng = np.random.default_rng(0)
     head = with_gain(MatchingHead(8, PAIR_PATTERN), 1.0)
     head.set_train(False)

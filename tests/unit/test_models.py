@@ -221,4 +221,3 @@ def test_training_step_reaches_every_parameter_and_lowers_the_loss(tiny_cfg):
     assert not silent, f"parameters without gradient: {silent}"
     losses = [float(loss.asnumpy())] + [float(step(*inputs)[0].asnumpy()) for _ in range(7)]
     assert losses[-1] < 0.8 * losses[0], losses
-

@@ -35,8 +35,8 @@ class Poisonable(nn.Cell):
         return self.loss_net(*inputs) * factor.mean()
 
 
-def snapshot(net):
-    return {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+def snapshot(params):
+    return {p.name: p.asnumpy().copy() for p in params}
 
 
 def global_norm(arrays):
@@ -54,9 +54,9 @@ def sgd_step(net, accumulation):
 
 
 def run_step(step, net, inputs):
-    before = snapshot(net)
+    before = snapshot(net.trainable_params())
     loss, finite, scale, grad_norm = step(*inputs)
-    after = snapshot(net)
+    after = snapshot(net.trainable_params())
     return SimpleNamespace(loss=float(loss.asnumpy()), finite=bool(finite.asnumpy()), scale=float(scale.asnumpy()),
                            grad_norm=float(grad_norm.asnumpy()), delta={k: after[k] - before[k] for k in after},
                            after=after, scale_after=float(step.loss_scale.scale.asnumpy()),
@@ -74,7 +74,7 @@ def runs():
     data = [Tensor(batch[name]) for name in net.loss_net.input_names]
     normal = [Tensor(np.ones(BATCH, np.float32))] + data
     overflow = [Tensor(np.full(BATCH, POISON, np.float32))] + data
-    start = {p.name: p.asnumpy().copy() for p in net.get_parameters()}  # buffers too, for the clone
+    start = snapshot(net.get_parameters())  # buffers too, for the clone
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
