@@ -116,7 +116,10 @@ class TrainStep(nn.Cell):
         else:
             loss, grads = self.grad_fn(*self.micro_batch(inputs, 0))
             for i in range(1, self.accumulation):
-                part_loss, part_grads = self.grad_fn(*self.micro_batch(inputs, i))
+                # the next micro-batch starts after this one's gradients exist, so its activations are freed first
+                # (without the dependency the graph may run the forward passes together: k times the memory)
+                part = ops.depend(self.micro_batch(inputs, i), grads)
+                part_loss, part_grads = self.grad_fn(*part)
                 loss = loss + part_loss
                 grads = self.hyper_map(_add, grads, part_grads)
         if self.rescale:
