@@ -9,8 +9,7 @@ compiles every graph:
   the whole set: the whole set's non-scoring stages (measured in the itc_itm run: the same single-modal embeddings)
   plus every (caption, image) pair at that rate. Both modes score pairs with the same Cell at the same batch shape,
   so their per-pair cost is the same; timing itm on both sides of the long run keeps a drift of the machine's speed
-  (on this shared 2-core VM the same batches ran anywhere from 78 to 114 pairs/s a minute apart) from favouring
-  either mode;
+  from favouring either mode (measured drift: docs/retrieval.md);
 * itc_itm (top-k shortlist re-ranked by the cross-encoder) is measured end to end on the whole set;
 * itc_itm also runs fully on the subset, and both modes' R@1 there are compared (meaningful only with a trained
   --ckpt; a random model scores at chance).
