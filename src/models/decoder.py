@@ -15,12 +15,15 @@ import numpy as np
 from mindspore import nn, ops
 
 from .encoders import positions
-from .layers import (DecoderBlock, EncoderStack, TiedProjection, causal_bias, dense, embedding, layer_norm,
-                     padding_bias)
+from .layers import (DecoderBlock, EncoderStack, TiedProjection, causal_bias, dense, embedding,
+                     grid_position_embedding, layer_norm, padding_bias)
 
 
 class Decoder(nn.Cell):
-    def __init__(self, cfg, dec_cfg, vocab_size, memory_width):
+    """`grid`: the targets are a grid x grid image-token raster; input position t (BOS, then token t-1) starts from the
+    2-D sine-cosine code of the cell it predicts, t (models.layers.grid_position_embedding)."""
+
+    def __init__(self, cfg, dec_cfg, vocab_size, memory_width, grid=None):
         super().__init__()
         c, init = dec_cfg, cfg.initializer_range
         self.vocab_size, self.max_len, self.width = vocab_size, c.max_len, c.hidden
@@ -29,7 +32,8 @@ class Decoder(nn.Cell):
         self.memory_encoder = EncoderStack(c.hidden, c.memory_layers, c.heads, c.ffn, cfg.dropout,
                                            cfg.attention_dropout, cfg.layer_norm_eps, init)
         self.token_embeddings = embedding(vocab_size, c.hidden, init)
-        self.position_embeddings = embedding(c.max_len, c.hidden, init)
+        self.position_embeddings = (grid_position_embedding(grid, c.hidden, leading=0, rows=c.max_len) if grid else
+                                    embedding(c.max_len, c.hidden, init))
         self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.blocks = nn.CellList([DecoderBlock(c.hidden, c.heads, c.ffn, cfg.dropout, cfg.attention_dropout,
                                                 cfg.layer_norm_eps, init) for _ in range(c.layers)])

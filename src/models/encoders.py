@@ -6,7 +6,7 @@ import numpy as np
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from .layers import EncoderStack, dense, embedding, layer_norm
+from .layers import EncoderStack, dense, embedding, grid_position_embedding, layer_norm
 
 
 def positions(length):
@@ -66,7 +66,13 @@ class ImageEncoder(nn.Cell):
             self.feature_norm = layer_norm(c.hidden, cfg.layer_norm_eps)
         self.global_token = Parameter(initializer(Normal(init), (1, 1, c.hidden)), name="global_token")
         self.mask_token = Parameter(initializer(Normal(init), (1, 1, c.hidden)), name="mask_token")
-        self.position_embeddings = embedding(self.num_tokens + 1, c.hidden, init)
+        self.spatial_positions = c.mode == "pixels" and c.position_init == "sincos"
+        if self.spatial_positions:
+            self.position_embeddings = grid_position_embedding(self.grid, c.hidden)
+        elif c.position_init in ("sincos", "normal"):
+            self.position_embeddings = embedding(self.num_tokens + 1, c.hidden, init)
+        else:
+            raise ValueError(f"model.image.position_init must be 'sincos' or 'normal', got {c.position_init!r}")
         self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.encoder = EncoderStack(c.hidden, c.layers, c.heads, c.ffn, cfg.dropout, cfg.attention_dropout,
                                     cfg.layer_norm_eps, init)

@@ -24,6 +24,39 @@ def embedding(n_rows, width, init_range=0.02):
     return nn.Embedding(n_rows, width, embedding_table=Normal(init_range))
 
 
+def sincos_2d(grid, width):
+    """Fixed 2-D sine-cosine position table (grid*grid, width), rows in row-major cell order, values in [-1, 1].
+
+    The first half of the channels encodes the row, the second half the column; each half is sin/cos pairs at
+    wavelengths 1 .. 10000 (the ViT/MAE construction). `width` must be a multiple of 4.
+    """
+    if width % 4:
+        raise ValueError(f"a 2-D sine-cosine position table needs a width divisible by 4, got {width}")
+    quarter = width // 4
+    freq = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+
+    def encode(coord):
+        angle = np.outer(coord, freq)
+        return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)
+
+    return np.concatenate([encode(rows), encode(cols)], axis=1).astype(np.float32)
+
+
+def grid_position_embedding(grid, width, leading=1, rows=None):
+    """A learned position embedding whose rows `leading` .. `leading + grid*grid - 1` start from sincos_2d (one per
+    patch or image token, row-major) and whose other rows (global token before, end-of-image after; `rows` in all,
+    default leading + grid*grid) start at zero. With N(0, 0.02) rows the position signal is ~20x weaker than the
+    patch content and barely moves in a short run; this start makes left / right / top / bottom readable from the
+    first step."""
+    rows = leading + grid * grid if rows is None else rows
+    if rows < leading + grid * grid:
+        raise ValueError(f"{rows} position rows cannot hold {leading} leading tokens and a {grid}x{grid} grid")
+    table = np.zeros((rows, width), np.float32)
+    table[leading:leading + grid * grid] = sincos_2d(grid, width)
+    return nn.Embedding(rows, width, embedding_table=ms.Tensor(table))
+
+
 def layer_norm(width, eps):
     return nn.LayerNorm((width,), epsilon=eps)
 

@@ -6,6 +6,8 @@ Sequence layout of the cross-modal encoder: the present modalities in the order 
 the cross-modal width with its own LayerNorm, position and type embedding. The key-padding mask is the concatenation
 of the modalities' masks. Pooled output = tanh(Dense(token 0)).
 """
+import math
+
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
@@ -17,7 +19,7 @@ from src.data.masking import (IMAGE_TOKEN_OFFSET, ITM_AUDIO_SWAPPED, ITM_BOTH_DI
 from .decoder import Decoder
 from .encoders import AudioEncoder, ImageEncoder, TextEncoder, positions
 from .heads import ContrastiveHead, MatchingHead, MLMHead, RegressionHead
-from .layers import EncoderStack, dense, embedding, layer_norm
+from .layers import EncoderStack, dense, embedding, grid_position_embedding, layer_norm
 
 # Which modality pairs belong together under each three-modal matching class: (text-image, text-audio, image-audio),
 # +1 together, -1 not (the matching head's fixed `pattern`; see src.data.masking.itm_batch for the classes).
@@ -32,13 +34,17 @@ PAIR_PATTERN = ((-1,), (+1,))          # text-image pair matching: class 0 not m
 
 
 class ModalityEmbedding(nn.Cell):
-    """Single-modal tokens -> cross-modal width: LN(Dense(x)) + position + type, LayerNorm, dropout."""
+    """Single-modal tokens -> cross-modal width: LN(Dense(x)) + position + type, LayerNorm, dropout.
 
-    def __init__(self, in_width, width, length, eps, dropout, init_range):
+    `grid`: the tokens are one global token and a grid x grid patch grid, whose positions start from sincos_2d.
+    """
+
+    def __init__(self, in_width, width, length, eps, dropout, init_range, grid=None):
         super().__init__()
         self.proj = dense(in_width, width, init_range)
         self.proj_norm = layer_norm(width, eps)
-        self.position_embeddings = embedding(length, width, init_range)
+        self.position_embeddings = (grid_position_embedding(grid, width) if grid else
+                                    embedding(length, width, init_range))
         self.type_embedding = Parameter(initializer(Normal(init_range), (1, 1, width)), name="type_embedding")
         self.layer_norm = layer_norm(width, eps)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
@@ -46,6 +52,14 @@ class ModalityEmbedding(nn.Cell):
     def construct(self, x):
         x = self.proj_norm(self.proj(x)) + self.position_embeddings(positions(x.shape[1])) + self.type_embedding
         return self.dropout(self.layer_norm(x))
+
+
+def image_token_grid(cfg):
+    """Side of the square VQ token grid the image decoder generates (max_len - 1 tokens), or None when positions
+    start from N(0, 0.02) (model.image.position_init: normal) or the token count is not a square."""
+    side = math.isqrt(cfg.image_decoder.max_len - 1)
+    square = side * side == cfg.image_decoder.max_len - 1
+    return side if cfg.image.position_init == "sincos" and square else None
 
 
 class OPTModel(nn.Cell):
@@ -61,15 +75,16 @@ class OPTModel(nn.Cell):
         self.image_encoder = ImageEncoder(cfg, cfg.image)
         self.audio_encoder = AudioEncoder(cfg, cfg.audio)
         self.text_embed = ModalityEmbedding(cfg.text.hidden, width, cfg.text.max_len, eps, drop, init)
+        image_grid = self.image_encoder.grid if self.image_encoder.spatial_positions else None
         self.image_embed = ModalityEmbedding(cfg.image.hidden, width, self.image_encoder.num_tokens + 1, eps, drop,
-                                             init)
+                                             init, grid=image_grid)
         self.audio_embed = ModalityEmbedding(cfg.audio.hidden, width, self.audio_encoder.num_tokens, eps, drop, init)
         self.cross_encoder = EncoderStack(width, cfg.cross.layers, cfg.cross.heads, cfg.cross.ffn, drop,
                                           cfg.attention_dropout, eps, init, final_norm=cfg.cross.final_layer_norm)
         self.pooler = dense(width, width, init)
         self.text_decoder = Decoder(cfg, cfg.text_decoder, cfg.text.vocab_size, width)
         self.image_decoder = Decoder(cfg, cfg.image_decoder, cfg.image_decoder.codebook_size + IMAGE_TOKEN_OFFSET,
-                                     width)
+                                     width, grid=image_token_grid(cfg))
         image_target = cfg.image.hidden if cfg.image.mode == "pixels" else cfg.image.feature_dim
         audio_target = cfg.audio.hidden if cfg.audio.mode == "mel" else cfg.audio.feature_dim
         self.mlm_head = MLMHead(width, cfg.text.hidden, cfg.text.vocab_size, eps, init)
