@@ -85,14 +85,17 @@ class MatchingHead(nn.Cell):
 
     `gain` starts at 0, so an untrained head is exactly the Dense head and random towers add no noise; it is stored
     divided by GAIN_STEP (an optimizer step moves it GAIN_STEP times further), so it can reach a useful size within
-    the first hundred steps once the towers agree on matching pairs, and stays near 0 while they do not.
+    the first hundred steps once the towers agree on matching pairs, and stays near 0 while they do not. Adam moves
+    a parameter by at most about the learning rate per step, so with GAIN_STEP 10 the demo's 56 matching steps at
+    5e-4 left the gain at 0.05 and the towers' agreement added at most ~0.2 to a logit; at 100 the demo's matching
+    loss falls 29% instead of 8%.
 
     Why: a cross-encoder learns to compare modalities from random negatives only after many thousands of steps; the
     towers' agreement, trained by the contrastive task, lets matching learn from the first few hundred, and the fused
     [CLS] adds what the towers miss.
     """
 
-    GAIN_STEP = 10.0
+    GAIN_STEP = 100.0
 
     def __init__(self, width, pattern, init_range=0.02, centre_decay=0.9):
         super().__init__()
