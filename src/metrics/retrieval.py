@@ -10,6 +10,10 @@ import numpy as np
 from src.errors import UserError
 
 _ROW_CHUNK = 1024  # query rows scored at a time, bounds the memory of the boolean masks
+# Scores this close count as ties. Identical items (two captions with the same text, two identical audio clips)
+# embedded in different batches, or on different ranks of a distributed evaluation, get cosines that differ by
+# fp32 rounding (~1e-7); without a tolerance that noise, not the model, would decide their order.
+TIE_TOLERANCE = 1e-6
 
 
 def recall_at_k(scores, positives, ks=(1, 5, 10)):
@@ -17,8 +21,9 @@ def recall_at_k(scores, positives, ks=(1, 5, 10)):
 
     ``scores`` is an (n_queries, n_candidates) matrix, higher = better; ``positives[q]`` is the set of candidate
     indices that are correct for query q (at least one). Ties are counted pessimistically: the rank of a query is
-    1 + the number of NON-positive candidates whose score is >= the best positive's score, so a negative that ties
-    with the ground truth ranks above it (a constant score matrix scores 0 unless K >= the number of candidates).
+    1 + the number of NON-positive candidates whose score is >= the best positive's score - TIE_TOLERANCE, so a
+    negative that ties with the ground truth ranks above it (a constant score matrix scores 0 unless K >= the number
+    of candidates), and rounding noise cannot decide a tie.
     Returns ``{"r1": ..., "r5": ..., ...}`` keyed by ``f"r{k}"``.
     """
     ranks = _positive_ranks(scores, positives)
@@ -90,7 +95,7 @@ def _positive_ranks(scores, positives):
             indices = _check_positive_set(candidates, start + row, n_candidates)
             is_positive[row, indices] = True
         best_positive = np.where(is_positive, block, -np.inf).max(axis=1)
-        ties_or_better = (block >= best_positive[:, None]) & ~is_positive
+        ties_or_better = (block >= best_positive[:, None] - TIE_TOLERANCE) & ~is_positive
         ranks[start:start + len(block)] = 1 + ties_or_better.sum(axis=1)
     return ranks
 

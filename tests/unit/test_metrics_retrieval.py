@@ -67,6 +67,14 @@ def test_a_negative_tied_with_the_ground_truth_ranks_above_it():
     assert result["ir_r1"] == 50.0
 
 
+def test_rounding_noise_is_a_tie_but_a_real_gap_is_not():
+    # two identical clips embedded in different batches: cosines 0.8 and 0.8 + 1e-7 (fp32 rounding)
+    noisy = np.array([[0.8, np.float32(0.8) + np.float32(1e-7)], [0.8 + 1e-7, 0.8]], np.float32)
+    assert recall_at_k(noisy, [{0}, {0}], ks=(1,)) == {"r1": 0.0}   # both orders rank the positive second
+    gap = np.array([[0.8, 0.8 - 1e-4]], np.float32)
+    assert recall_at_k(gap, [{0}], ks=(1,)) == {"r1": 100.0}
+
+
 def test_positives_tied_with_each_other_do_not_push_each_other_down():
     scores = np.array([[0.7, 0.7, 0.2, 0.1]])
     assert recall_at_k(scores, [{0, 1}], ks=(1,)) == {"r1": 100.0}
