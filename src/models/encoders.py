@@ -66,13 +66,12 @@ class ImageEncoder(nn.Cell):
             self.feature_norm = layer_norm(c.hidden, cfg.layer_norm_eps)
         self.global_token = Parameter(initializer(Normal(init), (1, 1, c.hidden)), name="global_token")
         self.mask_token = Parameter(initializer(Normal(init), (1, 1, c.hidden)), name="mask_token")
-        self.spatial_positions = c.mode == "pixels" and c.position_init == "sincos"
-        if self.spatial_positions:
-            self.position_embeddings = grid_position_embedding(self.grid, c.hidden)
-        elif c.position_init in ("sincos", "normal"):
-            self.position_embeddings = embedding(self.num_tokens + 1, c.hidden, init)
-        else:
+        if c.position_init not in ("sincos", "normal"):
             raise ValueError(f"model.image.position_init must be 'sincos' or 'normal', got {c.position_init!r}")
+        # side of the patch grid whose positions start from sincos_2d; None: N(0, init) rows (regions have no grid)
+        self.position_grid = self.grid if c.mode == "pixels" and c.position_init == "sincos" else None
+        self.position_embeddings = (grid_position_embedding(self.position_grid, c.hidden) if self.position_grid else
+                                    embedding(self.num_tokens + 1, c.hidden, init))
         self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.encoder = EncoderStack(c.hidden, c.layers, c.heads, c.ffn, cfg.dropout, cfg.attention_dropout,
                                     cfg.layer_norm_eps, init)

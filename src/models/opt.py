@@ -75,9 +75,8 @@ class OPTModel(nn.Cell):
         self.image_encoder = ImageEncoder(cfg, cfg.image)
         self.audio_encoder = AudioEncoder(cfg, cfg.audio)
         self.text_embed = ModalityEmbedding(cfg.text.hidden, width, cfg.text.max_len, eps, drop, init)
-        image_grid = self.image_encoder.grid if self.image_encoder.spatial_positions else None
         self.image_embed = ModalityEmbedding(cfg.image.hidden, width, self.image_encoder.num_tokens + 1, eps, drop,
-                                             init, grid=image_grid)
+                                             init, grid=self.image_encoder.position_grid)
         self.audio_embed = ModalityEmbedding(cfg.audio.hidden, width, self.audio_encoder.num_tokens, eps, drop, init)
         self.cross_encoder = EncoderStack(width, cfg.cross.layers, cfg.cross.heads, cfg.cross.ffn, drop,
                                           cfg.attention_dropout, eps, init, final_norm=cfg.cross.final_layer_norm)
