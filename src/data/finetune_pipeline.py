@@ -128,15 +128,24 @@ class _CaptionSample(_ImageOnlySample):
 
 
 class _VQASample(_ImageOnlySample):
+    """One question: its ids, one of its answers as decoder arrays and, with data.mirror_prob > 0, the image,
+    mirrored left-right for a `mirror_prob` share of the samples (drawn per sample and epoch), with the words of
+    data.mirror_swap exchanged in the question and the answer so that both still describe the image."""
+
     def __init__(self, cfg, tokenizer, epoch, has_audio):
         self.seed, self.epoch, self.tokenizer = cfg.run.seed, epoch, tokenizer
+        self.mirror_prob = float(cfg.data.mirror_prob)
+        if not 0.0 <= self.mirror_prob <= 1.0:
+            raise UserError(f"data.mirror_prob must lie in [0, 1], got {self.mirror_prob}")
+        self.swap = word_swap_table(tokenizer, cfg.data.mirror_swap) if self.mirror_prob > 0 else None
         super().__init__(cfg, tokenizer, has_audio)
 
     def extra_inputs(self):
-        return ["question_ids", "answers"]
+        return ["question_ids", "answers"] + (["image"] if self.swap is not None else [])
 
     def extra_outputs(self):
-        return ["question_ids", "question_mask", "dec_input", "dec_target", "dec_weights"]
+        return (["question_ids", "question_mask", "dec_input", "dec_target", "dec_weights"]
+                + (["image"] if self.swap is not None else []))
 
     def columns(self, index, rest):
         answers = json.loads(str(rest[1]))
@@ -144,5 +153,34 @@ class _VQASample(_ImageOnlySample):
             raise UserError(f"VQA record {int(index)} has no answer; training needs every question answered")
         rng = sample_rng(self.seed, self.epoch, int(index))
         answer = answers[int(rng.integers(len(answers)))]
-        question = self.text(stored_array(rest[0], np.int32))
-        return question + self.targets(self.tokenizer.encode(answer, self.decoder_len + 1))
+        question = stored_array(rest[0], np.int32)
+        answer_ids = self.tokenizer.encode(answer, self.decoder_len + 1)
+        if self.swap is None:
+            return self.text(question) + self.targets(answer_ids)
+        image = rest[2]
+        if rng.random() < self.mirror_prob:
+            question, answer_ids = self.swap[question], self.swap[answer_ids]
+            image = np.ascontiguousarray(image[..., ::-1])
+        return self.text(question) + self.targets(answer_ids) + (image,)
+
+
+def word_swap_table(tokenizer, pairs):
+    """int32 lookup table over the vocabulary that exchanges the two words of each pair in `pairs` (data.mirror_swap)
+    and leaves every other id alone. Pairs whose words are not both single vocabulary tokens are skipped; UserError
+    if none is left (mirroring without swapping would teach wrong answers)."""
+    table = np.arange(tokenizer.vocab_size, dtype=np.int32)
+    used = 0
+    for pair in pairs or []:
+        if len(pair) != 2:
+            raise UserError(f"data.mirror_swap entries are [word, word] pairs, got {pair!r}")
+        ids = [tokenizer.encode(str(word), 8)[1:-1] for word in pair]
+        if any(len(i) != 1 or i[0] == tokenizer.unk_id for i in ids):
+            continue
+        (a,), (b,) = ids
+        table[a], table[b] = b, a
+        used += 1
+    if not used:
+        raise UserError(f"data.mirror_swap {pairs!r}: no pair of words is a pair of single tokens of the vocabulary, "
+                        "so mirrored images would keep wrong left / right words; list the vocabulary's words for "
+                        "left and right (e.g. [[左, 右]]) or set data.mirror_prob=0")
+    return table

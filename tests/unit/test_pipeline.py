@@ -261,3 +261,46 @@ def test_eval_dataset_pads_beyond_the_record_count(data):
         assert len(batches) == 1 and batches[0]["index"].shape == (32,)
         seen += batches[0]["index"][batches[0]["valid"] == 1].tolist()
     assert sorted(seen) == list(range(n))
+
+
+def test_vqa_mirroring_flips_the_image_and_swaps_left_and_right(data):
+    from src.data.finetune_pipeline import build_vqa_dataset
+    tokenizer = data["tokenizer"]
+    n = len(data["samples"]["vqa"])
+    plain_cfg = data["cfg"].with_updates({"data.use_audio": False})
+    (plain,) = batches(build_vqa_dataset(data["paths"]["vqa"], plain_cfg, tokenizer, n, epoch=0))
+    (mirrored,) = batches(build_vqa_dataset(data["paths"]["vqa"], plain_cfg.with_updates({"data.mirror_prob": 1.0}),
+                                            tokenizer, n, epoch=0))
+    np.testing.assert_array_equal(mirrored["image"], plain["image"][..., ::-1])
+    left, right = (int(tokenizer.encode(word, 3)[1]) for word in "左右")
+    swapped = 0
+    for key in ("question_ids", "dec_target"):
+        p, m = plain[key], mirrored[key]
+        assert ((p == left) | (p == right)).any()
+        np.testing.assert_array_equal(m[p == left], right)
+        np.testing.assert_array_equal(m[p == right], left)
+        other = (p != left) & (p != right)
+        np.testing.assert_array_equal(m[other], p[other])
+        swapped += int((p == left).sum())
+    assert swapped > 0
+    for key in ("question_mask", "dec_weights"):
+        np.testing.assert_array_equal(mirrored[key], plain[key])
+    # about half of the samples with mirror_prob 0.5, the same ones each time the epoch is built
+    half_cfg = plain_cfg.with_updates({"data.mirror_prob": 0.5})
+    runs = [batches(build_vqa_dataset(data["paths"]["vqa"], half_cfg, tokenizer, n, epoch=0))[0] for _ in range(2)]
+    flipped = [not np.array_equal(runs[0]["image"][i], plain["image"][i]) for i in range(n)]
+    assert 0 < sum(flipped) < n
+    np.testing.assert_array_equal(runs[0]["image"], runs[1]["image"])
+
+
+def test_vqa_mirroring_needs_swappable_words(data):
+    from src.data.finetune_pipeline import build_vqa_dataset, word_swap_table
+    tokenizer = data["tokenizer"]
+    table = word_swap_table(tokenizer, [["左", "右"], ["left", "right"]])  # "left" is not in the demo vocabulary
+    left, right = (int(tokenizer.encode(word, 3)[1]) for word in "左右")
+    assert (table[left], table[right]) == (right, left)
+    assert (table != np.arange(len(table))).sum() == 2
+    cfg = data["cfg"].with_updates({"data.use_audio": False, "data.mirror_prob": 0.5,
+                                    "data.mirror_swap": [["left", "right"]]})
+    with pytest.raises(UserError, match="data.mirror_swap"):
+        build_vqa_dataset(data["paths"]["vqa"], cfg, tokenizer, 4, epoch=0)
