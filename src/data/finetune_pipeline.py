@@ -164,10 +164,11 @@ class _VQASample(_ImageOnlySample):
         return self.text(question) + self.targets(answer_ids) + (image,)
 
 
-def word_swap_table(tokenizer, pairs):
+def word_swap_table(tokenizer, pairs, switch_off="data.mirror_prob=0"):
     """int32 lookup table over the vocabulary that exchanges the two words of each pair in `pairs` (data.mirror_swap)
     and leaves every other id alone. Pairs whose words are not both single vocabulary tokens are skipped; UserError
-    if none is left (mirroring without swapping would teach wrong answers)."""
+    if none is left (mirroring without swapping would teach wrong answers); `switch_off` names the setting that turns
+    the caller's use of the pairs off."""
     table = np.arange(tokenizer.vocab_size, dtype=np.int32)
     used = 0
     for pair in pairs or []:
@@ -182,5 +183,11 @@ def word_swap_table(tokenizer, pairs):
     if not used:
         raise UserError(f"data.mirror_swap {pairs!r}: no pair of words is a pair of single tokens of the vocabulary, "
                         "so mirrored images would keep wrong left / right words; list the vocabulary's words for "
-                        "left and right (e.g. [[左, 右]]) or set data.mirror_prob=0")
+                        f"left and right (e.g. [[左, 右]]) or set {switch_off}")
     return table
+
+
+def mirror_word_ids(tokenizer, pairs, switch_off):
+    """The token ids `word_swap_table` exchanges (int32, ascending): the words a left-right mirror makes wrong."""
+    table = word_swap_table(tokenizer, pairs, switch_off)
+    return np.flatnonzero(table != np.arange(table.size)).astype(np.int32)

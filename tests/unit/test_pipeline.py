@@ -304,3 +304,13 @@ def test_vqa_mirroring_needs_swappable_words(data):
                                     "data.mirror_swap": [["left", "right"]]})
     with pytest.raises(UserError, match="data.mirror_swap"):
         build_vqa_dataset(data["paths"]["vqa"], cfg, tokenizer, 4, epoch=0)
+
+
+def test_mirror_word_ids_are_the_swapped_tokens(data):
+    from src.data.finetune_pipeline import mirror_word_ids
+    tokenizer = data["tokenizer"]
+    left, right = (int(tokenizer.encode(word, 3)[1]) for word in "左右")
+    ids = mirror_word_ids(tokenizer, [["左", "右"], ["left", "right"]], "pretrain.mirror_negatives=false")
+    assert ids.tolist() == sorted([left, right]) and ids.dtype == np.int32
+    with pytest.raises(UserError, match="pretrain.mirror_negatives=false"):
+        mirror_word_ids(tokenizer, [["left", "right"]], "pretrain.mirror_negatives=false")

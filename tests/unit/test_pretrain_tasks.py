@@ -136,6 +136,69 @@ def test_itc_loss_equals_numpy_recomputation(cfg, model, has_audio):
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+SIDE_WORD, OTHER_SIDE_WORD = 7, 8  # token ids standing for 左 / 右 in the layout-negative tests
+
+
+def with_side_words(batch, rows):
+    """The batch's texts with SIDE_WORD at position 2 in `rows` and no side word elsewhere."""
+    ids = batch["text_ids"].copy()
+    ids[(ids == SIDE_WORD) | (ids == OTHER_SIDE_WORD)] = 9
+    ids[rows, 2] = SIDE_WORD
+    return {**batch, "text_ids": ids}
+
+
+def mirrored_image_parts(model, batch):
+    return model.encode_image(Tensor(np.ascontiguousarray(batch["image"][..., ::-1])))
+
+
+@pytest.mark.parametrize("has_audio", [True, False])
+def test_itc_layout_negatives_equal_numpy_recomputation(cfg, model, has_audio):
+    """A caption with a left/right word also competes with its own image mirrored; the others do not."""
+    task = build_task("itc", model, cfg.pretrain, has_audio, mirror_ids=[SIDE_WORD, OTHER_SIDE_WORD])
+    batch = with_side_words(task_batch("itc", cfg.model, cfg.pretrain, seed=3, has_audio=has_audio), [0, 2])
+    loss = float(task(*tensors(batch, task.input_names)).asnumpy())
+
+    parts = encode_all(model, batch, has_audio)
+    t = model.text_features(parts[0], parts[1]).asnumpy().astype(np.float64)
+    i = model.image_features(parts[2]).asnumpy().astype(np.float64)
+    m = model.image_features(mirrored_image_parts(model, batch)[0]).asnumpy().astype(np.float64)
+    scale = float(model.contrastive.scale().asnumpy())
+    logits = scale * t @ i.T
+    rows = [np.concatenate([logits[k], [scale * t[k] @ m[k]]]) if k in (0, 2) else logits[k] for k in range(4)]
+    text_image = 0.5 * (np.mean([np_cross_entropy(r[None], np.array([k])) for k, r in enumerate(rows)])
+                        + np_cross_entropy(logits.T, np.arange(4)))
+    assert text_image > np_info_nce(t, i, scale)
+    if has_audio:
+        a = model.audio_features(parts[4], parts[5]).asnumpy()
+        expected = (text_image + np_info_nce(t, a, scale) + np_info_nce(i, a, scale)) / 3
+    else:
+        expected = text_image
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_itm_layout_negatives_equal_numpy_recomputation(cfg, model):
+    """(caption with a left/right word, its own image mirrored) is one more non-matching pair; rows whose image is
+    another sample's (swapped) or whose caption has no such word add nothing."""
+    task = build_task("itm", model, cfg.pretrain, False, mirror_ids=[SIDE_WORD])
+    batch = with_side_words(task_batch("itm", cfg.model, cfg.pretrain, seed=2, has_audio=False), [0, 2, 3])
+    batch["itm_labels"] = np.array([ITM_MATCHED, ITM_MATCHED, ITM_IMAGE_SWAPPED, ITM_AUDIO_SWAPPED], np.int32)
+    loss = float(task(*tensors(batch, task.input_names)).asnumpy())
+
+    text, t_mask, image, i_mask = encode_all(model, batch, False)
+    plain = np_cross_entropy(model.pair_logits(text, t_mask, image, i_mask).asnumpy(), np.array([1, 1, 0, 1]))
+    mirrored = model.pair_logits(text, t_mask, mirrored_image_parts(model, batch)[0], i_mask).asnumpy()
+    expected = plain + np_cross_entropy(mirrored, np.zeros(4, np.int64), np.array([1.0, 0.0, 0.0, 1.0]))
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["itc", "itm"])
+def test_layout_negatives_leave_captions_without_side_words_alone(cfg, model, name):
+    batch = with_side_words(task_batch(name, cfg.model, cfg.pretrain, seed=5, has_audio=False), [])
+    plain, layout = (build_task(name, model, cfg.pretrain, False, mirror_ids=ids) for ids in (None, [SIDE_WORD]))
+    values = [float(t(*tensors(batch, t.input_names)).asnumpy()) for t in (plain, layout)]
+    assert values[1] == pytest.approx(values[0], rel=1e-6)
+
+
 @pytest.mark.parametrize("name, head, encoder", [("mvm", "image_regression_head", "image_encoder"),
                                                  ("mam", "audio_regression_head", "audio_encoder")])
 def test_masked_feature_targets_pass_no_gradient(cfg, name, head, encoder, monkeypatch):
