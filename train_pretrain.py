@@ -15,9 +15,8 @@ from src.cli import run_main, run_training, trainer_parser
 
 def build_pretraining(cfg, dist):
     """(cfg with the vocabulary size resolved, Trainer) for a pretraining config."""
-    from src.data.finetune_pipeline import mirror_word_ids
     from src.data.pipeline import build_pretrain_dataset, open_mindrecord
-    from src.data.tokenizer import Tokenizer
+    from src.data.tokenizer import Tokenizer, mirror_word_ids
     from src.engine.mixing import TaskMixer
     from src.engine.trainer import Trainer
     from src.models.opt import build_model

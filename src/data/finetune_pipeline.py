@@ -20,6 +20,7 @@ import numpy as np
 from src.data.masking import sample_rng, text_generation_targets
 from src.data.pipeline import (_check_data, _SampleArrays, _split_captions, open_mindrecord, stored_array,
                                training_positions, training_samples)
+from src.data.tokenizer import word_swap_table
 from src.errors import UserError
 
 AUDIO_COLUMNS = ["audio", "frame_mask"]
@@ -137,7 +138,8 @@ class _VQASample(_ImageOnlySample):
         self.mirror_prob = float(cfg.data.mirror_prob)
         if not 0.0 <= self.mirror_prob <= 1.0:
             raise UserError(f"data.mirror_prob must lie in [0, 1], got {self.mirror_prob}")
-        self.swap = word_swap_table(tokenizer, cfg.data.mirror_swap) if self.mirror_prob > 0 else None
+        self.swap = (word_swap_table(tokenizer, cfg.data.mirror_swap, "data.mirror_prob=0")
+                     if self.mirror_prob > 0 else None)
         super().__init__(cfg, tokenizer, has_audio)
 
     def extra_inputs(self):
@@ -162,32 +164,3 @@ class _VQASample(_ImageOnlySample):
             question, answer_ids = self.swap[question], self.swap[answer_ids]
             image = np.ascontiguousarray(image[..., ::-1])
         return self.text(question) + self.targets(answer_ids) + (image,)
-
-
-def word_swap_table(tokenizer, pairs, switch_off="data.mirror_prob=0"):
-    """int32 lookup table over the vocabulary that exchanges the two words of each pair in `pairs` (data.mirror_swap)
-    and leaves every other id alone. Pairs whose words are not both single vocabulary tokens are skipped; UserError
-    if none is left (mirroring without swapping would teach wrong answers); `switch_off` names the setting that turns
-    the caller's use of the pairs off."""
-    table = np.arange(tokenizer.vocab_size, dtype=np.int32)
-    used = 0
-    for pair in pairs or []:
-        if len(pair) != 2:
-            raise UserError(f"data.mirror_swap entries are [word, word] pairs, got {pair!r}")
-        ids = [tokenizer.encode(str(word), 8)[1:-1] for word in pair]
-        if any(len(i) != 1 or i[0] == tokenizer.unk_id for i in ids):
-            continue
-        (a,), (b,) = ids
-        table[a], table[b] = b, a
-        used += 1
-    if not used:
-        raise UserError(f"data.mirror_swap {pairs!r}: no pair of words is a pair of single tokens of the vocabulary, "
-                        "so mirrored images would keep wrong left / right words; list the vocabulary's words for "
-                        f"left and right (e.g. [[左, 右]]) or set {switch_off}")
-    return table
-
-
-def mirror_word_ids(tokenizer, pairs, switch_off):
-    """The token ids `word_swap_table` exchanges (int32, ascending): the words a left-right mirror makes wrong."""
-    table = word_swap_table(tokenizer, pairs, switch_off)
-    return np.flatnonzero(table != np.arange(table.size)).astype(np.int32)

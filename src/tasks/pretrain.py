@@ -68,6 +68,10 @@ class PretrainTask(nn.Cell):
         hits = ops.cast(ops.equal(ops.expand_dims(text_ids, -1), self.mirror_ids), ms.float32)
         return hits.max(axis=2).max(axis=1)
 
+    def encode_mirrored(self, image):
+        """Image-encoder tokens of the images (B, C, H, W) mirrored left-right."""
+        return self.model.encode_image(ops.flip(image, (3,)))[0]
+
     def image_part(self, seq):
         """Patch outputs of the cross-modal sequence (the image's global token excluded)."""
         return seq[:, self.text_len + 1:self.text_len + self.image_len]
@@ -126,12 +130,17 @@ class ITMTask(PretrainTask):
         text, t_mask = m.encode_text(text_ids, text_mask)
         img, i_mask = m.encode_image(image)
         image_matches = ops.logical_or(ops.equal(itm_labels, ITM_MATCHED), ops.equal(itm_labels, ITM_AUDIO_SWAPPED))
-        loss = cross_entropy(m.pair_logits(text, t_mask, img, i_mask), ops.cast(image_matches, itm_labels.dtype))
-        if self.mirror_ids is not None:
-            mirrored, _ = m.encode_image(ops.flip(image, (3,)))
+        pair_labels = ops.cast(image_matches, itm_labels.dtype)
+        if self.mirror_ids is None:
+            loss = cross_entropy(m.pair_logits(text, t_mask, img, i_mask), pair_labels)
+        else:
+            # one matching-head call on [pairs; mirrored pairs], so its running centre takes one update a step
+            logits = m.pair_logits(ops.concat((text, text), 0), ops.concat((t_mask, t_mask), 0),
+                                   ops.concat((img, self.encode_mirrored(image)), 0), ops.concat((i_mask, i_mask), 0))
+            batch = text_ids.shape[0]
             weight = self.mirror_sensitive(text_ids) * ops.cast(image_matches, ms.float32)
-            loss = loss + cross_entropy(m.pair_logits(text, t_mask, mirrored, i_mask),
-                                        ops.zeros_like(itm_labels), weight)
+            loss = (cross_entropy(logits[:batch], pair_labels)
+                    + cross_entropy(logits[batch:], ops.zeros_like(itm_labels), weight))
         if audio is not None:
             aud, a_mask = m.encode_audio(audio, frame_mask)
             loss = loss + cross_entropy(m.matching_logits(text, t_mask, img, i_mask, aud, a_mask), itm_labels)
@@ -147,8 +156,7 @@ class ITCTask(PretrainTask):
         scale = m.contrastive.scale()
         hard, hard_weight = None, None
         if self.mirror_ids is not None:
-            mirrored, _ = m.encode_image(ops.flip(image, (3,)))
-            hard, hard_weight = m.image_features(mirrored), self.mirror_sensitive(text_ids)
+            hard, hard_weight = m.image_features(self.encode_mirrored(image)), self.mirror_sensitive(text_ids)
         text_image = info_nce(t, i, scale, hard, hard_weight)
         if audio is None:
             return text_image

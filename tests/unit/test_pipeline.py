@@ -294,9 +294,10 @@ def test_vqa_mirroring_flips_the_image_and_swaps_left_and_right(data):
 
 
 def test_vqa_mirroring_needs_swappable_words(data):
-    from src.data.finetune_pipeline import build_vqa_dataset, word_swap_table
+    from src.data.finetune_pipeline import build_vqa_dataset
+    from src.data.tokenizer import word_swap_table
     tokenizer = data["tokenizer"]
-    table = word_swap_table(tokenizer, [["左", "右"], ["left", "right"]])  # "left" is not in the demo vocabulary
+    table = word_swap_table(tokenizer, [["左", "右"], ["left", "right"]], "data.mirror_prob=0")  # "left" is not in the demo vocabulary
     left, right = (int(tokenizer.encode(word, 3)[1]) for word in "左右")
     assert (table[left], table[right]) == (right, left)
     assert (table != np.arange(len(table))).sum() == 2
@@ -307,7 +308,7 @@ def test_vqa_mirroring_needs_swappable_words(data):
 
 
 def test_mirror_word_ids_are_the_swapped_tokens(data):
-    from src.data.finetune_pipeline import mirror_word_ids
+    from src.data.tokenizer import mirror_word_ids
     tokenizer = data["tokenizer"]
     left, right = (int(tokenizer.encode(word, 3)[1]) for word in "左右")
     ids = mirror_word_ids(tokenizer, [["左", "右"], ["left", "right"]], "pretrain.mirror_negatives=false")

@@ -191,6 +191,26 @@ def test_itm_layout_negatives_equal_numpy_recomputation(cfg, model):
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+def test_itm_layout_negatives_update_the_matching_centre_once_a_step(cfg):
+    """The mirrored pairs join the same matching-head call: one running-mean update (weight 1 - decay = 0.1) over
+    the sims of all 2B pairs, not a second update per step."""
+    model = build_model(cfg.model)
+    task = build_task("itm", model, cfg.pretrain, False, mirror_ids=[SIDE_WORD])
+    batch = with_side_words(task_batch("itm", cfg.model, cfg.pretrain, seed=6, has_audio=False), [0, 1])
+    model.set_train(True)
+    try:
+        task(*tensors(batch, task.input_names))
+    finally:
+        model.set_train(False)
+    head = model.pair_head
+    assert float(head.centre_weight.asnumpy()) == pytest.approx(0.1, rel=1e-6)
+    text, t_mask, image, _ = encode_all(model, batch, False)
+    t = model.text_features(text, t_mask).asnumpy()
+    sims = np.concatenate([(t * model.image_features(img).asnumpy()).sum(-1)
+                           for img in (image, mirrored_image_parts(model, batch)[0])])
+    assert float(head.centre_sum.asnumpy()[0]) == pytest.approx(0.1 * sims.mean(), rel=1e-4)
+
+
 @pytest.mark.parametrize("name", ["itc", "itm"])
 def test_layout_negatives_leave_captions_without_side_words_alone(cfg, model, name):
     batch = with_side_words(task_batch(name, cfg.model, cfg.pretrain, seed=5, has_audio=False), [])
