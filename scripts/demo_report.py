@@ -62,6 +62,15 @@ def t2i_section(out_dir, rel=T2I_RESULTS):
     lines.append("| chance | " + " | ".join(f"{r[f'r_precision_chance_r{k}']:.1f}" for k in (1, 5, 10)) + " |")
     lines += ["", f"Image tokenizer on the test images (the fidelity ceiling of any generated image): PSNR "
               f"{r['psnr_db']:.2f} dB, {100 * r['codebook_used_fraction']:.1f} % of the codes used.", ""]
+    if "scene_exact" in r:
+        lines += [f"What the images show, read back by the demo's shape reader (src/metrics/scene_reader.py): the "
+                  f"percentage of the prompts' {r['scene_objects']} objects drawn on the right side with the right "
+                  "colour / shape / both, and of the images with every object right and nothing more (exact).", "",
+                  "| images | colour | shape | colour and shape | exact images |", "|---|---:|---:|---:|---:|"]
+        for name, suffix in rows[:2] + [("real test images (the reader's own accuracy)", "_real_images")]:
+            lines.append(f"| {name} | " + " | ".join(f"{r[f'scene_{k}{suffix}']:.1f}" for k in
+                                                     ("colour", "shape", "colour_and_shape", "exact")) + " |")
+        lines.append("")
     examples = r.get("examples", [])
     if examples:
         grid = os.path.join(folder, f"t2i_{r['split']}_examples.png")

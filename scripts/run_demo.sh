@@ -91,7 +91,7 @@ if [ "$QUICK" = 0 ]; then
   python train_pretrain.py --config config/t2i/demo.yaml --set run.output_dir="$OUT/t2i" \
     checkpoint.init="$PRETRAINED" "${COMMON[@]}"
   python eval.py --task t2i --ckpt "$(newest "$OUT/t2i/checkpoints")" --vq "$VQ_CKPT" --split test \
-    --out_dir "$OUT/t2i/eval"
+    --scenes "$DATA/scenes.jsonl" --out_dir "$OUT/t2i/eval"
 fi
 
 stage "$LAST/$LAST report -> $OUT/report.md"

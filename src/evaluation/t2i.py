@@ -3,6 +3,7 @@
     python eval.py --task t2i --ckpt RUN/checkpoints/step_X --vq VQRUN/checkpoints/step_Y \\
         --text "左边有一个红色的圆" --out out.png [--grid]
     python eval.py --task t2i --ckpt CKPT --vq VQ [--split test | --data FILE.mindrecord|FILE.jsonl] [--out_dir DIR]
+        [--scenes data/demo/scenes.jsonl]
 
 With --text: the best of the sampled candidates (re-ranked by the model's text-image score) is written as a PNG at
 the VQ decoder's resolution; with --grid, all candidates side by side, best first. The candidates' scores are printed.
@@ -17,10 +18,16 @@ prompt, its first caption. Reported (src/metrics/t2i.py):
     candidate; for the first sampled candidate alone (*_first_sample: free of the re-ranking's advantage, which uses
     the same towers); and for the split's real images in place of generated ones (*_real_images: the ceiling the
     scorer allows).
+  * with --scenes (the data's scenes.jsonl, which the demo writes): scene_found / scene_colour / scene_shape /
+    scene_colour_and_shape, the percentage of the prompts' objects that a rule-based reader of the demo's shapes
+    (src/metrics/scene_reader.py) finds on the right side with the right colour / shape, and scene_exact, the
+    percentage of images with every object right and nothing more; for the best and the first sampled candidates
+    and, as the reader's own accuracy, for the real images (same suffixes as R-precision).
 Files in <out_dir> (default <run>/eval): t2i_<split>.json / .md (metrics and examples), t2i_<split>_examples.png
 (one row per example prompt: the real image, then the candidates best first) and t2i_<split>_examples/<k>.png (the
 best image of example k, linked next to its prompt in the markdown).
 """
+import json
 import os
 import time
 
@@ -33,6 +40,7 @@ from src.metrics.report import markdown_table
 from src.metrics.t2i import POOL_SIZE, r_precision
 
 EXAMPLES = 8
+SCENE_KEYS = {"colour", "shape", "position"}
 
 
 def read_split(path):
@@ -67,13 +75,63 @@ def real_image_features(t2i, sources):
                                        "real images")[2] for i in range(0, len(sources), step)])
 
 
+def first_index(result):
+    """Position (in best-first order) of the candidate sampled first, before re-ranking."""
+    return int(np.flatnonzero(result.order == 0)[0])
+
+
 def first_sampled(result):
     """The contrastive features of the candidate sampled first (before re-ranking)."""
-    return result.image_features[int(np.flatnonzero(result.order == 0)[0])]
+    return result.image_features[first_index(result)]
 
 
-def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examples=EXAMPLES):
-    """Generate for every prompt of `data_path`, compute the metrics, write the report; returns the results."""
+def read_scenes(path):
+    """{record id: list of objects (colour, shape, position, ...)} from a scenes file such as the demo's
+    data/demo/scenes.jsonl (one JSON object per line with "id" and "objects")."""
+    if not os.path.isfile(path):
+        raise UserError(f"scenes file {path} does not exist; the demo writes it as <demo data>/scenes.jsonl")
+    scenes = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                objects = record["objects"]
+                complete = all(SCENE_KEYS <= set(o) for o in objects)
+                scenes[record["id"]] = objects
+            except (ValueError, KeyError, TypeError):
+                complete = False
+            if not complete:
+                raise UserError(f"{path}, line {number}: not a scene record; each line needs \"id\" and \"objects\", "
+                                "a list of objects with colour, shape and position (as src.data.demo writes them)")
+    return scenes
+
+
+def scene_metrics(results, ids, sources, scenes, size):
+    """`src.metrics.scene_reader` accuracies (percent) of the best and the first sampled candidates and of the real
+    images (the reader's own accuracy) against each record's scene: scene_<measure>[_first_sample|_real_images]."""
+    from src.data.transforms import to_uint8
+    from src.metrics.scene_reader import scene_accuracy
+    missing = [i for i in ids if i not in scenes]
+    if missing:
+        raise UserError(f"the scenes file has no scene for {len(missing)} of the {len(ids)} records (first: "
+                        f"{missing[0]}); give the scenes.jsonl written together with this data")
+    wanted = [scenes[i] for i in ids]
+    pools = {"": np.stack([r.best for r in results]),
+             "_first_sample": np.stack([r.images[first_index(r)] for r in results]),
+             "_real_images": to_uint8(reference_images(sources, size))}
+    metrics = {}
+    for suffix, images in pools.items():
+        accuracy = scene_accuracy(images, wanted)
+        metrics["scene_objects"] = accuracy.pop("objects")
+        metrics.update({f"scene_{key}{suffix}": value for key, value in accuracy.items()})
+    return metrics
+
+
+def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examples=EXAMPLES, scenes=None):
+    """Generate for every prompt of `data_path`, compute the metrics, write the report; returns the results.
+    `scenes` ({record id: objects}, `read_scenes`) adds the scene-reader accuracies (`scene_metrics`)."""
     from src.data.image_dataset import ImageSource
     from src.data.transforms import to_uint8, write_png
     from src.evaluation.caption import write_report
@@ -100,7 +158,10 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
     metrics.update({"psnr_db": reconstruction["psnr"], "codebook_used_fraction": reconstruction["used_fraction"],
                     "codebook_perplexity": reconstruction["perplexity"],
                     "filled_cells": int(sum(r.filled.sum() for r in results)),
-                    "seconds": round(time.time() - start, 1), "settings": dict(t2i.settings)})
+                    "settings": dict(t2i.settings)})
+    if scenes is not None:
+        metrics.update(scene_metrics(results, ids, sources, scenes, t2i.vq.image_size))
+    metrics["seconds"] = round(time.time() - start, 1)
     name = f"t2i_{split}"
     shown = list(range(min(examples, len(prompts))))
     real = to_uint8(reference_images([sources[k] for k in shown], t2i.vq.image_size)) if shown else []
@@ -137,15 +198,21 @@ def main(argv=None):
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rerank", choices=["itc", "itm"], default=None)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale (t2i.guidance; 1 = off)")
     parser.add_argument("--pool", type=int, default=POOL_SIZE, help="R-precision pool size (default 100)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
     parser.add_argument("--examples", type=int, default=EXAMPLES, help="example prompts in the report")
+    parser.add_argument("--scenes", default=None,
+                        help="the data's scenes.jsonl (demo data): also report how many generated images show the "
+                             "prompt's colours and shapes on the right sides (src/metrics/scene_reader.py)")
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
     from src.data.transforms import write_png
     from src.engine.context import setup_context
     from src.inference.t2i import TextToImage
-    settings = {k: getattr(args, k) for k in ("candidates", "top_k", "top_p", "temperature", "seed", "rerank")}
+    settings = {k: getattr(args, k) for k in ("candidates", "top_k", "top_p", "temperature", "seed", "rerank",
+                                              "guidance")}
     t2i = TextToImage.from_checkpoints(args.ckpt, args.vq, args.config or None, args.vq_config, args.overrides,
                                        args.batch_size, **settings)
     setup_context(t2i.cfg.run)
@@ -161,7 +228,8 @@ def main(argv=None):
     if args.data is None:
         from src.evaluation.caption import split_path
         args.data = split_path(t2i.cfg, args.split)
-    metrics = evaluate(t2i, args.data, out_dir, args.split, args.pool, args.limit, args.examples)
+    scenes = read_scenes(args.scenes) if args.scenes else None
+    metrics = evaluate(t2i, args.data, out_dir, args.split, args.pool, args.limit, args.examples, scenes)
     print(markdown_table([{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, (int, float))],
                          ["metric", "value"], floatfmt=".2f"))
     print(f"results written to {out_dir}/t2i_{args.split}.json and .md")

@@ -162,6 +162,21 @@ class _FullStepper:
         return logits.asnumpy()
 
 
+class _GuidedStepper:
+    """Classifier-free guidance around a stepper whose rows are [conditional rows; unconditional rows] (`rows` each,
+    unconditional row r + rows guiding row r): both halves take the same tokens and beam reordering, and the
+    conditional rows get the guided log-probabilities log p_u + scale * (log p_c - log p_u)."""
+
+    def __init__(self, stepper, rows, scale):
+        self.stepper, self.rows, self.scale = stepper, rows, float(scale)
+
+    def __call__(self, tokens, position, origin):
+        logits = self.stepper(np.concatenate([tokens, tokens]), position,
+                              np.concatenate([origin, origin + self.rows]).astype(np.int32))
+        cond, uncond = log_softmax(logits[:self.rows]), log_softmax(logits[self.rows:])
+        return uncond + self.scale * (cond - uncond)
+
+
 def _as_tensor(x, dtype):
     return x if isinstance(x, ms.Tensor) else ms.Tensor(np.asarray(x), dtype)
 
@@ -183,22 +198,45 @@ def _check(decoder_len, strategy, max_len, beam_size, min_len, no_repeat_ngram, 
 
 def generate(decoder, memory, memory_mask, bos_id, eos_id, pad_id, max_len, strategy="greedy", beam_size=3,
              length_penalty=1.0, min_len=1, no_repeat_ngram=0, top_k=0, top_p=1.0, temperature=1.0, seed=0,
-             use_cache=True):
+             use_cache=True, guidance=None):
     """Generate up to `max_len` tokens per memory row (see the module docstring for the conventions).
 
     memory (B, S, H) and memory_mask (B, S) are Tensors or arrays. Returns (tokens int32 (B, L), scores float64 (B,))
     with L the longest returned sequence. `use_cache=False` decodes without the KV cache (same results, slower).
+    `guidance` = (unconditional memory (B, S', H), its mask (B, S'), scale): classifier-free guidance. Every step
+    decodes both memories in one batch, and row b's next token comes from log p(. | memory b) guided away from
+    log p(. | unconditional b) by `scale` (1 = no guidance); scores are then sums of these guided log-probs.
     """
     _check(decoder.max_len, strategy, max_len, beam_size, min_len, no_repeat_ngram, top_k, top_p, temperature)
     memory, memory_mask = _as_tensor(memory, ms.float32), _as_tensor(memory_mask, ms.float32)
+    batch = memory.shape[0]
     copies = beam_size if strategy == "beam" else 1
+    if guidance is not None:
+        memory, memory_mask = _with_unconditional_rows(memory, memory_mask, *guidance[:2])
     cells = decoding_cells(decoder)
     if use_cache:
         stepper = _CachedStepper(cells.step, cells.prepare(memory, memory_mask), copies)
     else:
         stepper = _FullStepper(cells, memory, memory_mask, copies, decoder.max_len, pad_id)
-    return _search(stepper, memory.shape[0], bos_id, eos_id, pad_id, max_len, strategy, beam_size, length_penalty,
+    if guidance is not None:
+        stepper = _GuidedStepper(stepper, batch * copies, guidance[2])
+    return _search(stepper, batch, bos_id, eos_id, pad_id, max_len, strategy, beam_size, length_penalty,
                    min_len, no_repeat_ngram, top_k, top_p, temperature, seed)
+
+
+def _with_unconditional_rows(memory, memory_mask, uncond, uncond_mask):
+    """[memory; unconditional memory] and their masks as one batch (the unconditional side padded to the same
+    length with masked-out positions when it is shorter)."""
+    memory, memory_mask = memory.asnumpy(), memory_mask.asnumpy()
+    uncond, uncond_mask = np.asarray(_as_tensor(uncond, ms.float32).asnumpy()), np.asarray(uncond_mask, np.float32)
+    if uncond.shape[0] != memory.shape[0] or uncond.shape[2] != memory.shape[2] or uncond.shape[1] > memory.shape[1]:
+        raise UserError(f"guidance memory {uncond.shape} does not fit the memory {memory.shape}: give one "
+                        "unconditional row per row, of the same width and at most as long")
+    pad = memory.shape[1] - uncond.shape[1]
+    uncond = np.pad(uncond, ((0, 0), (0, pad), (0, 0)))
+    uncond_mask = np.pad(uncond_mask, ((0, 0), (0, pad)))
+    return (ms.Tensor(np.concatenate([memory, uncond]), ms.float32),
+            ms.Tensor(np.concatenate([memory_mask, uncond_mask]), ms.float32))
 
 
 def generate_from_state(step, state, decoder_len, bos_id, eos_id, pad_id, max_len, strategy="greedy", beam_size=3,

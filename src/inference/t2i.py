@@ -43,6 +43,8 @@ def t2i_settings(cfg, **overrides):
         raise UserError(f"t2i.rerank must be one of {', '.join(RERANK)}, got {settings['rerank']!r}")
     if int(settings["candidates"]) < 1:
         raise UserError(f"t2i.candidates must be >= 1, got {settings['candidates']}")
+    if float(settings["guidance"]) < 0:
+        raise UserError(f"t2i.guidance must be >= 0 (1 = off), got {settings['guidance']}")
     return settings
 
 
@@ -123,6 +125,7 @@ class TextToImage:
         self.memory_cell = ImageCodeMemory(model)
         self.text_tower, self.image_tower = TextTower(model), ImageTower(model)
         self.pair_scorer = PairScorer(model)
+        self._unconditional = None
 
     @classmethod
     def from_checkpoints(cls, ckpt, vq_ckpt, config=None, vq_config=None, overrides=(), batch_size=16, **settings):
@@ -153,13 +156,23 @@ class TextToImage:
         masked = np.ones((len(ids), enc.num_tokens), np.float32)
         return run_batched(self.memory_cell, [ids, mask, image, masked], self.batch_size, "t2i memory")
 
+    def unconditional_memory(self):
+        """Memory (1, S, H) and mask (1, S) of the empty prompt: the unconditional side of guidance."""
+        if self._unconditional is None:
+            self._unconditional = self.memory(*self.encode_texts([""]))
+        return self._unconditional
+
     def sample_tokens(self, memory, memory_mask, seed, strategy="sample"):
         """`candidates` token rows (C, h*w) for one prompt's memory (S, H) / mask (S,)."""
         s, count = self.settings, int(self.settings["candidates"])
         rows = np.repeat(memory[None], count, 0), np.repeat(memory_mask[None], count, 0)
+        guidance = None
+        if float(s["guidance"]) != 1.0:
+            guidance = tuple(np.repeat(x, count, 0) for x in self.unconditional_memory()) + (float(s["guidance"]),)
         tokens, _ = generate(self.model.image_decoder, *rows, IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID,
                              self.n_codes, strategy=strategy, min_len=self.n_codes, top_k=int(s["top_k"]),
-                             top_p=float(s["top_p"]), temperature=float(s["temperature"]), seed=seed)
+                             top_p=float(s["top_p"]), temperature=float(s["temperature"]), seed=seed,
+                             guidance=guidance)
         return tokens
 
     def tower_input(self, images):

@@ -51,8 +51,18 @@ def test_report_shows_the_tokenizer_and_text_to_image_results(tmp_path):
                     f"r_precision_r{k}_real_images": 20.0 * k, f"r_precision_chance_r{k}": chance})
     (tmp_path / "t2i" / "eval").mkdir(parents=True)
     (tmp_path / "t2i" / "eval" / "t2i_test.json").write_text(json.dumps(t2i, ensure_ascii=False), encoding="utf-8")
+    assert "shape reader" not in build_report(str(tmp_path))   # written only when eval ran with --scenes
+    t2i["scene_objects"] = 170
+    for suffix, base in (("", 40.0), ("_first_sample", 20.0), ("_real_images", 90.0)):
+        t2i.update({f"scene_colour{suffix}": base + 4, f"scene_shape{suffix}": base + 3,
+                    f"scene_colour_and_shape{suffix}": base + 2, f"scene_exact{suffix}": base + 1})
+    (tmp_path / "t2i" / "eval" / "t2i_test.json").write_text(json.dumps(t2i, ensure_ascii=False), encoding="utf-8")
 
     report = build_report(str(tmp_path))
+    assert "the percentage of the prompts' 170 objects drawn on the right side" in report
+    assert "| generated, best of the re-ranked candidates | 44.0 | 43.0 | 42.0 | 41.0 |" in report
+    assert "| generated, first sampled candidate | 24.0 | 23.0 | 22.0 | 21.0 |" in report
+    assert "| real test images (the reader's own accuracy) | 94.0 | 93.0 | 92.0 | 91.0 |" in report
     assert "| PSNR, mean over images (dB) | 25.02 |" in report and "| codes used | 255 / 256 (99.6 %) |" in report
     assert "![reconstructions](vq/reconstructions.png)" in report
     assert "| generated, best of the re-ranked candidates | 10.0 | 50.0 | 100.0 |" in report

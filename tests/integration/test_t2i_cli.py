@@ -69,16 +69,22 @@ def test_prompt_gives_a_png_of_the_vq_resolution(checkpoints, tmp_path):
 
 def test_split_evaluation_writes_metrics_and_examples(checkpoints, tmp_path):
     from PIL import Image
-    rng = np.random.default_rng(0)
+
+    from src.data.demo import SceneObject, place_objects, render_scene
     prompts = ["左边有一个红色的圆", "右边有一个蓝色的三角形", "中间有一个绿色的正方形"]
-    with open(tmp_path / "test.jsonl", "w", encoding="utf-8") as f:
-        for i, prompt in enumerate(prompts):
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    objects = [("red", "circle", "left"), ("blue", "triangle", "right"), ("green", "square", "middle")]
+    with open(tmp_path / "test.jsonl", "w", encoding="utf-8") as f, open(tmp_path / "scenes.jsonl", "w") as s:
+        for i, (prompt, (colour, shape, side)) in enumerate(zip(prompts, objects)):
+            drawn = (SceneObject(colour, shape, "big", side),)
+            render_scene(drawn, place_objects(drawn, 96, np.random.default_rng(i)), [235, 235, 235], 96).save(
+                tmp_path / f"{i}.png")
             f.write(json.dumps({"id": f"s{i}", "image": f"{i}.png", "captions": [prompt, "别的"]},
                                ensure_ascii=False) + "\n")
+            s.write(json.dumps({"id": f"s{i}", "objects": [{"colour": colour, "shape": shape, "position": side}]})
+                    + "\n")
     out_dir = tmp_path / "eval"
     done = run("--ckpt", checkpoints["opt"], "--vq", checkpoints["vq"], "--data", str(tmp_path / "test.jsonl"),
-               "--out_dir", str(out_dir), "--examples", "2")
+               "--out_dir", str(out_dir), "--examples", "2", "--scenes", str(tmp_path / "scenes.jsonl"))
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.load(open(out_dir / "t2i_test.json", encoding="utf-8"))
     assert results["n_prompts"] == 3 and results["r_precision_pool"] == 3 and results["candidates"] == 2
@@ -86,6 +92,11 @@ def test_split_evaluation_writes_metrics_and_examples(checkpoints, tmp_path):
     for suffix in ("", "_first_sample", "_real_images"):
         assert results[f"r_precision_r1{suffix}"] in (0.0, pytest.approx(100 / 3), pytest.approx(200 / 3), 100.0)
     assert np.isfinite(results["psnr_db"]) and results["filled_cells"] == 0
+    # the scene reader: the real images (resized to the VQ's 32 px) read back as their scenes, in record order
+    assert results["scene_objects"] == 3
+    assert results["scene_found_real_images"] == results["scene_colour_real_images"] == 100.0
+    for suffix in ("", "_first_sample"):
+        assert 0.0 <= results[f"scene_colour_and_shape{suffix}"] <= results[f"scene_colour{suffix}"] <= 100.0
     assert [e["prompt"] for e in results["examples"]] == prompts[:2]
     with Image.open(out_dir / "t2i_test_examples.png") as grid:   # rows: the real image, then 2 candidates
         assert grid.size == (3 * 32 + 2 * 2, 2 * 32 + 2)

@@ -260,3 +260,46 @@ def test_bad_settings_raise_user_errors(pynative):
                      ({"beam_size": 0}, "beam_size"), ({"temperature": 0.0}, "temperature")):
         with pytest.raises(UserError, match=word):
             run(decoder, [0], **kw)
+
+
+def guided_pair(m, prefix):
+    """m = 1: the conditional table, m = 2: the unconditional one. Unguided greedy writes 3 EOS; guidance at scale 2
+    (2 log p_c - log p_u) prefers 4 first (2 ln .4 - ln .1 = 0.47 against 2 ln .5 - ln .7 = -1.03), then EOS."""
+    cond = {(): {3: .5, 4: .4, 5: .1}, (4,): {EOS: .6, 3: .3, 5: .1}, (3,): {EOS: .9, 4: .05, 5: .05}}
+    uncond = {(): {3: .7, 4: .1, 5: .2}, (4,): {EOS: .2, 3: .7, 5: .1}, (3,): {EOS: .5, 4: .25, 5: .25}}
+    return (cond if m == 1 else uncond).get(prefix, {EOS: .9, 3: .04, 4: .03, 5: .03})
+
+
+def guided_logprobs(decoder, prefix, scale):
+    """Normalised guided log-probabilities of the next token after `prefix`, computed from the two tables."""
+    cond, uncond = log_softmax(decoder.logits(1, prefix)), log_softmax(decoder.logits(2, prefix))
+    return log_softmax(uncond + scale * (cond - uncond))
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_classifier_free_guidance_decodes_the_guided_distribution_row_by_row(pynative, strategy):
+    decoder = TableDecoder(guided_pair, max_len=4)
+    kw = {"strategy": strategy, "beam_size": 2}
+    assert run(decoder, [1], **kw)[0].tolist() == [[3, EOS]]
+    uncond = memory_of(2, 1)   # row 0 guided by the unconditional table, row 1 by its own memory (no effect)
+    tokens, scores = run(decoder, [1, 1], guidance=(*uncond, 2.0), **kw)
+    assert tokens.tolist() == [[4, EOS], [3, EOS]]
+    expected = guided_logprobs(decoder, (), 2.0)[4] + guided_logprobs(decoder, (4,), 2.0)[EOS]
+    np.testing.assert_allclose(scores, [expected, np.log(.5 * .9)], rtol=1e-6)
+    same = run(decoder, [1, 1], guidance=(*memory_of(2, 2), 1.0), **kw)   # scale 1: the conditional model
+    assert same[0].tolist() == [[3, EOS], [3, EOS]]
+    np.testing.assert_allclose(same[1], np.log([.5 * .9] * 2), rtol=1e-6)
+    no_cache = run(decoder, [1, 1], guidance=(*uncond, 2.0), use_cache=False, **kw)
+    np.testing.assert_array_equal(no_cache[0], tokens)
+
+
+def test_guidance_against_the_same_memory_changes_nothing_on_the_tiny_decoder(decoder, memory):
+    for strategy in ("greedy", "beam"):
+        plain = real(decoder, memory, strategy=strategy)
+        guided = real(decoder, memory, strategy=strategy, guidance=(*memory, 3.0))
+        np.testing.assert_array_equal(guided[0], plain[0])
+        np.testing.assert_allclose(guided[1], plain[1], atol=1e-4)
+    shifted = real(decoder, memory, guidance=(memory[0][::-1].copy(), memory[1][::-1].copy(), 3.0))
+    assert shifted[0].tolist() != real(decoder, memory)[0].tolist()   # another unconditional memory steers it
+    with pytest.raises(UserError, match="guidance memory"):
+        real(decoder, memory, guidance=(memory[0][:2], memory[1][:2], 2.0))

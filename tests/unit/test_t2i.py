@@ -165,6 +165,40 @@ def test_sampling_with_top_k_1_equals_greedy(tiny, pynative):
     assert sampled.filled.tolist() == [0, 0]  # EOS is forbidden until the grid is full
 
 
+def test_guidance_steers_greedy_codes_by_the_empty_prompt(tiny, pynative):
+    """Greedy codes with guidance g are the argmax of log p(. | empty) + g (log p(. | prompt) - log p(. | empty)),
+    step by step (checked against the decoder run on the whole sequence); g = 1 is plain greedy."""
+    import mindspore as ms
+    from src.inference.generation import log_softmax
+    from src.models.opt import build_model
+    _, tokenizer, cfg = tiny
+    model = build_model(cfg.model)   # the image decoder with large weights, so that its outputs follow the memory
+    model.set_train(False)
+    rng = np.random.default_rng(0)
+    for p in model.image_decoder.get_parameters():
+        if not p.name.endswith((".gamma", ".beta")):
+            p.set_data(ms.Tensor(rng.normal(0.0, 0.4, p.shape).astype(np.float32)))
+    strong = (model, tokenizer, cfg)
+    prompt = "左边有一个红色的圆"
+    plain = make_t2i(strong, FakeVQ(image_size=32)).generate(prompt, strategy="greedy")
+    np.testing.assert_array_equal(make_t2i(strong, FakeVQ(image_size=32), guidance=1.0).generate(
+        prompt, strategy="greedy").codes, plain.codes)
+    t2i = make_t2i(strong, FakeVQ(image_size=32), guidance=4.0)
+    guided = t2i.generate(prompt, strategy="greedy").codes[0].reshape(-1)
+    cond = t2i.memory(*t2i.encode_texts([prompt]))
+    uncond = t2i.unconditional_memory()
+    decoder = model.image_decoder
+    tokens = np.concatenate([[IMAGE_BOS_ID], guided + IMAGE_TOKEN_OFFSET])[None].astype(np.int32)
+    logits = [log_softmax(decoder(ms.Tensor(tokens), ms.Tensor(m), ms.Tensor(k)).asnumpy()[0]) for m, k in
+              (cond, uncond)]
+    steered = logits[1] + 4.0 * (logits[0] - logits[1])
+    steered[:, [IMAGE_PAD_ID, IMAGE_BOS_ID, IMAGE_EOS_ID]] = -np.inf
+    np.testing.assert_array_equal(steered[:len(guided)].argmax(1), guided + IMAGE_TOKEN_OFFSET)
+    assert not np.array_equal(guided, plain.codes[0].reshape(-1))   # the empty prompt's pull is visible
+    with pytest.raises(UserError, match="t2i.guidance must be >= 0"):
+        make_t2i(tiny, guidance=-1.0)
+
+
 def test_generation_is_seeded_per_prompt(tiny, pynative):
     t2i = make_t2i(tiny, candidates=3, seed=5)
     alone = t2i.generate("右边有一个蓝色的三角形")

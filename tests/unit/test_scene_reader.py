@@ -1,0 +1,117 @@
+"""The demo shape reader (src/metrics/scene_reader.py) and the t2i evaluation's scenes file."""
+import json
+
+import numpy as np
+import pytest
+
+from src.data.demo import COLOURS, POSITIONS, SHAPES, SceneObject, place_objects, render_scene
+from src.metrics.scene_reader import classify_shape, components, judge, read_objects, scene_accuracy
+
+BACKGROUND = [236, 235, 238]
+
+
+def render(objects, size=64, seed=0):
+    """uint8 (size, size, 3) of demo SceneObjects drawn by the demo's own renderer."""
+    placed = place_objects(objects, size, np.random.default_rng(seed))
+    return np.asarray(render_scene(objects, placed, BACKGROUND, size))
+
+
+def scene(*objects):
+    return [{"colour": c, "shape": s, "position": p} for c, s, p in objects]
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_reads_colour_shape_and_side_of_every_rendered_big_shape(position):
+    for colour in COLOURS:
+        for shape in SHAPES:
+            objects = read_objects(render((SceneObject(colour, shape, "big", position),)))
+            assert [(o["colour"], o["shape"], o["side"]) for o in objects] == [(colour, shape, position)]
+
+
+def test_reads_both_objects_of_a_small_pair_largest_first():
+    image = render((SceneObject("purple", "triangle", "small", "left"), SceneObject("orange", "circle", "big",
+                                                                                      "right")))
+    objects = read_objects(image)
+    assert [(o["colour"], o["shape"], o["side"]) for o in objects] == [("orange", "circle", "right"),
+                                                                       ("purple", "triangle", "left")]
+    assert objects[0]["area"] > objects[1]["area"] and 0.0 < objects[1]["x"] < 3 / 8 < 5 / 8 < objects[0]["x"] < 1.0
+
+
+def test_background_and_specks_below_the_minimum_area_hold_no_object():
+    image = np.full((64, 64, 3), 230, np.uint8)
+    assert read_objects(image) == []
+    image[10:14, 10:14] = (215, 38, 38)   # 16 pixels < 0.005 * 64 * 64 = 20.48
+    assert read_objects(image) == []
+    image[10:15, 10:15] = (215, 38, 38)   # 25 pixels: an object
+    assert [o["colour"] for o in read_objects(image)] == ["red"]
+
+
+def test_components_are_four_connected():
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = mask[1, 1] = True        # diagonal neighbours: two components
+    mask[3, 1:4] = True                   # a row: one
+    found = sorted(len(ys) for ys, _ in components(mask))
+    assert found == [1, 1, 3]
+
+
+def test_shape_of_ideal_masks():
+    yy, xx = np.mgrid[0:20, 0:20]
+    square = np.nonzero(np.ones((20, 20), bool))
+    circle = np.nonzero((yy - 9.5) ** 2 + (xx - 9.5) ** 2 <= 100)
+    triangle = np.nonzero(yy >= 2 * np.abs(xx - 9.5))
+    assert [classify_shape(*m) for m in (square, circle, triangle)] == ["square", "circle", "triangle"]
+
+
+def test_judge_names_what_is_wrong():
+    read = [{"colour": "red", "shape": "circle", "side": "left", "area": 300},
+            {"colour": "blue", "shape": "square", "side": "right", "area": 200},
+            {"colour": "green", "shape": "square", "side": "right", "area": 50}]
+    verdict = judge(read, scene(("red", "circle", "left"), ("blue", "triangle", "right")))
+    assert verdict["found"] == [True, True] and verdict["colour"] == [True, True]
+    assert verdict["shape"] == [True, False] and verdict["exact"] is False
+    verdict = judge(read[:2], scene(("red", "circle", "left"), ("blue", "square", "right")))
+    assert verdict["exact"] is True
+    assert judge(read, scene(("red", "circle", "left"), ("blue", "square", "right")))["exact"] is False  # one extra
+    verdict = judge(read[:1], scene(("red", "circle", "middle")))   # drawn on the wrong side
+    assert verdict == {"found": [False], "colour": [False], "shape": [False], "exact": False}
+
+
+def test_scene_accuracy_against_a_hand_count():
+    pair = (SceneObject("yellow", "square", "big", "left"), SceneObject("blue", "circle", "big", "right"))
+    single = (SceneObject("green", "triangle", "big", "middle"),)
+    images = np.stack([render(pair), render(single), np.full((64, 64, 3), 235, np.uint8)])
+    scenes = [scene(("yellow", "square", "left"), ("blue", "triangle", "right")),   # one shape wrong
+              scene(("red", "triangle", "middle")),                                   # colour wrong
+              scene(("green", "circle", "left"))]                                     # blank: nothing found
+    result = scene_accuracy(images, scenes)
+    assert result["objects"] == 4
+    assert result["found"] == pytest.approx(75.0)               # 3 of 4
+    assert result["colour"] == pytest.approx(50.0)              # yellow, blue
+    assert result["shape"] == pytest.approx(50.0)               # square, triangle
+    assert result["colour_and_shape"] == pytest.approx(25.0)    # the yellow square only
+    assert result["exact"] == 0.0
+    assert scene_accuracy(images[:1], [scene(("yellow", "square", "left"), ("blue", "circle", "right"))])[
+        "exact"] == 100.0
+    with pytest.raises(ValueError, match="2 images for 1 scenes"):
+        scene_accuracy(images[:2], scenes[:1])
+
+
+def test_scenes_file_errors_name_the_line(tmp_path):
+    from src.errors import UserError
+    from src.evaluation.t2i import read_scenes
+    path = tmp_path / "scenes.jsonl"
+    good = {"id": "a", "objects": [{"colour": "red", "shape": "circle", "position": "left", "size": "big"}]}
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps({"id": "b", "objects": [{"colour": "red"}]}) + "\n")
+    with pytest.raises(UserError, match=r"scenes.jsonl, line 3: not a scene record"):
+        read_scenes(str(path))
+    path.write_text(json.dumps(good) + "\n")
+    assert read_scenes(str(path)) == {"a": good["objects"]}
+    with pytest.raises(UserError, match="does not exist"):
+        read_scenes(str(tmp_path / "none.jsonl"))
+
+
+def test_scene_metrics_need_a_scene_for_every_record():
+    from src.errors import UserError
+    from src.evaluation.t2i import scene_metrics
+    with pytest.raises(UserError, match=r"no scene for 1 of the 2 records \(first: b\)"):
+        scene_metrics([], ["a", "b"], [], {"a": []}, 32)
