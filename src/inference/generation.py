@@ -225,18 +225,12 @@ def generate(decoder, memory, memory_mask, bos_id, eos_id, pad_id, max_len, stra
 
 
 def _with_unconditional_rows(memory, memory_mask, uncond, uncond_mask):
-    """[memory; unconditional memory] and their masks as one batch (the unconditional side padded to the same
-    length with masked-out positions when it is shorter)."""
-    memory, memory_mask = memory.asnumpy(), memory_mask.asnumpy()
-    uncond, uncond_mask = np.asarray(_as_tensor(uncond, ms.float32).asnumpy()), np.asarray(uncond_mask, np.float32)
-    if uncond.shape[0] != memory.shape[0] or uncond.shape[2] != memory.shape[2] or uncond.shape[1] > memory.shape[1]:
-        raise UserError(f"guidance memory {uncond.shape} does not fit the memory {memory.shape}: give one "
-                        "unconditional row per row, of the same width and at most as long")
-    pad = memory.shape[1] - uncond.shape[1]
-    uncond = np.pad(uncond, ((0, 0), (0, pad), (0, 0)))
-    uncond_mask = np.pad(uncond_mask, ((0, 0), (0, pad)))
-    return (ms.Tensor(np.concatenate([memory, uncond]), ms.float32),
-            ms.Tensor(np.concatenate([memory_mask, uncond_mask]), ms.float32))
+    """[memory; unconditional memory] and their masks as one batch; both sides must have the same shape."""
+    uncond, uncond_mask = _as_tensor(uncond, ms.float32), _as_tensor(uncond_mask, ms.float32)
+    if uncond.shape != memory.shape or uncond_mask.shape != memory_mask.shape:
+        raise UserError(f"guidance memory {tuple(uncond.shape)} does not fit the memory {tuple(memory.shape)}: give "
+                        "one unconditional row of the same length and width per row")
+    return ops.concat((memory, uncond)), ops.concat((memory_mask, uncond_mask))
 
 
 def generate_from_state(step, state, decoder_len, bos_id, eos_id, pad_id, max_len, strategy="greedy", beam_size=3,
