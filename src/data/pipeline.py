@@ -319,6 +319,9 @@ class _PretrainSample(_SampleArrays):
         self.mask_id, self.vocab_size = tokenizer.mask_id, tokenizer.vocab_size
         self.special_ids = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id)
         self.decoder_len = cfg.model.text_decoder.max_len
+        self.id_uncond_prob = float(self.pretrain.id_uncond_prob)
+        if not 0.0 <= self.id_uncond_prob <= 1.0:
+            raise UserError(f"pretrain.id_uncond_prob must be in [0, 1], got {self.pretrain.id_uncond_prob}")
         self.codebook_size = cfg.model.image_decoder.codebook_size
         self.image_decoder_len = cfg.model.image_decoder.max_len
         self.input_columns = (["index", "caption_ids", "caption_lens"] + (["audio", "audio_frames"] if has_audio
@@ -372,6 +375,10 @@ class _PretrainSample(_SampleArrays):
             caption, np.ones(len(caption)), self.cls_id, self.sep_id, self.pad_id, self.decoder_len)
 
     def _id(self, out, rng, caption, rest):
+        """Image decoding; with probability pretrain.id_uncond_prob from the empty prompt (condition dropout: the
+        unconditional model that classifier-free guidance contrasts with)."""
+        if self.id_uncond_prob > 0 and rng.random() < self.id_uncond_prob:
+            out["text_ids"], out["text_mask"] = self.text(np.zeros(0, np.int32))
         out["image_masked"] = np.ones(self.patches, dtype=np.float32)
         codes = stored_array(rest[-1], np.int32)
         out["img_dec_input"], out["img_dec_target"], out["img_dec_weights"] = image_token_targets(
