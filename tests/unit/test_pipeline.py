@@ -148,19 +148,15 @@ def test_masking_counts_of_mvm_mam_td_and_id(data):
     assert idt["img_dec_weights"][0].sum() == 17 and (idt["image_masked"] == 1).all()
 
 
-
 def test_image_decoding_condition_dropout_gives_the_empty_prompt_to_its_share_of_samples(data):
     """pretrain.id_uncond_prob: the share of id samples decoded from the empty prompt (what t2i guidance encodes as
     the unconditional side), chosen per sample from (seed, epoch, index); codes and everything else unchanged."""
     tokenizer = data["tokenizer"]
     empty = tokenizer.encode_padded("", 12)
     plain = pretrain(data, "id")
-    cfg = data["cfg"]
 
     def with_prob(p):
-        return pretrain(data, "id", cfg=model_config("tiny", [f"model.text.vocab_size={tokenizer.vocab_size}",
-                                                               f"data.vocab={cfg.data.vocab}", f"run.seed={SEED}",
-                                                               f"pretrain.id_uncond_prob={p}"]))
+        return pretrain(data, "id", cfg=data["cfg"].with_updates({"pretrain.id_uncond_prob": p}))
     everything, some = with_prob(1.0), with_prob(0.5)
     dropped = 0
     for p_batch, all_batch, some_batch in zip(plain, everything, some):
@@ -178,6 +174,7 @@ def test_image_decoding_condition_dropout_gives_the_empty_prompt_to_its_share_of
     assert 0 < dropped < N_TRAIN                             # 24 samples at 0.5: all or none has p = 2^-23
     with pytest.raises(UserError, match="pretrain.id_uncond_prob"):
         with_prob(1.5)
+
 
 def test_itm_labels_match_the_swapped_images_and_audio(data):
     cfg = data["cfg"].with_updates({"model.audio.max_frames": 256})  # whole clips: their starts can be alike
