@@ -12,6 +12,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from src.errors import UserError
+
 
 def lr_at(step, base_lr, end_lr, warmup_steps, total_steps, schedule="cosine"):
     """Learning rate for 0-based `step`: linear warm-up from base_lr/warmup to base_lr over `warmup_steps`, then decay
@@ -44,6 +46,27 @@ def split_decay(params, no_decay_keywords):
         exempt = len(p.shape) <= 1 or any(k in p.name.lower() for k in keys)
         (no_decay if exempt else decay).append(p)
     return decay, no_decay
+
+
+def select_trainable(params, freeze):
+    """The parameters the optimizer updates: `params` without those whose name starts with one of the prefixes in
+    `freeze` (train.freeze; a prefix is a whole name component: `text_encoder` freezes `text_encoder.*`). A frozen
+    parameter gets no gradient and keeps its loaded value. A prefix that matches nothing is an error (a typo would
+    otherwise train everything), and so is freezing every parameter."""
+    params = list(params)
+    if not freeze:
+        return params
+    def frozen_by(prefix, name):
+        return name == prefix or name.startswith(prefix.rstrip(".") + ".")
+    unmatched = [f for f in freeze if not any(frozen_by(f, p.name) for p in params)]
+    if unmatched:
+        roots = sorted({p.name.split(".")[0] for p in params})
+        raise UserError(f"train.freeze: {', '.join(map(repr, unmatched))} matches no parameter of the model; "
+                        f"give name prefixes such as {', '.join(roots)} (or a deeper one, e.g. text_encoder.encoder)")
+    kept = [p for p in params if not any(frozen_by(f, p.name) for f in freeze)]
+    if not kept:
+        raise UserError(f"train.freeze: {list(freeze)} freezes every parameter, so there is nothing to train")
+    return kept
 
 
 def build_optimizer(params, optim_cfg, total_steps):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from src.config import save_config
 from src.engine.checkpoint import (CheckpointManager, capture_rng_state, load_checkpoint, load_into,
                                    restore_rng_state)
-from src.engine.optim import build_optimizer, current_lr
+from src.engine.optim import build_optimizer, current_lr, select_trainable
 from src.engine.run_log import LossTracker, MetricsLog
 from src.engine.train_step import LossScale, TrainStep
 from src.errors import UserError
@@ -102,7 +102,7 @@ class Trainer:
         if t.batch_size % t.grad_accumulation:
             raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accumulation "
                             f"{t.grad_accumulation}")
-        self.optimizer = build_optimizer(model.trainable_params(), cfg.optim, t.steps)
+        self.optimizer = build_optimizer(select_trainable(model.trainable_params(), t.freeze), cfg.optim, t.steps)
         self.loss_scale = LossScale(t.loss_scale, t.loss_scale_init, t.loss_scale_factor, t.loss_scale_window)
         self.steps = {}
         for name, task in tasks.items():

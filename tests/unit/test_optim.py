@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src.engine.optim import build_optimizer, current_lr, lr_at, lr_table, split_decay
+from src.engine.optim import build_optimizer, current_lr, lr_at, lr_table, select_trainable, split_decay
+from src.errors import UserError
 from src.models.opt import build_model
 from tests.helpers import model_config
 
@@ -118,3 +119,16 @@ def test_optimizer_follows_the_table_and_decays_only_the_decay_group(cfg, pynati
     assert current_lr(optimizer) == pytest.approx(0.01, rel=1e-6)
     for param, value in zip(kept, kept_before):
         np.testing.assert_array_equal(param.asnumpy(), value)
+
+
+def test_select_trainable_drops_whole_name_components_and_rejects_bad_prefixes(cfg):
+    params = build_model(cfg.model).trainable_params()
+    names = [p.name for p in params]
+    assert [p.name for p in select_trainable(params, [])] == names
+    kept = [p.name for p in select_trainable(params, ["text_encoder", "contrastive.text_proj"])]
+    assert kept == [n for n in names if not n.startswith(("text_encoder.", "contrastive.text_proj."))]
+    assert len(kept) < len(names) and any(n.startswith("contrastive.") for n in kept)
+    with pytest.raises(UserError, match=r"train.freeze: 'text_enc' matches no parameter.*text_encoder"):
+        select_trainable(params, ["text_enc"])  # a prefix is a whole name component, not a substring
+    with pytest.raises(UserError, match="freezes every parameter"):
+        select_trainable(params, sorted({n.split(".")[0] for n in names}))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
 
+from src.engine.optim import select_trainable
 from src.engine.train_step import LossScale, TrainStep
 from src.models.opt import build_model
 from src.tasks.pretrain import build_task
@@ -178,6 +179,21 @@ def test_unclipped_step_by_hand_and_overflow_without_dynamic_scaling(mode, accum
     assert not bool(finite.asnumpy())
     np.testing.assert_array_equal(net.dense.weight.asnumpy(), weight)
     assert float(step.loss_scale.scale.asnumpy()) == float(scale.asnumpy())  # none / fixed never change the scale
+
+
+def test_frozen_parameter_keeps_its_value_and_leaves_the_gradient_norm(pynative):
+    """train.freeze: with the weight frozen only the bias moves, by its own hand-computed gradient, and the reported
+    norm is that of the bias gradient alone."""
+    x = np.array([[1.0, 2.0], [0.0, 1.0], [-1.0, 0.5], [2.0, -1.0]], np.float32)
+    y = np.array([[1.0], [0.0], [2.0], [-1.0]], np.float32)
+    grad_b = 2 * (x @ np.array([0.5, -1.0]) + 0.25 - y[:, 0]).mean()
+    net = Regression()
+    step = TrainStep(net, nn.SGD(select_trainable(net.trainable_params(), ["dense.weight"]), learning_rate=0.1),
+                     LossScale("none"), clip_norm=0.0)
+    _, _, _, grad_norm = step(Tensor(x), Tensor(y), Tensor(np.ones(4, np.float32)))
+    np.testing.assert_array_equal(net.dense.weight.asnumpy(), [[0.5, -1.0]])
+    np.testing.assert_allclose(net.dense.bias.asnumpy(), [0.25 - 0.1 * grad_b], rtol=1e-6)
+    assert float(grad_norm.asnumpy()) == pytest.approx(abs(grad_b), rel=1e-6)
 
 
 def test_loss_scale_update_grows_after_window_and_never_drops_below_one(pynative):
