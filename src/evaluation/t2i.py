@@ -18,6 +18,10 @@ prompt, its first caption. Reported (src/metrics/t2i.py):
     candidate; for the first sampled candidate alone (*_first_sample: free of the re-ranking's advantage, which uses
     the same towers); and for the split's real images in place of generated ones (*_real_images: the ceiling the
     scorer allows).
+  * code_nll / code_perplexity: how well the image decoder predicts the codes of each real image from its own
+    prompt (teacher forcing; nats per code), and likelihood_r1 (r5, r10): for each real image, is its own prompt
+    among the 1 (5, 10) prompts of its pool under which its codes are most likely? These read the decoder directly,
+    without sampling or the towers;
   * with --scenes (the data's scenes.jsonl, which the demo writes): scene_found / scene_colour / scene_shape /
     scene_colour_and_shape, the percentage of the prompts' objects that a rule-based reader of the demo's shapes
     (src/metrics/scene_reader.py) finds on the right side with the right colour / shape, and scene_exact, the
@@ -37,7 +41,7 @@ from src.cli import docstring_parser
 from src.config import add_config_arguments
 from src.errors import UserError
 from src.metrics.report import markdown_table
-from src.metrics.t2i import POOL_SIZE, r_precision
+from src.metrics.t2i import POOL_SIZE, pool_others, r_precision
 
 EXAMPLES = 8
 SCENE_KEYS = {"colour", "shape", "position"}
@@ -73,6 +77,35 @@ def real_image_features(t2i, sources):
     size, step = t2i.image_size, t2i.batch_size
     return np.concatenate([run_batched(t2i.image_tower, [reference_images(sources[i:i + step], size)], step,
                                        "real images")[2] for i in range(0, len(sources), step)])
+
+
+def split_codes(t2i, sources):
+    """VQ codes (N, h, w) of the split's real images."""
+    size, step = t2i.vq.image_size, t2i.batch_size
+    return np.concatenate([t2i.vq.encode(reference_images(sources[i:i + step], size))
+                           for i in range(0, len(sources), step)])
+
+
+def likelihood_metrics(t2i, prompts, sources, pool_size=POOL_SIZE):
+    """What the image decoder makes of the split's real images, read by teacher forcing (no sampling, no towers):
+    code_nll, the mean negative log-likelihood (nats) of an image's codes given its own prompt, per code, and
+    code_perplexity = exp(code_nll); likelihood_r1 (r5, r10), the percentage of images whose own prompt is among the
+    1 (5, 10) prompts under which their codes are most likely, of a pool of their own prompt and pool_size - 1 others
+    (the pools of R-precision; ties count against the own prompt)."""
+    from tqdm import tqdm
+    codes = split_codes(t2i, sources)
+    memory, memory_mask = t2i.memory(*t2i.encode_texts(prompts))
+    n = len(prompts)
+    scores = np.full((n, n), -np.inf)   # scores[i, j] = log p(codes of image i | prompt j); pool entries only
+    scores[np.arange(n), np.arange(n)] = t2i.code_log_likelihood(codes, memory, memory_mask)
+    for i, others in enumerate(tqdm(pool_others(n, pool_size), desc="t2i likelihood pools", disable=None,
+                                    leave=False)):
+        scores[i, others] = t2i.code_log_likelihood(np.repeat(codes[i:i + 1], len(others), 0), memory[others],
+                                                    memory_mask[others], batch_size=len(others))
+    nll = float(-np.mean(np.diag(scores)) / t2i.n_codes)
+    ranked = r_precision(scores, pool_size)
+    return {"code_nll": nll, "code_perplexity": float(np.exp(nll)),
+            **{f"likelihood_{k}": v for k, v in ranked.items() if k.startswith("r")}}
 
 
 def first_index(result):
@@ -155,6 +188,7 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
         metrics.update({f"r_precision_{k}{suffix}": v for k, v in rp.items() if k.startswith("r")})
         metrics.update({f"r_precision_{k}": v for k, v in rp.items() if k.startswith("chance")})
         metrics["r_precision_pool"] = rp["pool_size"]
+    metrics.update(likelihood_metrics(t2i, prompts, sources, pool_size))
     metrics.update({"psnr_db": reconstruction["psnr"], "codebook_used_fraction": reconstruction["used_fraction"],
                     "codebook_perplexity": reconstruction["perplexity"],
                     "filled_cells": int(sum(r.filled.sum() for r in results)),

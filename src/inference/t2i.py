@@ -25,7 +25,7 @@ import numpy as np
 from mindspore import nn, ops
 from tqdm import tqdm
 
-from src.data.masking import IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID, codes_from_tokens
+from src.data.masking import IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID, codes_from_tokens, image_token_targets
 from src.data.transforms import to_uint8
 from src.errors import UserError
 from src.inference.generation import generate
@@ -81,6 +81,20 @@ class ImageCodeMemory(nn.Cell):
         return self.task.encode(text_ids, text_mask, image, image_masked)
 
 
+class CodeLogLikelihood(nn.Cell):
+    """(decoder input, target, weights, memory, memory mask) -> (B,) the image decoder's teacher-forced
+    log-probability of the targets, summed over the weighted positions."""
+
+    def __init__(self, model):
+        super().__init__(auto_prefix=False)
+        self.decoder = model.image_decoder
+
+    def construct(self, inputs, targets, weights, memory, memory_mask):
+        log_probs = ops.log_softmax(self.decoder(inputs, memory, memory_mask), -1)
+        picked = ops.squeeze(ops.gather_elements(log_probs, 2, ops.expand_dims(targets, -1)), -1)
+        return (picked * weights).sum(1)
+
+
 @dataclass
 class Generated:
     """The candidates of one prompt, best first (by `scores`)."""
@@ -125,6 +139,7 @@ class TextToImage:
         self.memory_cell = ImageCodeMemory(model)
         self.text_tower, self.image_tower = TextTower(model), ImageTower(model)
         self.pair_scorer = PairScorer(model)
+        self.likelihood_cell = CodeLogLikelihood(model)
         self._unconditional = None
 
     @classmethod
@@ -174,6 +189,17 @@ class TextToImage:
                              top_p=float(s["top_p"]), temperature=float(s["temperature"]), seed=seed,
                              guidance=guidance)
         return tokens
+
+    def code_log_likelihood(self, codes, memory, memory_mask, batch_size=None):
+        """log p(codes | memory) (N,) of code grids (N, h, w) under memories (N, S, H) / masks (N, S): the image
+        decoder reads the codes with teacher forcing, and the log-probabilities of the h*w codes are summed (the EOS
+        that follows them is not counted). `batch_size`: rows per call (default: the generator's)."""
+        rows = [image_token_targets(c, self.vq.codebook_size, self.cfg.model.image_decoder.max_len) for c in codes]
+        inputs, targets, weights = (np.stack(column) for column in zip(*rows))
+        weights[:, self.n_codes:] = 0.0
+        (log_likelihood,) = run_batched(self.likelihood_cell, [inputs, targets, weights, memory, memory_mask],
+                                        batch_size or self.batch_size, "t2i likelihood")
+        return log_likelihood.astype(np.float64)
 
     def tower_input(self, images):
         """Decoded images at the VQ's size -> the model's image size (bilinear) when the two differ."""

@@ -12,11 +12,23 @@ from src.errors import UserError
 POOL_SIZE = 100
 
 
+def pool_others(n, pool_size=POOL_SIZE, seed=0):
+    """For each of n items, the indices of the pool_size - 1 other items it is ranked against: all n - 1 others when
+    n <= pool_size, else a draw without replacement from np.random.default_rng([seed, i])."""
+    pool = min(int(pool_size), n)
+    others = []
+    for i in range(n):
+        rest = np.delete(np.arange(n), i)
+        others.append(rest if pool == n else np.random.default_rng([int(seed), i]).choice(rest, size=pool - 1,
+                                                                                         replace=False))
+    return others
+
+
 def r_precision(scores, pool_size=POOL_SIZE, seed=0, ks=(1, 5, 10)):
     """R-precision from a square (n_prompts, n_images) score matrix, image j generated for prompt j.
 
     With n <= pool_size the pool of every prompt is all n images; otherwise prompt i's pool is its own image plus
-    pool_size - 1 other images drawn without replacement from np.random.default_rng([seed, i]). The rank of the own
+    pool_size - 1 other images drawn without replacement from np.random.default_rng([seed, i]) (`pool_others`). The rank of the own
     image is 1 + the number of pool images scoring >= it (ties count against it).
     Returns {"r1", "r5", ...: percent of prompts ranking their own image in the top k, "chance_r1", ...: 100 k / pool,
     "pool_size": the actual pool size, "n_prompts": n}; ks larger than the pool are left out.
@@ -30,12 +42,8 @@ def r_precision(scores, pool_size=POOL_SIZE, seed=0, ks=(1, 5, 10)):
         raise UserError(f"R-precision pool size must be >= 2, got {pool_size}")
     n = scores.shape[0]
     pool = min(int(pool_size), n)
-    ranks = np.empty(n, np.int64)
-    for i in range(n):
-        others = np.delete(np.arange(n), i)
-        if pool < n:
-            others = np.random.default_rng([int(seed), i]).choice(others, size=pool - 1, replace=False)
-        ranks[i] = 1 + int((scores[i, others] >= scores[i, i]).sum())
+    ranks = np.array([1 + int((scores[i, others] >= scores[i, i]).sum())
+                      for i, others in enumerate(pool_others(n, pool_size, seed))], np.int64)
     ks = [int(k) for k in ks if k <= pool]
     result = {f"r{k}": 100.0 * float(np.mean(ranks <= k)) for k in ks}
     result.update({f"chance_r{k}": 100.0 * k / pool for k in ks})

@@ -92,6 +92,10 @@ def test_split_evaluation_writes_metrics_and_examples(checkpoints, tmp_path):
     for suffix in ("", "_first_sample", "_real_images"):
         assert results[f"r_precision_r1{suffix}"] in (0.0, pytest.approx(100 / 3), pytest.approx(200 / 3), 100.0)
     assert np.isfinite(results["psnr_db"]) and results["filled_cells"] == 0
+    # the untrained decoder spreads its probability over the 16 codes + 3 specials: about log(19) nats per code
+    assert results["code_nll"] == pytest.approx(np.log(19), abs=0.3)
+    assert results["code_perplexity"] == pytest.approx(np.exp(results["code_nll"]), rel=1e-9)
+    assert results["likelihood_r1"] in (0.0, pytest.approx(100 / 3), pytest.approx(200 / 3), 100.0)
     # the scene reader: the real images (resized to the VQ's 32 px) read back as their scenes, in record order
     assert results["scene_objects"] == 3
     assert results["scene_found_real_images"] == results["scene_colour_real_images"] == 100.0

@@ -255,6 +255,65 @@ def test_reranking_returns_the_best_candidate_first(tiny, pynative):
     assert ranked.image_features[:, 0].tolist() == [1.0, 3.0, 0.0, 2.0]
 
 
+def test_code_log_likelihood_sums_the_decoders_log_probabilities_of_the_codes(tiny, pynative):
+    """Against the decoder run by hand on [BOS] + shifted codes: the sum of log-softmax at each code, EOS left out."""
+    import mindspore as ms
+    model = tiny[0]
+    t2i = make_t2i(tiny)   # 2 x 2 codes
+    shape = t2i.memory(*t2i.encode_texts(["左边有一个红色的圆"]))[0].shape[1:]
+    memory = 3.0 * np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)  # two distinct memories
+    memory_mask = np.ones((2, shape[0]), np.float32)
+    memory_mask[1, shape[0] // 2:] = 0.0
+    codes = np.array([[[3, 0], [15, 7]], [[1, 1], [2, 9]]])
+    got = t2i.code_log_likelihood(codes, memory, memory_mask)
+    max_len = tiny[2].model.image_decoder.max_len
+    for b in range(2):
+        tokens = codes[b].reshape(-1) + IMAGE_TOKEN_OFFSET
+        inputs = np.full((1, max_len), IMAGE_PAD_ID, np.int32)
+        inputs[0, 0], inputs[0, 1:5] = IMAGE_BOS_ID, tokens
+        logits = model.image_decoder(ms.Tensor(inputs), ms.Tensor(memory[b:b + 1]),
+                                     ms.Tensor(memory_mask[b:b + 1])).asnumpy()[0].astype(np.float64)
+        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)
+        assert got[b] == pytest.approx(sum(log_probs[t, tokens[t]] for t in range(4)), abs=2e-5)
+    swapped = t2i.code_log_likelihood(codes, memory[::-1], memory_mask[::-1])
+    assert np.abs(swapped - got).max() > 1e-4   # each row reads its own memory (the untrained decoder barely does)
+
+
+def test_likelihood_metrics_rank_each_images_own_prompt_within_its_pool(monkeypatch):
+    """Image i has code value i, prompt j memory value j, and log p(image i | prompt j) = -(i - j)^2 - 0.1 j, less 1
+    for image 4 with its own prompt: every image's own prompt explains it best, except image 4, which prefers prompt 3
+    (-1.3 against -1.4) when prompt 3 is in its pool. With 6 images and pools of 4 the pools are drawn; the code NLL
+    is the own prompts' mean per code."""
+    from types import SimpleNamespace
+    from src.evaluation.t2i import likelihood_metrics
+    from src.metrics.t2i import pool_others
+
+    class Stub:
+        n_codes, batch_size = 4, 2
+        vq = SimpleNamespace(image_size=8, encode=lambda images: images[:, 0, :2, :2].round().astype(np.int32))
+
+        def encode_texts(self, prompts):
+            return np.array([[int(p)] for p in prompts]), np.ones((len(prompts), 1))
+
+        def memory(self, ids, mask):
+            return ids.astype(np.float64), mask
+
+        def code_log_likelihood(self, codes, memory, memory_mask, batch_size=None):
+            i, j = codes[:, 0, 0].astype(np.float64), memory[:, 0]
+            return -(i - j) ** 2 - 0.1 * j - 1.0 * ((i == 4) & (j == 4))
+
+    images = [np.full((3, 8, 8), float(i), np.float32) for i in range(6)]   # the "files" are the pixels
+    monkeypatch.setattr("src.evaluation.t2i.reference_images", lambda sources, size: np.stack(sources))
+    metrics = likelihood_metrics(Stub(), [str(j) for j in range(6)], images, pool_size=4)
+    own = -0.1 * np.arange(6) - 1.0 * (np.arange(6) == 4)
+    assert metrics["code_nll"] == pytest.approx(-own.mean() / 4)
+    assert metrics["code_perplexity"] == pytest.approx(np.exp(-own.mean() / 4))
+    image_4_wins = 3 not in pool_others(6, 4)[4]
+    assert metrics["likelihood_r1"] == pytest.approx(100 * (5 + image_4_wins) / 6)
+    assert "likelihood_r5" not in metrics   # k larger than the pool
+
+
 def test_mismatched_vq_is_a_user_error(tiny):
     with pytest.raises(UserError, match="codebook_size"):
         make_t2i(tiny, FakeVQ(codebook_size=32))
