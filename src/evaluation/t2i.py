@@ -26,7 +26,9 @@ prompt, its first caption. Reported (src/metrics/t2i.py):
     scene_colour_and_shape, the percentage of the prompts' objects that a rule-based reader of the demo's shapes
     (src/metrics/scene_reader.py) finds on the right side with the right colour / shape, and scene_exact, the
     percentage of images with every object right and nothing more; for the best and the first sampled candidates
-    and, as the reader's own accuracy, for the real images (same suffixes as R-precision).
+    and, as the reader's own accuracy, for the real images (same suffixes as R-precision); and what a perfect
+    re-ranking could pick: scene_shape_best_candidate (each prompt's candidate with the most right shapes) and
+    scene_exact_any_candidate (prompts with at least one exact candidate).
 Files in <out_dir> (default <run>/eval): t2i_<split>.json / .md (metrics and examples), t2i_<split>_examples.png
 (one row per example prompt: the real image, then the candidates best first) and t2i_<split>_examples/<k>.png (the
 best image of example k, linked next to its prompt in the markdown).
@@ -145,7 +147,7 @@ def scene_metrics(results, ids, sources, scenes, size):
     """`src.metrics.scene_reader` accuracies (percent) of the best and the first sampled candidates and of the real
     images (the reader's own accuracy) against each record's scene: scene_<measure>[_first_sample|_real_images]."""
     from src.data.transforms import to_uint8
-    from src.metrics.scene_reader import scene_accuracy
+    from src.metrics.scene_reader import best_candidate_accuracy, scene_accuracy
     missing = [i for i in ids if i not in scenes]
     if missing:
         raise UserError(f"the scenes file has no scene for {len(missing)} of the {len(ids)} records (first: "
@@ -159,6 +161,8 @@ def scene_metrics(results, ids, sources, scenes, size):
         accuracy = scene_accuracy(images, wanted)
         metrics["scene_objects"] = accuracy.pop("objects")
         metrics.update({f"scene_{key}{suffix}": value for key, value in accuracy.items()})
+    best = best_candidate_accuracy([r.images for r in results], wanted)
+    metrics.update({"scene_shape_best_candidate": best["shape"], "scene_exact_any_candidate": best["exact"]})
     return metrics
 
 

@@ -119,5 +119,20 @@ def scene_accuracy(images, scenes):
             "exact": _percent([v["exact"] for v in verdicts])}
 
 
+def best_candidate_accuracy(candidates, scenes):
+    """What a perfect re-ranking could reach: for each scene, of its candidate images (uint8 (C, H, W, 3)), the one
+    with the most objects of the right shape, and whether any candidate is exact. Returns {"shape": percent of all
+    the scenes' objects right in those best candidates, "exact": percent of scenes with an exact candidate}."""
+    if len(candidates) != len(scenes):
+        raise ValueError(f"{len(candidates)} candidate sets for {len(scenes)} scenes")
+    right, exact = 0, []
+    for images, scene in zip(candidates, scenes):
+        verdicts = [judge(read_objects(image), scene) for image in images]
+        right += max(sum(v["shape"]) for v in verdicts)
+        exact.append(any(v["exact"] for v in verdicts))
+    objects = sum(len(scene) for scene in scenes)
+    return {"shape": 100.0 * right / objects if objects else 0.0, "exact": _percent(exact)}
+
+
 def _percent(flags):
     return 100.0 * float(np.mean(flags)) if flags else 0.0

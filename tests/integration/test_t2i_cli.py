@@ -101,6 +101,8 @@ def test_split_evaluation_writes_metrics_and_examples(checkpoints, tmp_path):
     assert results["scene_found_real_images"] == results["scene_colour_real_images"] == 100.0
     for suffix in ("", "_first_sample"):
         assert 0.0 <= results[f"scene_colour_and_shape{suffix}"] <= results[f"scene_colour{suffix}"] <= 100.0
+        assert results[f"scene_shape{suffix}"] <= results["scene_shape_best_candidate"]   # the best of both
+        assert results[f"scene_exact{suffix}"] <= results["scene_exact_any_candidate"]
     assert [e["prompt"] for e in results["examples"]] == prompts[:2]
     with Image.open(out_dir / "t2i_test_examples.png") as grid:   # rows: the real image, then 2 candidates
         assert grid.size == (3 * 32 + 2 * 2, 2 * 32 + 2)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from src.data.demo import COLOURS, POSITIONS, SHAPES, SceneObject, place_objects, render_scene
-from src.metrics.scene_reader import classify_shape, components, judge, read_objects, scene_accuracy
+from src.metrics.scene_reader import (best_candidate_accuracy, classify_shape, components, judge, read_objects,
+                                      scene_accuracy)
 
 BACKGROUND = [236, 235, 238]
 
@@ -94,6 +95,25 @@ def test_scene_accuracy_against_a_hand_count():
         "exact"] == 100.0
     with pytest.raises(ValueError, match="2 images for 1 scenes"):
         scene_accuracy(images[:2], scenes[:1])
+
+
+def test_best_candidate_takes_each_scenes_candidate_with_most_right_shapes():
+    want_pair = scene(("yellow", "square", "left"), ("blue", "circle", "right"))
+    one_right = render((SceneObject("yellow", "square", "big", "left"), SceneObject("blue", "triangle", "big",
+                                                                                    "right")))
+    both_right_wrong_colour = render((SceneObject("red", "square", "big", "left"), SceneObject("blue", "circle",
+                                                                                             "big", "right")))
+    blank = np.full((64, 64, 3), 235, np.uint8)
+    want_single = scene(("green", "triangle", "middle"))
+    exact_single = render((SceneObject("green", "triangle", "big", "middle"),))
+    result = best_candidate_accuracy([np.stack([one_right, both_right_wrong_colour, blank]),
+                                      np.stack([blank, exact_single, blank])], [want_pair, want_single])
+    assert result["shape"] == pytest.approx(100.0)   # 2 of 2 (the second candidate), 1 of 1
+    assert result["exact"] == pytest.approx(50.0)    # only the single has an exact candidate
+    result = best_candidate_accuracy([np.stack([one_right, blank])], [want_pair])
+    assert result == {"shape": pytest.approx(50.0), "exact": 0.0}
+    with pytest.raises(ValueError, match="1 candidate sets for 2 scenes"):
+        best_candidate_accuracy([np.stack([blank])], [want_pair, want_single])
 
 
 def test_scenes_file_errors_name_the_line(tmp_path):
