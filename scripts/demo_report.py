@@ -62,6 +62,12 @@ def t2i_section(out_dir, rel=T2I_RESULTS):
     lines.append("| chance | " + " | ".join(f"{r[f'r_precision_chance_r{k}']:.1f}" for k in (1, 5, 10)) + " |")
     lines += ["", f"Image tokenizer on the test images (the fidelity ceiling of any generated image): PSNR "
               f"{r['psnr_db']:.2f} dB, {100 * r['codebook_used_fraction']:.1f} % of the codes used.", ""]
+    if "likelihood_r1" in r:
+        lines += [f"The image decoder on the real test images (teacher forcing, no sampling): {r['code_nll']:.3f} "
+                  f"nats per code (perplexity {r['code_perplexity']:.1f}); each image's own prompt ranks first / "
+                  f"in the top 5 / top 10 of its pool by the decoder's likelihood for "
+                  + " / ".join(f"{r.get(f'likelihood_r{k}', float('nan')):.1f}" for k in (1, 5, 10))
+                  + " % of the images.", ""]
     if "scene_exact" in r:
         lines += [f"What the images show, read back by the demo's shape reader (src/metrics/scene_reader.py): the "
                   f"percentage of the prompts' {r['scene_objects']} objects drawn on the right side with the right "
@@ -71,6 +77,10 @@ def t2i_section(out_dir, rel=T2I_RESULTS):
             lines.append(f"| {name} | " + " | ".join(f"{r[f'scene_{k}{suffix}']:.1f}" for k in
                                                      ("colour", "shape", "colour_and_shape", "exact")) + " |")
         lines.append("")
+        if "scene_shape_best_candidate" in r:
+            lines += [f"A perfect re-ranking of the {r['candidates']} candidates could reach: the right shape for "
+                      f"{r['scene_shape_best_candidate']:.1f} % of the objects, an exact image for "
+                      f"{r['scene_exact_any_candidate']:.1f} % of the prompts.", ""]
     examples = r.get("examples", [])
     if examples:
         grid = os.path.join(folder, f"t2i_{r['split']}_examples.png")

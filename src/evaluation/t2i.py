@@ -43,7 +43,7 @@ from src.cli import docstring_parser
 from src.config import add_config_arguments
 from src.errors import UserError
 from src.metrics.report import markdown_table
-from src.metrics.t2i import POOL_SIZE, pool_others, r_precision
+from src.metrics.t2i import POOL_SIZE, pool_others, r_precision, recall_at_ranks
 
 EXAMPLES = 8
 SCENE_KEYS = {"colour", "shape", "position"}
@@ -98,14 +98,15 @@ def likelihood_metrics(t2i, prompts, sources, pool_size=POOL_SIZE):
     codes = split_codes(t2i, sources)
     memory, memory_mask = t2i.memory(*t2i.encode_texts(prompts))
     n = len(prompts)
-    scores = np.full((n, n), -np.inf)   # scores[i, j] = log p(codes of image i | prompt j); pool entries only
-    scores[np.arange(n), np.arange(n)] = t2i.code_log_likelihood(codes, memory, memory_mask)
+    own = t2i.code_log_likelihood(codes, memory, memory_mask)   # log p(codes of image i | prompt i)
+    ranks = []
     for i, others in enumerate(tqdm(pool_others(n, pool_size), desc="t2i likelihood pools", disable=None,
                                     leave=False)):
-        scores[i, others] = t2i.code_log_likelihood(np.repeat(codes[i:i + 1], len(others), 0), memory[others],
-                                                    memory_mask[others], batch_size=len(others))
-    nll = float(-np.mean(np.diag(scores)) / t2i.n_codes)
-    ranked = r_precision(scores, pool_size)
+        rivals = t2i.code_log_likelihood(np.repeat(codes[i:i + 1], len(others), 0), memory[others],
+                                         memory_mask[others], batch_size=len(others))
+        ranks.append(1 + int((rivals >= own[i]).sum()))
+    nll = float(-np.mean(own) / t2i.n_codes)
+    ranked = recall_at_ranks(ranks, min(int(pool_size), n))
     return {"code_nll": nll, "code_perplexity": float(np.exp(nll)),
             **{f"likelihood_{k}": v for k, v in ranked.items() if k.startswith("r")}}
 

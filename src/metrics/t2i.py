@@ -28,10 +28,9 @@ def r_precision(scores, pool_size=POOL_SIZE, seed=0, ks=(1, 5, 10)):
     """R-precision from a square (n_prompts, n_images) score matrix, image j generated for prompt j.
 
     With n <= pool_size the pool of every prompt is all n images; otherwise prompt i's pool is its own image plus
-    pool_size - 1 other images drawn without replacement from np.random.default_rng([seed, i]) (`pool_others`). The rank of the own
-    image is 1 + the number of pool images scoring >= it (ties count against it).
-    Returns {"r1", "r5", ...: percent of prompts ranking their own image in the top k, "chance_r1", ...: 100 k / pool,
-    "pool_size": the actual pool size, "n_prompts": n}; ks larger than the pool are left out.
+    pool_size - 1 other images drawn without replacement from np.random.default_rng([seed, i]) (`pool_others`).
+    The rank of the own image is 1 + the number of pool images scoring >= it (ties count against it).
+    Returns `recall_at_ranks` of those ranks.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] != scores.shape[1] or scores.shape[0] < 2:
@@ -41,10 +40,16 @@ def r_precision(scores, pool_size=POOL_SIZE, seed=0, ks=(1, 5, 10)):
     if pool_size < 2:
         raise UserError(f"R-precision pool size must be >= 2, got {pool_size}")
     n = scores.shape[0]
-    pool = min(int(pool_size), n)
-    ranks = np.array([1 + int((scores[i, others] >= scores[i, i]).sum())
-                      for i, others in enumerate(pool_others(n, pool_size, seed))], np.int64)
+    ranks = [1 + int((scores[i, others] >= scores[i, i]).sum())
+             for i, others in enumerate(pool_others(n, pool_size, seed))]
+    return recall_at_ranks(ranks, min(int(pool_size), n), ks)
+
+
+def recall_at_ranks(ranks, pool, ks=(1, 5, 10)):
+    """{"r1", "r5", ...: percent of the (1-based) `ranks` within the top k, "chance_r1", ...: 100 k / pool,
+    "pool_size": pool, "n_prompts": len(ranks)}; ks larger than the pool are left out."""
+    ranks = np.asarray(ranks, np.int64)
     ks = [int(k) for k in ks if k <= pool]
     result = {f"r{k}": 100.0 * float(np.mean(ranks <= k)) for k in ks}
     result.update({f"chance_r{k}": 100.0 * k / pool for k in ks})
-    return {**result, "pool_size": pool, "n_prompts": n}
+    return {**result, "pool_size": pool, "n_prompts": len(ranks)}

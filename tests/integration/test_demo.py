@@ -56,9 +56,13 @@ def test_report_shows_the_tokenizer_and_text_to_image_results(tmp_path):
     for suffix, base in (("", 40.0), ("_first_sample", 20.0), ("_real_images", 90.0)):
         t2i.update({f"scene_colour{suffix}": base + 4, f"scene_shape{suffix}": base + 3,
                     f"scene_colour_and_shape{suffix}": base + 2, f"scene_exact{suffix}": base + 1})
+    t2i.update({"code_nll": 2.0127, "code_perplexity": 7.4832, "likelihood_r1": 37.0, "likelihood_r5": 88.0,
+                "likelihood_r10": 100.0, "scene_shape_best_candidate": 62.35, "scene_exact_any_candidate": 42.0})
     (tmp_path / "t2i" / "eval" / "t2i_test.json").write_text(json.dumps(t2i, ensure_ascii=False), encoding="utf-8")
 
     report = build_report(str(tmp_path))
+    assert "2.013 nats per code (perplexity 7.5)" in report and "for 37.0 / 88.0 / 100.0 % of the images" in report
+    assert "the right shape for 62.4 % of the objects, an exact image for 42.0 % of the prompts" in report
     assert "the percentage of the prompts' 170 objects drawn on the right side" in report
     assert "| generated, best of the re-ranked candidates | 44.0 | 43.0 | 42.0 | 41.0 |" in report
     assert "| generated, first sampled candidate | 24.0 | 23.0 | 22.0 | 21.0 |" in report
