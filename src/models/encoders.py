@@ -34,10 +34,48 @@ class TextEncoder(nn.Cell):
         return self.encoder(x, mask), mask
 
 
+def stem_widths(patch_size, hidden, channels=()):
+    """Widths of a conv stem's stride-2 stages: one stage per halving of `patch_size` (a power of 2). `channels` as
+    given, or by default 32, 64, 128, ... capped at `hidden`."""
+    stages = patch_size.bit_length() - 1
+    if patch_size < 2 or patch_size & (patch_size - 1):
+        raise ValueError(f"model.image.stem conv needs a power-of-2 patch_size (one stride-2 stage per halving), "
+                         f"got {patch_size}")
+    if not channels:
+        return [min(32 << i, hidden) for i in range(stages)]
+    if len(channels) != stages:
+        raise ValueError(f"model.image.stem_channels has {len(channels)} widths but patch_size {patch_size} needs "
+                         f"{stages} stride-2 stages (one per halving); give {stages} widths or [] for the default")
+    return list(channels)
+
+
+class ConvStem(nn.Cell):
+    """Patch embedding by convolution: stride-2 3x3 conv + BatchNorm + ReLU stages (image side / patch_size after
+    them), then a 1x1 conv to `hidden`. (B, C, S, S) -> (B, grid*grid, hidden), cells in row-major order like
+    ImageEncoder.patchify. BatchNorm uses batch statistics in training and its moving averages in eval mode
+    (`set_train(False)`, which every evaluation and inference path sets)."""
+
+    def __init__(self, in_channels, hidden, widths):
+        super().__init__()
+        stages, c_in = [], in_channels
+        for width in widths:
+            stages += [nn.Conv2d(c_in, width, 3, stride=2, pad_mode="pad", padding=1, has_bias=False),
+                       nn.BatchNorm2d(width), nn.ReLU()]
+            c_in = width
+        self.stages = nn.SequentialCell(stages)
+        self.proj = nn.Conv2d(c_in, hidden, 1, has_bias=True)
+
+    def construct(self, images):
+        x = self.proj(self.stages(images))
+        b, c = x.shape[0], x.shape[1]
+        return ops.transpose(ops.reshape(x, (b, c, -1)), (0, 2, 1))
+
+
 class ImageEncoder(nn.Cell):
     """ViT with a global token (pixels mode), or region features + boxes (features mode).
 
-    Pixels: image (B, C, S, S) -> patches (B, Np, C*p*p) -> linear -> [global | patches] + positions -> blocks.
+    Pixels: image (B, C, S, S) -> patches (B, Np, C*p*p) -> linear -> [global | patches] + positions -> blocks;
+    with `stem: conv` a ConvStem replaces the patch split and the linear layer.
     Features: feats (B, R, D) + boxes (B, R, box_dim) -> linear -> [global | regions] -> blocks; the global token is a
     learned vector plus the masked mean of the regions.
     `masked` (B, Np or R) marks tokens replaced by a learned mask embedding (masked vision modelling).
@@ -58,7 +96,13 @@ class ImageEncoder(nn.Cell):
             self.grid = c.image_size // c.patch_size
             self.patch = c.patch_size
             self.num_tokens = self.grid * self.grid
-            self.patch_embed = dense(c.channels * c.patch_size * c.patch_size, c.hidden, init)
+            if c.stem == "linear":
+                self.patch_embed = dense(c.channels * c.patch_size * c.patch_size, c.hidden, init)
+            elif c.stem == "conv":
+                self.conv_stem = ConvStem(c.channels, c.hidden, stem_widths(c.patch_size, c.hidden, c.stem_channels))
+            else:
+                raise ValueError(f"model.image.stem must be 'linear' or 'conv', got {c.stem!r}")
+            self.stem = c.stem
         else:
             self.num_tokens = c.max_regions
             self.feature_embed = dense(c.feature_dim, c.hidden, init)
@@ -94,7 +138,7 @@ class ImageEncoder(nn.Cell):
 
     def construct(self, images=None, masked=None, feats=None, boxes=None, region_mask=None):
         if self.mode == "pixels":
-            x = self.patch_embed(self.patchify(images))
+            x = self.patch_embed(self.patchify(images)) if self.stem == "linear" else self.conv_stem(images)
             token_mask = ops.ones((x.shape[0], self.num_tokens), ms.float32)
             glob = ops.tile(self.global_token, (x.shape[0], 1, 1))
         else:

@@ -190,7 +190,9 @@ class AllHeadsLoss(nn.Cell):
         return loss
 
 
-def test_training_step_reaches_every_parameter_and_lowers_the_loss(tiny_cfg):
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_training_step_reaches_every_parameter_and_lowers_the_loss(stem):
+    tiny_cfg = model_config("tiny", [f"model.image.stem={stem}"])
     ms.set_seed(0)
     model = build_model(tiny_cfg.model)
     model.set_train(True)
