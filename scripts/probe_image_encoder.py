@@ -22,11 +22,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.cli import docstring_parser, run_main  # noqa: E402
+from src.data import demo  # noqa: E402
 from src.errors import UserError  # noqa: E402
 
-POSITIONS = ("left", "middle", "right")
-SHAPES = ("empty", "circle", "square", "triangle")
-COLOURS = ("empty", "red", "green", "blue", "yellow", "purple", "orange")
+POSITIONS = demo.POSITIONS
+SHAPES = ("empty",) + demo.SHAPES       # label 0: nothing at that position
+COLOURS = ("empty",) + demo.COLOURS
 DEFAULTS = ("train.steps=600", "train.batch_size=16", "optim.lr=5e-4", "optim.warmup_steps=20")
 
 
