@@ -124,6 +124,8 @@ def main(argv=None):
     parser.add_argument("--eval_every", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.eval_every < 1:
+        raise UserError(f"--eval_every must be at least 1, got {args.eval_every}")
     cfg = load_config(args.config, list(DEFAULTS) + list(args.overrides or ()))
     if cfg.model.image.mode != "pixels":
         raise UserError("the probe reads pixels: model.image.mode must be 'pixels'")
@@ -161,16 +163,16 @@ def main(argv=None):
     bar = tqdm(range(1, steps + 1), desc="probe", unit="step")
     for n in bar:
         idx = rng.integers(0, len(train[0]), batch)
-        loss = float(step(*(ms.Tensor(part[idx]) for part in train))[0].asnumpy())
+        loss = step(*(ms.Tensor(part[idx]) for part in train))[0]
         if n % args.eval_every == 0 or n == steps:
-            record = {"step": n, "loss": loss, **probe_accuracy(*evaluate(probe, test[0]), test[1], test[2]),
+            record = {"step": n, "loss": float(loss.asnumpy()), **probe_accuracy(*evaluate(probe, test[0]), test[1], test[2]),
                       "seconds": time.time() - started}
             history.append(record)
             log.write(record)
             bar.write(json.dumps(record))
     log.close()
     results = {"config": args.config, "stem": cfg.model.image.stem, "train_images": len(train[0]),
-               "held_out_images": len(test[0]), "chance": {"shape": 1 / 3, "colour": 1 / 6}, "final": history[-1],
+               "held_out_images": len(test[0]), "chance": {"shape": 1 / len(demo.SHAPES), "colour": 1 / len(demo.COLOURS)}, "final": history[-1],
                "history": history}
     write_results(args.out, "results", results, table_rows=history)
     final = history[-1]

@@ -49,6 +49,7 @@ def test_short_probe_run_writes_config_log_and_results(tiny_data, tmp_path, stem
     results = json.loads((out / "results.json").read_text())
     assert results["stem"] == stem and results["held_out_images"] == 16 and results["train_images"] == 32
     assert [r["step"] for r in results["history"]] == [3, 6]
+    assert results["chance"] == {"shape": pytest.approx(1 / 3), "colour": pytest.approx(1 / 6)}
     assert all(0.0 <= r[k] <= 1.0 for r in results["history"] for k in ("shape", "colour", "exact_images"))
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert logged == results["history"]
@@ -60,3 +61,9 @@ def test_missing_scenes_file_is_a_clear_error(tmp_path):
     done = subprocess.run([sys.executable, PROBE, "--data", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 2 and "scenes.jsonl not found" in done.stderr
+
+
+def test_eval_every_below_one_is_a_clear_error(tiny_data, tmp_path):
+    done = subprocess.run([sys.executable, PROBE, "--data", tiny_data["root"], "--out", str(tmp_path),
+                           "--eval_every", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--eval_every must be at least 1, got 0" in done.stderr
