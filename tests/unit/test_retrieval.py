@@ -198,25 +198,43 @@ def test_index_round_trip(setup, tmp_path):
 
 
 class _Locked:
-    """A Retriever's methods one call at a time, for two "ranks" sharing a process as threads."""
+    """A Retriever's methods one call at a time, for two "ranks" sharing a process as threads. MindSpore's dataset
+    engine is not thread-safe either: building one rank's pipeline while the other rank iterates its own deadlocked
+    once (a ConcatDataset's iterator clean-up waiting on the other thread's iterator), so `locked_pipelines` puts
+    building a pipeline and starting its iterator under the same lock."""
 
     lock = threading.Lock()
+
+    @classmethod
+    def locked_pipelines(cls, monkeypatch):
+        import src.data.pipeline as pipeline
+        build = pipeline.build_eval_dataset
+
+        def locked(*args, **kwargs):
+            with cls.lock:
+                dataset = build(*args, **kwargs)
+            dataset.create_dict_iterator = cls.locked_call(dataset.create_dict_iterator)
+            return dataset
+        monkeypatch.setattr(pipeline, "build_eval_dataset", locked)
+
+    @classmethod
+    def locked_call(cls, method):
+        def locked(*args, **kwargs):
+            with cls.lock:
+                return method(*args, **kwargs)
+        return locked
 
     def __init__(self, retriever):
         self.retriever, self.batch_size = retriever, retriever.batch_size
 
     def __getattr__(self, name):
-        method = getattr(self.retriever, name)
-
-        def locked(*args, **kwargs):
-            with self.lock:
-                return method(*args, **kwargs)
-        return locked
+        return self.locked_call(getattr(self.retriever, name))
 
 
-def test_two_ranks_give_the_single_process_results(setup):
+def test_two_ranks_give_the_single_process_results(setup, monkeypatch):
     """Two ranks as two threads exchanging arrays through a stand-in all-gather (the real collective is covered by
     tests/integration/test_retrieval_cli.py's msrun test)."""
+    _Locked.locked_pipelines(monkeypatch)
     barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
 
     def gather_for(rank):
