@@ -165,15 +165,15 @@ def main(argv=None):
         idx = rng.integers(0, len(train[0]), batch)
         loss = step(*(ms.Tensor(part[idx]) for part in train))[0]
         if n % args.eval_every == 0 or n == steps:
-            record = {"step": n, "loss": float(loss.asnumpy()), **probe_accuracy(*evaluate(probe, test[0]), test[1], test[2]),
-                      "seconds": time.time() - started}
+            accuracy = probe_accuracy(*evaluate(probe, test[0]), test[1], test[2])
+            record = {"step": n, "loss": float(loss.asnumpy()), **accuracy, "seconds": time.time() - started}
             history.append(record)
             log.write(record)
             bar.write(json.dumps(record))
     log.close()
+    chance = {"shape": 1 / len(demo.SHAPES), "colour": 1 / len(demo.COLOURS)}
     results = {"config": args.config, "stem": cfg.model.image.stem, "train_images": len(train[0]),
-               "held_out_images": len(test[0]), "chance": {"shape": 1 / len(demo.SHAPES), "colour": 1 / len(demo.COLOURS)}, "final": history[-1],
-               "history": history}
+               "held_out_images": len(test[0]), "chance": chance, "final": history[-1], "history": history}
     write_results(args.out, "results", results, table_rows=history)
     final = history[-1]
     print(f"stem {cfg.model.image.stem}: after {steps} steps shape {100 * final['shape']:.1f}%, colour "

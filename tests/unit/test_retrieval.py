@@ -210,12 +210,11 @@ class _Locked:
         import src.data.pipeline as pipeline
         build = pipeline.build_eval_dataset
 
-        def locked(*args, **kwargs):
-            with cls.lock:
-                dataset = build(*args, **kwargs)
+        def locked_build(*args, **kwargs):
+            dataset = cls.locked_call(build)(*args, **kwargs)
             dataset.create_dict_iterator = cls.locked_call(dataset.create_dict_iterator)
             return dataset
-        monkeypatch.setattr(pipeline, "build_eval_dataset", locked)
+        monkeypatch.setattr(pipeline, "build_eval_dataset", locked_build)
 
     @classmethod
     def locked_call(cls, method):
