@@ -87,10 +87,12 @@ if [ "$QUICK" = 0 ]; then
     data.test="$DATA/mindrecord/test_vqa.mindrecord" data.vocab="$DATA/vocab.txt"
   python eval.py --task vqa --ckpt "$(newest "$OUT/vqa/best")" --split test --out_dir "$OUT/vqa"
 
-  stage "8/$LAST text-to-image: image-decoding fine-tune, generation on the test split -> $OUT/t2i"
+  stage "8/$LAST text-to-image: image-decoding fine-tune in two cycles, generation on the test split -> $OUT/t2i*"
   python train_pretrain.py --config config/t2i/demo.yaml --set run.output_dir="$OUT/t2i" \
     checkpoint.init="$PRETRAINED" "${COMMON[@]}"
-  python eval.py --task t2i --ckpt "$(newest "$OUT/t2i/checkpoints")" --vq "$VQ_CKPT" --split test \
+  python train_pretrain.py --config config/t2i/demo_cycle2.yaml --set run.output_dir="$OUT/t2i_cycle2" \
+    checkpoint.init="$(newest "$OUT/t2i/checkpoints")" "${COMMON[@]}"
+  python eval.py --task t2i --ckpt "$(newest "$OUT/t2i_cycle2/checkpoints")" --vq "$VQ_CKPT" --split test \
     --scenes "$DATA/scenes.jsonl" --out_dir "$OUT/t2i/eval"
 fi
 
