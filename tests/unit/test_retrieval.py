@@ -249,7 +249,9 @@ def test_two_ranks_give_the_single_process_results(setup, monkeypatch):
         results[rank] = _evaluate(setup, "itc_itm", k=2, rank=rank, world=2, gather=gather_for(rank),
                                   retriever=_Locked(setup["retriever"]))
 
-    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(2)]
+    # daemon threads: a rank stuck in a deadlock fails the `result is not None` check below instead of keeping the
+    # test process alive after the join timeout
+    threads = [threading.Thread(target=run, args=(rank,), daemon=True) for rank in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
