@@ -44,7 +44,7 @@ REASONS = {
     "invalid_json": "the line is not a JSON object",
     "invalid_sample": "a field breaks the manifest format",
     "duplicate_id": "the id repeats an earlier line",
-    "empty_text": "no usable caption, or an empty question / answer",
+    "empty_text": "no usable caption, or an empty question / answer / rationale",
     "missing_image": "no image field or no image file",
     "bad_image": "the image cannot be decoded or is truncated",
     "bad_audio": "the audio cannot be read",
@@ -75,6 +75,7 @@ def record_schema(audio_dim):
         "audio_frames": {"type": "int32"},
         "question_ids": {"type": "int32", "shape": [-1]},
         "answers": {"type": "string"},
+        "rationales": {"type": "string"},
         "lang": {"type": "string"},
         "image_tokens": {"type": "int32", "shape": [-1]},
     }
@@ -159,12 +160,15 @@ def _blank(value):
 
 def _check_text(sample, where):
     """Reject a sample without text: VQA lines need a non-blank question and, when `answers` is given (it may be left
-    out for unlabelled test questions), at least one answer and no blank one; other lines need non-blank captions."""
+    out for unlabelled test questions), at least one answer and no blank one, and no blank rationale; other lines need
+    non-blank captions."""
     if "question" in sample or "answers" in sample:
-        answers = sample.get("answers")
+        answers, rationales = sample.get("answers"), sample.get("rationales", [])
         if _blank(sample.get("question", "")) or answers == [] or (
                 isinstance(answers, list) and any(_blank(answer) for answer in answers)):
             raise Rejected("empty_text", f"{where}: empty question or answers; write them or remove the line")
+        if isinstance(rationales, list) and any(_blank(rationale) for rationale in rationales):
+            raise Rejected("empty_text", f"{where}: blank rationale; write it or remove it from 'rationales'")
         return
     captions = sample.get("captions", [sample["text"]] if "text" in sample else [])
     if isinstance(captions, list) and (not captions or any(_blank(caption) for caption in captions)):
@@ -243,6 +247,7 @@ def _record(sample, where, settings):
         "audio_frames": np.int32(len(audio)),
         "question_ids": tokenizer.encode(question, MAX_TEXT_TOKENS) if question else _empty((0,), np.int32),
         "answers": json.dumps(sample.get("answers", []), ensure_ascii=False),
+        "rationales": json.dumps(sample.get("rationales", []), ensure_ascii=False),
         "lang": sample["lang"],
         "image_tokens": tokens,
     }
@@ -356,7 +361,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
     writer = FileWriter(tmp_out, shard_num=shards, overwrite=True)
     writer.add_schema(record_schema(settings["audio_dim"]), "OPT manifest samples")
     flags = {"has_audio": False, "has_vqa": False, "has_image_tokens": False, "has_captions": True,
-             "has_image": settings["require_image"]}
+             "has_rationales": True, "has_image": settings["require_image"]}
     pending, accepted = [], 0
     bar = tqdm(total=len(jobs), desc="mindrecord", unit="sample", disable=None)
     for status, _, result in _processed(jobs, workers, settings):
@@ -370,6 +375,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
         flags["has_vqa"] |= len(result["question_ids"]) > 0
         flags["has_image_tokens"] |= len(result["image_tokens"]) > 0
         flags["has_captions"] &= len(result["caption_lens"]) > 0
+        flags["has_rationales"] &= result["rationales"] != "[]"
         pending.append(result)
         if len(pending) == WRITE_CHUNK:
             writer.write_raw_data(pending)
@@ -442,6 +448,7 @@ def _meta(report, summary):
         "audio_dim": report["settings"]["audio_dim"],
         "has_vqa": summary["has_vqa"],
         "has_image_tokens": summary["has_image_tokens"],
+        "has_rationales": summary["has_rationales"] and summary["accepted"] > 0,
         "manifest": report["manifest"],
         "rejected": report["rejected"],
     }

@@ -428,8 +428,10 @@ def _write_manifests(out_dir, samples):
                 if lang == "zh":
                     line["audio"] = f"audio/{s['id']}.wav"
                 captions.append({**line, "lang": lang})
+                rationale = describe_scene(s["scene"], lang)[0]
                 vqa += [{"id": f"{s['id']}_q{k}", "image_id": s["id"], "image": image, "question": q,
-                         "answers": [a], "lang": lang} for k, (q, a) in enumerate(s["qa"][lang])]
+                         "answers": [a], "rationales": [rationale], "lang": lang}
+                        for k, (q, a) in enumerate(s["qa"][lang])]
             _write_jsonl(out_dir / f"{split}{suffix}.jsonl", captions)
             _write_jsonl(out_dir / f"{split}_vqa{suffix}.jsonl", vqa)
     _write_jsonl(out_dir / "scenes.jsonl", [
@@ -480,7 +482,8 @@ Files
   audio/<id>.wav                   16 kHz mono 16-bit audio of the image's first Chinese caption
   <split>.jsonl                    id, image, captions (5 Chinese phrasings), audio, lang "zh"
   <split>_en.jsonl                 id, image, captions (5 English phrasings), lang "en"
-  <split>_vqa.jsonl                one question per line: id, image_id, image, question, answers, lang "zh"
+  <split>_vqa.jsonl                one question per line: id, image_id, image, question, answers, rationales
+                                   (the scene in the first caption phrasing, what the answer rests on), lang "zh"
   <split>_vqa_en.jsonl             the same questions in English
   scenes.jsonl                     scene spec, spec hash and pixel layout of every image
   meta.json                        counts, seed, sizes, audio mode, attribute vocabularies

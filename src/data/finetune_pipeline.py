@@ -11,7 +11,10 @@ streams (`sample_rng(seed, epoch, index)`), the same image transforms and text /
 | build_scst_dataset    | index, image [, audio, frame_mask] (references are looked up by `index` on the host)      |
 
 A caption sample decodes one of its captions, drawn per epoch; a VQA sample one of its answers (so answers given by
-several annotators are drawn in proportion to their counts).
+several annotators are drawn in proportion to their counts). With vqa.rationale on, a VQA sample decodes
+`rationale [MASK] answer` (one of the record's `rationales`, drawn per epoch; see `rationale_answer_ids`): the model
+first describes what the answer rests on, then answers, and `src.inference.pipeline.Answerer` keeps what follows
+the separator as the answer.
 """
 import json
 
@@ -41,6 +44,9 @@ def check_finetune_data(data_path, cfg, kind):
     if kind == "vqa" and not info.meta["has_vqa"]:
         raise UserError(f"MindRecord {data_path} holds no questions; build it from a VQA manifest (lines with "
                         "'question' and 'answers', e.g. data/demo/train_vqa.jsonl)")
+    if kind == "vqa" and cfg.get("vqa.rationale", False) and not info.meta.get("has_rationales", False):
+        raise UserError(f"vqa.rationale is on but MindRecord {data_path} has questions without rationales; give every "
+                        "manifest line a 'rationales' list and rebuild it, or set vqa.rationale=false")
     if kind in ("caption", "scst") and not info.meta["has_captions"]:
         raise UserError(f"MindRecord {data_path} has samples without captions; captioning needs at least one caption "
                         "per sample (a VQA MindRecord cannot train captioning)")
@@ -135,6 +141,10 @@ class _VQASample(_ImageOnlySample):
 
     def __init__(self, cfg, tokenizer, epoch, has_audio):
         self.seed, self.epoch, self.tokenizer = cfg.run.seed, epoch, tokenizer
+        self.rationale = bool(cfg.get("vqa.rationale", False))
+        self.answer_weight = float(cfg.get("vqa.answer_weight", 1.0))
+        if self.answer_weight <= 0:
+            raise UserError(f"vqa.answer_weight must be positive, got {self.answer_weight}")
         self.mirror_prob = float(cfg.data.mirror_prob)
         if not 0.0 <= self.mirror_prob <= 1.0:
             raise UserError(f"data.mirror_prob must lie in [0, 1], got {self.mirror_prob}")
@@ -143,7 +153,8 @@ class _VQASample(_ImageOnlySample):
         super().__init__(cfg, tokenizer, has_audio)
 
     def extra_inputs(self):
-        return ["question_ids", "answers"] + (["image"] if self.swap is not None else [])
+        return (["question_ids", "answers"] + (["rationales"] if self.rationale else [])
+                + (["image"] if self.swap is not None else []))
 
     def extra_outputs(self):
         return (["question_ids", "question_mask", "dec_input", "dec_target", "dec_weights"]
@@ -157,10 +168,34 @@ class _VQASample(_ImageOnlySample):
         answer = answers[int(rng.integers(len(answers)))]
         question = stored_array(rest[0], np.int32)
         answer_ids = self.tokenizer.encode(answer, self.decoder_len + 1)
+        if self.rationale:
+            rationales = json.loads(str(rest[2]))
+            if not rationales:
+                raise UserError(f"VQA record {int(index)} has no rationale; vqa.rationale training needs one for "
+                                "every question")
+            rationale = self.tokenizer.encode(rationales[int(rng.integers(len(rationales)))], self.decoder_len + 1)
+            answer_ids = rationale_answer_ids(rationale, answer_ids, self.tokenizer.mask_id, self.decoder_len + 1)
         if self.swap is None:
-            return self.text(question) + self.targets(answer_ids)
-        image = rest[2]
+            return self.text(question) + self.answer_targets(answer_ids)
+        image = rest[-1]
         if rng.random() < self.mirror_prob:
             question, answer_ids = self.swap[question], self.swap[answer_ids]
             image = np.ascontiguousarray(image[..., ::-1])
-        return self.text(question) + self.targets(answer_ids) + (image,)
+        return self.text(question) + self.answer_targets(answer_ids) + (image,)
+
+    def answer_targets(self, ids):
+        """Decoder arrays of the answer ids; with a rationale, the targets after the separator (the answer and EOS)
+        weigh vqa.answer_weight times as much as the rationale's."""
+        dec_input, target, weights = self.targets(ids)
+        if self.rationale and self.answer_weight != 1.0:
+            after = np.cumsum(target == self.tokenizer.mask_id) - (target == self.tokenizer.mask_id) > 0
+            weights = np.where(after, weights * self.answer_weight, weights).astype(np.float32)
+        return dec_input, target, weights
+
+
+def rationale_answer_ids(rationale_ids, answer_ids, separator_id, limit):
+    """`[CLS] rationale [SEP]` and `[CLS] answer [SEP]` ids -> `[CLS] rationale <separator> answer [SEP]`, at most
+    `limit` ids long. The rationale's end is cut first, so the answer is cut only when it does not fit on its own."""
+    answer = answer_ids[1:-1][:limit - 3]
+    rationale = rationale_ids[1:-1][:limit - 3 - len(answer)]
+    return np.concatenate([answer_ids[:1], rationale, [separator_id], answer, answer_ids[-1:]]).astype(np.int32)

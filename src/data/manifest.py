@@ -8,6 +8,7 @@ Fields (paths are relative to the manifest's folder):
   audio     str, a .wav file or a .npy of frame features (T, D) float32
   question  str, and answers: list of str (VQA; one line per question)
   answer_scores  list of numbers, one per answer (optional, e.g. VQA soft scores)
+  rationales  list of str: explanations of the answer (optional; A-OKVQA style), for vqa.rationale training
   image_id  str, groups the questions of one image; defaults to id
   lang      "zh" or "en"; defaults to "zh"
 Other keys are kept as they are.
@@ -20,7 +21,7 @@ from src.errors import UserError
 
 LANGS = ("zh", "en")
 STRING_FIELDS = ("id", "image", "text", "audio", "question", "image_id", "lang")
-STRING_LIST_FIELDS = ("captions", "answers")
+STRING_LIST_FIELDS = ("captions", "answers", "rationales")
 DERIVED_FIELDS = ("image_path", "audio_path")
 REQUIRABLE_FIELDS = ("image", "captions", "audio", "question", "answers")
 

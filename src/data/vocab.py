@@ -83,13 +83,18 @@ def build_vocab(texts, min_count=1, max_size=None):
     return vocab if max_size is None else vocab[:max_size]
 
 
-def manifest_texts(samples):
-    """Yield every caption, question and answer of manifest `samples`."""
+def manifest_texts(samples, rationales=False):
+    """Yield every caption, question and answer of manifest `samples`, and with `rationales` their rationales.
+
+    Rationales are left out by default so that adding them to a manifest does not renumber the vocabulary built from
+    it (ids are ordered by count): a vocabulary built before stays valid for checkpoints trained with it."""
     for sample in samples:
         yield from captions_of(sample)
         if "question" in sample:
             yield sample["question"]
         yield from sample.get("answers", [])
+        if rationales:
+            yield from sample.get("rationales", [])
 
 
 def main(argv=None):
@@ -99,9 +104,11 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="vocabulary file to write (one token per line)")
     parser.add_argument("--min_count", type=int, default=1, help="drop words seen fewer times (default 1)")
     parser.add_argument("--max_size", type=int, default=None, help="keep at most this many tokens, specials included")
+    parser.add_argument("--rationales", action="store_true",
+                        help="also count VQA rationales (off by default: adding them would renumber the vocabulary)")
     args = parser.parse_args(argv)
     try:
-        texts = [text for path in args.manifest for text in manifest_texts(read_manifest(path))]
+        texts = [text for path in args.manifest for text in manifest_texts(read_manifest(path), args.rationales)]
         vocab = build_vocab(texts, min_count=args.min_count, max_size=args.max_size)
         write_vocab(args.out, vocab)
     except UserError as err:

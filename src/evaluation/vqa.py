@@ -4,10 +4,11 @@
     python eval.py --task vqa --ckpt RUN/best/step_X [--split test] [--closed_vocab] [--out_dir DIR]
     python eval.py --task vqa --mindir EXPORT_PREFIX [...]          # generative answers from exported graphs
 
-With --image/--question, prints the answer. Without, answers every question of the data.<split> MindRecord and
-reports exact-match accuracy (after answer normalisation), VQA v2 accuracy (when questions have >= 3 answers), the
-majority-answer baseline of data.train, and for long free-form answers (FM-IQA style; `--caption_metrics auto`: when
-the reference answers average more than 3 tokens) the caption metrics. Writes <out_dir>/vqa_<split>.json and .md
+With --image/--question, prints the answer (and, for a model trained with vqa.rationale, its rationale on a second
+line). Without, answers every question of the data.<split> MindRecord and reports exact-match accuracy (after
+answer normalisation), VQA v2 accuracy (when questions have >= 3 answers), the majority-answer baseline of data.train,
+and for long free-form answers (FM-IQA style; `--caption_metrics auto`: when the reference answers average more than 3
+tokens) the caption metrics. Writes <out_dir>/vqa_<split>.json and .md
 (with examples) and the predictions as vqa_<split>_predictions.jsonl. --closed_vocab answers with the best-scoring
 answer seen in data.train (config vqa.answer_list_size keeps only the most frequent ones; 0 = all).
 """
@@ -37,13 +38,18 @@ def answer_list(references, lang, size=0):
     return ranked[:size] if size else ranked
 
 
-def predict_answers(answerer, data_path, cfg, tokenizer, batch_size=16):
-    """{record index: answer} for every question of the MindRecord at `data_path`."""
+def predict_responses(answerer, data_path, cfg, tokenizer, batch_size=16):
+    """{record index: (answer, rationale or None)} for every question of the MindRecord at `data_path`."""
     predictions = {}
     for batch, valid in eval_batches(data_path, cfg, tokenizer, batch_size, "vqa"):
-        answers = answerer(batch["image"], batch["question_ids"], batch["question_mask"], *audio_of(batch))
-        predictions.update((int(i), a) for i, a, ok in zip(batch["index"], answers, valid) if ok)
+        responses = answerer.respond(batch["image"], batch["question_ids"], batch["question_mask"], *audio_of(batch))
+        predictions.update((int(i), r) for i, r, ok in zip(batch["index"], responses, valid) if ok)
     return predictions
+
+
+def predict_answers(answerer, data_path, cfg, tokenizer, batch_size=16):
+    """{record index: answer} for every question of the MindRecord at `data_path`."""
+    return {i: answer for i, (answer, _) in predict_responses(answerer, data_path, cfg, tokenizer, batch_size).items()}
 
 
 def answer_scores(predictions, references):
@@ -63,7 +69,8 @@ def validation_evaluator(model, cfg, tokenizer, data_path, answers=None, batch_s
     from src.data.pipeline import read_references
     from src.inference.pipeline import Answerer, TextGenerator, decoding_settings
     references = read_references(data_path)
-    answerer = Answerer(TextGenerator(model, tokenizer, decoding_settings(cfg, "vqa", strategy="greedy")), answers)
+    answerer = Answerer(TextGenerator(model, tokenizer, decoding_settings(cfg, "vqa", strategy="greedy")), answers,
+                        cfg.get("vqa.rationale", False))
 
     def evaluate(step):
         metrics = answer_scores(predict_answers(answerer, data_path, cfg, tokenizer, batch_size), references)
@@ -89,7 +96,8 @@ def evaluate_split(vqa, split, out_dir, batch_size, caption_mode="auto", train_r
     path = split_path(cfg, split)
     references = read_references(path)
     lang = references[0]["lang"]
-    predictions = predict_answers(vqa.answerer, path, cfg, vqa.tokenizer, batch_size)
+    responses = predict_responses(vqa.answerer, path, cfg, vqa.tokenizer, batch_size)
+    predictions = {i: answer for i, (answer, _) in responses.items()}
     results = {"split": split, "data": path, "lang": lang, **answer_scores(predictions, references),
                "mode": "closed vocabulary" if vqa.answerer.answers else "generative"}
     if train_refs:
@@ -102,10 +110,13 @@ def evaluate_split(vqa, split, out_dir, batch_size, caption_mode="auto", train_r
         refs = {references[i]["id"]: references[i]["answers"] for i in predictions}
         results["caption_metrics"] = caption_metrics(preds, refs, lang=lang)
     rows = [{"id": references[i]["id"], "image_id": references[i]["image_id"], "answer": a,
-             "answers": references[i]["answers"]} for i, a in predictions.items()]
+             "answers": references[i]["answers"], **({"rationale": why} if why is not None else {})}
+            for i, (a, why) in responses.items()]
     write_jsonl(os.path.join(out_dir, f"vqa_{split}_predictions.jsonl"), rows)
-    examples = [{"id": r["id"], "answer": r["answer"], "reference": ", ".join(r["answers"])} for r in rows[:EXAMPLES]]
-    write_report(out_dir, f"vqa_{split}", f"VQA on {split} ({path})", results, examples, ["id", "answer", "reference"])
+    columns = ["id", "answer", "reference"] + (["rationale"] if vqa.answerer.rationale else [])
+    examples = [{"id": r["id"], "answer": r["answer"], "reference": ", ".join(r["answers"]),
+                 **({"rationale": r["rationale"]} if "rationale" in r else {})} for r in rows[:EXAMPLES]]
+    write_report(out_dir, f"vqa_{split}", f"VQA on {split} ({path})", results, examples, columns)
     return results
 
 
@@ -138,7 +149,10 @@ def main(argv=None):
     vqa = VQA(args.ckpt, args.config or None, args.overrides, args.batch_size, answers, args.mindir,
               **decoding_overrides(args))
     if args.image is not None:
-        print(vqa.answer(args.image, args.question))
+        answer, rationale = vqa.respond(args.image, args.question)
+        print(answer)
+        if rationale is not None:
+            print(f"rationale: {rationale}")
         return 0
     out_dir = args.out_dir or os.path.join(cfg.run.output_dir, "eval")
     results = evaluate_split(vqa, args.split, out_dir, args.batch_size, args.caption_metrics, train_refs)

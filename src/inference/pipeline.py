@@ -80,30 +80,74 @@ class TextGenerator:
             out[i, :len(row)] = row
         return out
 
-    def rank(self, memory, mask, candidate_tokens):
-        """Log-prob of every candidate for every memory row: float64 (B, C)."""
+    def rank(self, memory, mask, candidate_tokens, prefixes=None):
+        """Log-prob of every candidate for every memory row: float64 (B, C). With `prefixes` (B lists of token ids),
+        row b's candidates are scored as continuations of prefixes[b] (whose own log-prob, the same for all of
+        them, is included), each prefix cut to its last (decoder length - candidate width) tokens."""
         batch, count = memory.shape[0], len(candidate_tokens)
         memory = np.repeat(memory.asnumpy(), count, 0)
         mask = np.repeat(mask.asnumpy(), count, 0)
         tokens = np.tile(candidate_tokens, (batch, 1))
+        if prefixes is not None:
+            keep = self.model.text_decoder.max_len - tokens.shape[1]
+            heads = [list(p)[max(len(p) - keep, 0):] for p in prefixes]
+            width = max(len(h) for h in heads)
+            padded = np.full((batch * count, width + tokens.shape[1]), self.special["pad_id"], np.int32)
+            for row in range(batch * count):
+                head = heads[row // count]
+                padded[row, :len(head)] = head
+                padded[row, len(head):len(head) + tokens.shape[1]] = tokens[row]
+            tokens = padded
         return score_sequences(self.model.text_decoder, memory, mask, tokens, **self.special).reshape(batch, count)
 
 
 class Answerer:
     """Answers of prepared VQA batches: free generation, or with `answers` (closed vocabulary) the candidate whose
-    tokens the decoder gives the highest total log-probability."""
+    tokens the decoder gives the highest total log-probability.
 
-    def __init__(self, generator, answers=None):
+    With `rationale` (a model trained with vqa.rationale) the decoder writes `rationale [MASK] answer`: the answer is
+    the text after the first [MASK] ("" when none was generated within max_len), and in closed-vocabulary mode the
+    candidates are scored as continuations of the generated `rationale [MASK]`. `respond` gives the rationales too.
+    """
+
+    def __init__(self, generator, answers=None, rationale=False):
         self.generator = generator
         self.answers = list(answers) if answers else None
         self.answer_tokens = generator.candidate_tokens(self.answers) if self.answers else None
+        self.rationale = bool(rationale)
 
     def __call__(self, image, question_ids, question_mask, audio=None, frame_mask=None):
+        return [answer for answer, _ in self.respond(image, question_ids, question_mask, audio, frame_mask)]
+
+    def respond(self, image, question_ids, question_mask, audio=None, frame_mask=None):
+        """[(answer, rationale)] of one batch; the rationale is None unless the model writes one."""
         memory, mask = self.generator.memory(image, audio, frame_mask, question_ids, question_mask)
+        if not self.rationale and self.answers is None:
+            return [(text, None) for text in self.generator.texts(self.generator.generate(memory, mask)[0])]
+        if not self.rationale:
+            scores = self.generator.rank(memory, mask, self.answer_tokens)
+            return [(self.answers[i], None) for i in scores.argmax(1)]
+        parts = [self.split(row) for row in self.generator.generate(memory, mask)[0]]
+        rationales = [self.generator.tokenizer.decode(rationale) for rationale, _ in parts]
         if self.answers is None:
-            return self.generator.texts(self.generator.generate(memory, mask)[0])
-        scores = self.generator.rank(memory, mask, self.answer_tokens)
-        return [self.answers[i] for i in scores.argmax(1)]
+            return [(self.generator.tokenizer.decode(answer), text) if answer is not None else ("", text)
+                    for (_, answer), text in zip(parts, rationales)]
+        separator = self.generator.tokenizer.mask_id
+        scores = self.generator.rank(memory, mask, self.answer_tokens,
+                                     [list(rationale) + [separator] for rationale, _ in parts])
+        return [(self.answers[i], text) for i, text in zip(scores.argmax(1), rationales)]
+
+    def split(self, row):
+        """Generated tokens -> (rationale tokens, answer tokens or None when no separator came before EOS)."""
+        special = self.generator.special
+        row = [int(t) for t in row]
+        end = row.index(special["eos_id"]) if special["eos_id"] in row else len(row)
+        row = [t for t in row[:end] if t != special["pad_id"]]
+        separator = self.generator.tokenizer.mask_id
+        if separator not in row:
+            return row, None
+        at = row.index(separator)
+        return row[:at], row[at + 1:]
 
 
 class _Loaded:
@@ -183,7 +227,7 @@ class VQA(_Loaded):
     def __init__(self, ckpt, config=None, overrides=(), batch_size=16, answers=None, mindir=None, **decoding):
         super().__init__(ckpt, config, overrides, batch_size, mindir)
         self.generator = self.text_generator(decoding)
-        self.answerer = Answerer(self.generator, answers)
+        self.answerer = Answerer(self.generator, answers, self.cfg.get("vqa.rationale", False))
 
     def questions(self, questions):
         length = self.cfg.model.text.max_len
@@ -192,6 +236,12 @@ class VQA(_Loaded):
 
     def answer(self, images, questions):
         """Answers to `questions`, each about the image at the same position (one image for all is fine)."""
+        responses = self.respond(images, questions)
+        return responses[0] if isinstance(responses, tuple) else [answer for answer, _ in responses]
+
+    def respond(self, images, questions):
+        """Like `answer`, with (answer, rationale) pairs; the rationale is None unless the model was trained with
+        vqa.rationale."""
         images, single = _as_list(images)
         questions, single_question = _as_list(questions)
         if len(images) == 1 and len(questions) > 1:
@@ -201,7 +251,7 @@ class VQA(_Loaded):
         out = []
         for part in self.batches(len(questions)):
             ids, mask = self.questions(questions[part])
-            out += self.answerer(self.images(images[part]), ids, mask)
+            out += self.answerer.respond(self.images(images[part]), ids, mask)
         return out[0] if single and single_question else out
 
 

@@ -72,11 +72,19 @@ def test_caption_scst_stage_runs_from_the_xe_checkpoint(caption_run, tiny_data, 
     assert "lr: 1.0e-05" in config
 
 
-def test_vqa_training_and_cli(tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def vqa_data(tiny_data, tmp_path_factory):
+    """The tiny demo's VQA MindRecords (their manifests carry rationales)."""
+    folder = tmp_path_factory.mktemp("vqa_data")
     vqa = {"vocab": tiny_data["vocab"]}
     for split in ("train", "val", "test"):
-        vqa[split] = str(tmp_path / f"{split}_vqa.mindrecord")
+        vqa[split] = str(folder / f"{split}_vqa.mindrecord")
         build_mindrecord(os.path.join(tiny_data["root"], f"{split}_vqa.jsonl"), vqa[split], vqa["vocab"], workers=1)
+    return vqa
+
+
+def test_vqa_training_and_cli(vqa_data, tiny_data, tmp_path):
+    vqa = vqa_data
     out = str(tmp_path / "vqa")
     run("train_vqa.py", "--config", "config/vqa/tiny.yaml", *data_overrides(vqa, out))
     summary = json.load(open(os.path.join(out, "summary.json"), encoding="utf-8"))
@@ -91,3 +99,22 @@ def test_vqa_training_and_cli(tiny_data, tmp_path):
     results = json.load(open(tmp_path / "eval" / "vqa_test.json", encoding="utf-8"))
     assert results["mode"] == "closed vocabulary" and results["n_questions"] == 24
     assert "majority_baseline" in results and len(results["examples"]) == 8
+
+
+def test_vqa_with_rationale_trains_evaluates_and_prints_the_rationale(vqa_data, tiny_data, tmp_path):
+    out = str(tmp_path / "vqa_rationale")
+    run("train_vqa.py", "--config", "config/vqa/tiny.yaml", *data_overrides(vqa_data, out, "vqa.rationale=true"))
+    summary = json.load(open(os.path.join(out, "summary.json"), encoding="utf-8"))
+    assert summary["losses"]["vqa"]["last"] < summary["losses"]["vqa"]["first"]
+    assert "exact_match" in summary["evaluations"][-1]
+    ckpt = best_checkpoint(out)
+    run("eval.py", "--task", "vqa", "--ckpt", ckpt, "--out_dir", str(tmp_path / "eval"))
+    rows = [json.loads(line) for line in open(tmp_path / "eval" / "vqa_test_predictions.jsonl", encoding="utf-8")]
+    assert len(rows) == 24 and all(isinstance(r["rationale"], str) for r in rows)
+    assert "| id | answer | reference | rationale |" in (tmp_path / "eval" / "vqa_test.md").read_text("utf-8")
+    image = os.path.join(tiny_data["root"], "images", "test_000000.jpg")
+    printed = run("eval.py", "--task", "vqa", "--ckpt", ckpt, "--image", image, "--question", "图中有几个圆？")
+    lines = printed.rstrip("\n").split("\n")
+    from src.inference.pipeline import VQA
+    answer, rationale = VQA(ckpt).respond(image, "图中有几个圆？")
+    assert lines == [answer, f"rationale: {rationale}"]

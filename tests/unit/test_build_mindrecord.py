@@ -118,20 +118,26 @@ def test_vqa_features_and_image_tokens(demo, tmp_path):
         {"id": "q1", "image_id": "img", "image": image, "question": "什么颜色？", "answers": ["红色"],
          "audio": "a1.npy"},
         {"id": "q2", "image_id": "img", "image": image, "question": "什么颜色？", "answers": [""]},
+        {"id": "q3", "image_id": "img", "image": image, "question": "什么颜色？", "answers": ["红色"],
+         "rationales": ["一个红色的圆", " "]},
     ]
     manifest = tmp_path / "vqa.jsonl"
     manifest.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in lines), encoding="utf-8")
     report = build_mindrecord(str(manifest), str(tmp_path / "vqa.mindrecord"), vocab, workers=1)
-    assert report["rejected_by_reason"] == {"bad_audio": 1, "empty_text": 1}
+    assert report["rejected_by_reason"] == {"bad_audio": 1, "empty_text": 2}
     assert "width 7" in report["first_rejected"][0]["message"]
+    blank = report["first_rejected"][2]["message"]
+    assert "line 4" in blank and "blank rationale" in blank
     (row,) = read_rows(tmp_path / "vqa.mindrecord")
     np.testing.assert_array_equal(row["question_ids"], Tokenizer(vocab).encode("图中有几个圆？", 512))
     assert json.loads(str(row["answers"])) == ["1", "一"] and str(row["image_id"]) == "img"
+    assert json.loads(str(row["rationales"])) == []
     np.testing.assert_array_equal(row["audio"], np.load(tmp_path / "a0.npy"))
     np.testing.assert_array_equal(row["image_tokens"], np.arange(6))
     meta = json.loads((tmp_path / "vqa.mindrecord.meta.json").read_text(encoding="utf-8"))
-    flags = (meta["audio_dim"], meta["has_vqa"], meta["has_image_tokens"], meta["has_captions"])
-    assert flags == (20, True, True, False)
+    flags = (meta["audio_dim"], meta["has_vqa"], meta["has_image_tokens"], meta["has_captions"],
+             meta["has_rationales"])
+    assert flags == (20, True, True, False, False)
 
 
 def test_reencodes_other_formats_and_downscales(demo, tmp_path):

@@ -15,12 +15,12 @@ from src.tasks.caption import (CaptionTask, SCSTTask, VQATask, cider_scores, enc
                                scst_advantages, teacher_forcing_arrays)
 from tests.helpers import model_config, model_inputs
 
-PAD, BOS, EOS = 0, 2, 3   # the tiny tests' ids for [PAD], [CLS] (BOS) and [SEP] (EOS)
+PAD, BOS, EOS, MASK = 0, 2, 3, 4   # the tiny tests' ids for [PAD], [CLS] (BOS), [SEP] (EOS) and [MASK]
 
 
 class _Tokens:
     """Tokenizer stand-in: ids are written as their numbers."""
-    pad_id, cls_id, sep_id = PAD, BOS, EOS
+    pad_id, cls_id, sep_id, mask_id = PAD, BOS, EOS, MASK
 
     def decode(self, ids):
         out = []
@@ -165,6 +165,67 @@ def test_closed_vocabulary_vqa_picks_the_highest_scoring_candidate(model, pynati
         scores = [score_sequences(model.text_decoder, memory.asnumpy()[b:b + 1], mask.asnumpy()[b:b + 1],
                                   answerer.answer_tokens[c:c + 1], BOS, EOS, PAD)[0] for c in range(3)]
         assert answers[b] == candidates[int(np.argmax(scores))]
+
+
+class _FixedGenerator(TextGenerator):
+    """A TextGenerator whose decoding always returns the given token rows (the memory is not used)."""
+
+    def __init__(self, rows):
+        self.tokenizer, self.rows = _Tokens(), np.array(rows, np.int32)
+        self.special = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD)
+
+    def memory(self, *inputs):
+        return None, None
+
+    def generate(self, memory, mask, **overrides):
+        return self.rows, np.zeros(len(self.rows))
+
+
+def test_rationale_answers_are_the_text_after_the_first_separator():
+    rows = [[5, 6, MASK, 7, EOS, PAD],      # rationale "5 6", answer "7"
+            [5, MASK, 8, 9, EOS, PAD],      # a two-token answer
+            [5, 6, 7, EOS, PAD, PAD],       # no separator before EOS: no answer
+            [5, 6, EOS, MASK, 7, EOS]]      # a separator after EOS does not count
+    answerer = Answerer(_FixedGenerator(rows), rationale=True)
+    assert answerer.respond(None, None, None) == [("7", "5 6"), ("8 9", "5"), ("", "5 6 7"), ("", "5 6")]
+    assert answerer(None, None, None) == ["7", "8 9", "", ""]
+    plain = Answerer(_FixedGenerator(rows))   # a model without rationales: the whole text is the answer
+    assert plain.respond(None, None, None)[0] == ("5 6 " + str(MASK) + " 7", None)
+
+
+def test_closed_vocabulary_with_rationale_scores_the_candidates_after_the_generated_rationale(model, pynative):
+    x = model_inputs(model.cfg, batch=2, seed=8, text_len=5)
+    generator = TextGenerator(model, _Tokens(), decoding_settings(model_config("tiny"), "vqa"))
+    candidates = ["5", "6 7", "9 10 11"]
+    answerer = Answerer(generator, candidates, rationale=True)
+    memory, mask = generator.memory(x["images"], question_ids=x["text_ids"], question_mask=x["text_mask"])
+    generated = generator.generate(memory, mask)[0]
+    answers = answerer(x["images"], x["text_ids"], x["text_mask"])
+    for b in range(2):
+        rationale, _ = answerer.split(generated[b])
+        keep = model.text_decoder.max_len - answerer.answer_tokens.shape[1]   # room left by the widest candidate
+        prefix = (list(rationale) + [MASK])[-keep:]
+        rows = [prefix + [t for t in c if t != PAD] for c in answerer.answer_tokens]
+        scores = [score_sequences(model.text_decoder, memory.asnumpy()[b:b + 1], mask.asnumpy()[b:b + 1],
+                                  np.array([r], np.int32), BOS, EOS, PAD)[0] for r in rows]
+        assert answers[b] == candidates[int(np.argmax(scores))]
+    # the candidates' ranking depends on the prefix: with and without one, the scores differ
+    plain = generator.rank(memory, mask, answerer.answer_tokens)
+    prefixed = generator.rank(memory, mask, answerer.answer_tokens, [[5, 6, MASK]] * 2)
+    assert not np.allclose(plain, prefixed)
+
+
+def test_a_prefix_longer_than_the_decoder_loses_its_start(model, pynative):
+    x = model_inputs(model.cfg, batch=1, seed=9, text_len=5)
+    generator = TextGenerator(model, _Tokens(), decoding_settings(model_config("tiny"), "vqa"))
+    memory, mask = generator.memory(x["images"], question_ids=x["text_ids"], question_mask=x["text_mask"])
+    candidate = np.array([[9, EOS]], np.int32)
+    length = model.text_decoder.max_len
+    long_prefix = list(range(5, 5 + length)) + [MASK]
+    kept = long_prefix[len(long_prefix) - (length - 2):]
+    expected = score_sequences(model.text_decoder, memory.asnumpy(), mask.asnumpy(),
+                               np.array([kept + [9, EOS]], np.int32), BOS, EOS, PAD)
+    np.testing.assert_allclose(generator.rank(memory, mask, candidate, [long_prefix])[:, 0], expected)
 
 
 def test_answer_list_ranks_normalised_answers_by_frequency():

@@ -78,6 +78,12 @@ def test_outputs_and_manifest_format(dataset):
         image_ids = [row["id"] for row in zh]
         assert [q["id"] for q in vqa] == [f"{i}_q{k}" for i in image_ids for k in range(3)]
         assert all(q["image"] == f"images/{q['image_id']}.jpg" and len(q["answers"]) == 1 for q in vqa)
+        # the rationale: the scene in the first phrasing ("左边有一个…", the only one that starts with a position)
+        first = {row["id"]: [c for c in row["captions"] if c.startswith(("左边", "中间", "右边"))] for row in zh}
+        assert all(len(c) == 1 for c in first.values())
+        assert all(q["rationales"] == first[q["image_id"]] for q in vqa)
+        captions_en = {row["id"]: row["captions"] for row in en}
+        assert all(len(q["rationales"]) == 1 and q["rationales"][0] in captions_en[q["image_id"]] for q in vqa_en)
     assert meta["audio"]["mode"] == "tones" and "Audio mode: tones" in (out / "README.txt").read_text("utf-8")
     assert json.loads((out / "meta.json").read_text("utf-8")) == meta
     assert meta["vocab"]["colour"]["purple"] == {"zh": "紫色", "en": "purple"}

@@ -63,6 +63,7 @@ def test_duplicate_id_names_both_lines(tmp_path):
         ({"id": 3}, "'id' must be a string"),
         ({"id": "a", "captions": "one"}, "'captions' must be a list of strings"),
         ({"id": "a", "answers": [1]}, "'answers' must be a list of strings"),
+        ({"id": "a", "rationales": "because"}, "'rationales' must be a list of strings"),
         ({"id": "a", "text": "x", "captions": ["y"]}, "both 'text' and 'captions'"),
         ({"id": "a", "captions": ["ok", " "]}, "empty caption"),
         ({"id": "a", "lang": "fr"}, "lang 'fr'"),

@@ -291,11 +291,73 @@ def test_eval_dataset_pads_beyond_the_record_count(data):
     assert sorted(seen) == list(range(n))
 
 
-def test_vqa_mirroring_flips_the_image_and_swaps_left_and_right(data):
+def test_vqa_rationale_targets_are_rationale_separator_answer(data):
+    from src.data.finetune_pipeline import build_vqa_dataset
+    tokenizer, samples = data["tokenizer"], data["samples"]["vqa"]
+    cfg = data["cfg"].with_updates({"data.use_audio": False, "vqa.rationale": True,
+                                    "model.text_decoder.max_len": 40})
+    (batch,) = batches(build_vqa_dataset(data["paths"]["vqa"], cfg, tokenizer, len(samples), epoch=0))
+    order = epoch_indices(len(samples), SEED, 0, 0, 1)
+    for row, sample in enumerate(samples[i] for i in order):
+        rationale = tokenizer.encode(sample["rationales"][0], 64)[1:-1].tolist()
+        answer = tokenizer.encode(sample["answers"][0], 64)[1:-1].tolist()
+        expected = rationale + [tokenizer.mask_id] + answer + [tokenizer.sep_id]
+        length = int(batch["dec_weights"][row].sum())
+        assert batch["dec_target"][row, :length].tolist() == expected
+        assert batch["dec_input"][row, :length].tolist() == [tokenizer.cls_id] + expected[:-1]
+    # vqa.answer_weight: the answer and EOS targets weigh 3, the rationale and the separator 1
+    weighted = cfg.with_updates({"vqa.answer_weight": 3.0})
+    (heavy,) = batches(build_vqa_dataset(data["paths"]["vqa"], weighted, tokenizer, len(samples), epoch=0))
+    np.testing.assert_array_equal(heavy["dec_target"], batch["dec_target"])
+    for row in range(len(samples)):
+        separator = batch["dec_target"][row].tolist().index(tokenizer.mask_id)
+        length = int(batch["dec_weights"][row].sum())
+        expected = [1.0] * (separator + 1) + [3.0] * (length - separator - 1) + [0.0] * (40 - length)
+        assert heavy["dec_weights"][row].tolist() == expected
+    with pytest.raises(UserError, match="vqa.answer_weight must be positive"):
+        build_vqa_dataset(data["paths"]["vqa"], cfg.with_updates({"vqa.answer_weight": 0.0}), tokenizer, 4, epoch=0)
+    # a short decoder cuts the rationale, never the answer
+    short = cfg.with_updates({"model.text_decoder.max_len": 8})
+    (cut,) = batches(build_vqa_dataset(data["paths"]["vqa"], short, tokenizer, len(samples), epoch=0))
+    for row, sample in enumerate(samples[i] for i in order):
+        answer = tokenizer.encode(sample["answers"][0], 64)[1:-1].tolist()
+        target = cut["dec_target"][row].tolist()
+        assert target[8 - len(answer) - 2:] == [tokenizer.mask_id] + answer + [tokenizer.sep_id]
+
+
+def test_rationale_answer_ids_cut_the_rationale_first():
+    from src.data.finetune_pipeline import rationale_answer_ids
+    CLS, SEP, MASK = 2, 3, 4
+    rationale, answer = np.array([CLS, 10, 11, 12, 13, SEP]), np.array([CLS, 20, 21, SEP])
+    assert rationale_answer_ids(rationale, answer, MASK, 10).tolist() == [CLS, 10, 11, 12, 13, MASK, 20, 21, SEP]
+    assert rationale_answer_ids(rationale, answer, MASK, 7).tolist() == [CLS, 10, 11, MASK, 20, 21, SEP]
+    assert rationale_answer_ids(rationale, answer, MASK, 5).tolist() == [CLS, MASK, 20, 21, SEP]
+    assert rationale_answer_ids(rationale, answer, MASK, 4).tolist() == [CLS, MASK, 20, SEP]  # only now the answer
+
+
+def test_vqa_rationale_training_needs_rationales_in_the_data(data, tmp_path):
+    from src.data.finetune_pipeline import build_vqa_dataset
+    lines = [json.loads(line) for line in (data["root"] / "val_vqa.jsonl").read_text(encoding="utf-8").splitlines()]
+    manifest = tmp_path / "vqa.jsonl"
+    manifest.write_text("".join(json.dumps({k: v for k, v in line.items() if k != "rationales"},
+                                           ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    (tmp_path / "images").symlink_to(data["root"] / "images")
+    path = str(tmp_path / "vqa.mindrecord")
+    build_mindrecord(str(manifest), path, data["cfg"].data.vocab, workers=1, max_frames=256)
+    assert open_mindrecord(path, None).meta["has_rationales"] is False
+    assert open_mindrecord(data["paths"]["vqa"], None).meta["has_rationales"] is True
+    cfg = data["cfg"].with_updates({"data.use_audio": False, "vqa.rationale": True})
+    with pytest.raises(UserError, match="without rationales.*vqa.rationale=false"):
+        build_vqa_dataset(path, cfg, data["tokenizer"], 4, epoch=0)
+    build_vqa_dataset(path, cfg.with_updates({"vqa.rationale": False}), data["tokenizer"], 4, epoch=0)
+
+
+@pytest.mark.parametrize("rationale", [False, True])
+def test_vqa_mirroring_flips_the_image_and_swaps_left_and_right(data, rationale):
     from src.data.finetune_pipeline import build_vqa_dataset
     tokenizer = data["tokenizer"]
     n = len(data["samples"]["vqa"])
-    plain_cfg = data["cfg"].with_updates({"data.use_audio": False})
+    plain_cfg = data["cfg"].with_updates({"data.use_audio": False, "vqa.rationale": rationale})
     (plain,) = batches(build_vqa_dataset(data["paths"]["vqa"], plain_cfg, tokenizer, n, epoch=0))
     (mirrored,) = batches(build_vqa_dataset(data["paths"]["vqa"], plain_cfg.with_updates({"data.mirror_prob": 1.0}),
                                             tokenizer, n, epoch=0))

@@ -64,14 +64,16 @@ def test_cli_reads_captions_questions_and_answers(tmp_path, capsys):
     manifest = tmp_path / "m.jsonl"
     samples = [
         {"id": "1", "image": "1.jpg", "captions": ["小猫", "猫 dog"]},
-        {"id": "2", "image": "2.jpg", "question": "几只猫?", "answers": ["两只", "两只"]},
+        {"id": "2", "image": "2.jpg", "question": "几只猫?", "answers": ["两只", "两只"], "rationales": ["狗"]},
     ]
     manifest.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
     out = tmp_path / "vocab.txt"
     assert main(["--manifest", str(manifest), "--out", str(out)]) == 0
-    # counts: 猫 3, 两 2, 只 3, dog 1, 小 1, 几 1, ? 1
+    # counts: 猫 3, 两 2, 只 3, dog 1, 小 1, 几 1, ? 1; the rationale's 狗 only with --rationales
     assert read_vocab(str(out)) == SPECIALS + ["只", "猫", "两", "?", "dog", "几", "小"]
     assert "wrote 12 tokens" in capsys.readouterr().out
+    assert main(["--manifest", str(manifest), "--out", str(out), "--rationales"]) == 0
+    assert read_vocab(str(out)) == SPECIALS + ["只", "猫", "两", "?", "dog", "几", "小", "狗"]
     tokenizer = Tokenizer(str(out))
     assert tokenizer.unk_id not in tokenizer.encode("几只猫? 两只小猫 dog", 32).tolist()
 
