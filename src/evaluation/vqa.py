@@ -53,10 +53,12 @@ def predict_answers(answerer, data_path, cfg, tokenizer, batch_size=16):
 
 
 def answer_scores(predictions, references):
-    """vqa_metrics of {index: answer} against the records of `read_references`, keyed by question id."""
+    """vqa_metrics of {index: answer} against the records of `read_references`, keyed by question id, and
+    `unanswered`: how many answers are empty (a rationale model that reached vqa.max_len before its separator)."""
     preds = {references[i]["id"]: predictions[i] for i in predictions}
     answers = {references[i]["id"]: references[i]["answers"] for i in predictions}
-    return vqa_metrics(preds, answers, references[0]["lang"])
+    unanswered = sum(not answer.strip() for answer in predictions.values())
+    return {**vqa_metrics(preds, answers, references[0]["lang"]), "unanswered": unanswered}
 
 
 def headline(metrics):

@@ -89,15 +89,14 @@ class TextGenerator:
         mask = np.repeat(mask.asnumpy(), count, 0)
         tokens = np.tile(candidate_tokens, (batch, 1))
         if prefixes is not None:
-            keep = self.model.text_decoder.max_len - tokens.shape[1]
+            keep = self.model.text_decoder.max_len - candidate_tokens.shape[1]
             heads = [list(p)[max(len(p) - keep, 0):] for p in prefixes]
-            width = max(len(h) for h in heads)
-            padded = np.full((batch * count, width + tokens.shape[1]), self.special["pad_id"], np.int32)
-            for row in range(batch * count):
-                head = heads[row // count]
-                padded[row, :len(head)] = head
-                padded[row, len(head):len(head) + tokens.shape[1]] = tokens[row]
-            tokens = padded
+            tokens = np.full((batch * count, max(map(len, heads)) + candidate_tokens.shape[1]), self.special["pad_id"],
+                             np.int32)
+            for b, head in enumerate(heads):   # row b's candidates follow its own prefix directly
+                rows = slice(b * count, (b + 1) * count)
+                tokens[rows, :len(head)] = head
+                tokens[rows, len(head):len(head) + candidate_tokens.shape[1]] = candidate_tokens
         return score_sequences(self.model.text_decoder, memory, mask, tokens, **self.special).reshape(batch, count)
 
 
@@ -138,11 +137,11 @@ class Answerer:
         return [(self.answers[i], text) for i, text in zip(scores.argmax(1), rationales)]
 
     def split(self, row):
-        """Generated tokens -> (rationale tokens, answer tokens or None when no separator came before EOS)."""
-        special = self.generator.special
+        """Generated tokens -> (rationale tokens, answer tokens or None when no separator came before EOS). Decoding
+        pads a row only after its EOS, so the tokens before EOS are all generated ones."""
+        eos = self.generator.special["eos_id"]
         row = [int(t) for t in row]
-        end = row.index(special["eos_id"]) if special["eos_id"] in row else len(row)
-        row = [t for t in row[:end] if t != special["pad_id"]]
+        row = row[:row.index(eos)] if eos in row else row
         separator = self.generator.tokenizer.mask_id
         if separator not in row:
             return row, None

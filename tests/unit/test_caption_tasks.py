@@ -7,7 +7,7 @@ import pytest
 from src.engine.optim import build_optimizer
 from src.engine.train_step import LossScale, TrainStep
 from src.evaluation.caption import eval_batch_size
-from src.evaluation.vqa import answer_list
+from src.evaluation.vqa import answer_list, answer_scores
 from src.inference.generation import score_sequences
 from src.inference.pipeline import Answerer, TextGenerator, decoding_settings
 from src.models.opt import build_model
@@ -226,6 +226,13 @@ def test_a_prefix_longer_than_the_decoder_loses_its_start(model, pynative):
     expected = score_sequences(model.text_decoder, memory.asnumpy(), mask.asnumpy(),
                                np.array([kept + [9, EOS]], np.int32), BOS, EOS, PAD)
     np.testing.assert_allclose(generator.rank(memory, mask, candidate, [long_prefix])[:, 0], expected)
+
+
+def test_answer_scores_count_the_questions_left_unanswered():
+    refs = [{"id": "q0", "answers": ["红色"], "lang": "zh"}, {"id": "q1", "answers": ["2"], "lang": "zh"},
+            {"id": "q2", "answers": ["左边"], "lang": "zh"}]
+    scores = answer_scores({0: "红色", 1: "", 2: "右边"}, refs)
+    assert scores == {"exact_match": pytest.approx(100 / 3), "n_questions": 3, "unanswered": 1}
 
 
 def test_answer_list_ranks_normalised_answers_by_frequency():
