@@ -22,7 +22,7 @@ def main(argv=None):
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     from src.errors import UserError
-    from src.metrics.report import atomic_write_text
+    from src.utils.files import atomic_write_text
 
     parser = argparse.ArgumentParser(prog="scripts/benchmark.py", description="Run a benchmark.")
     subparsers = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")

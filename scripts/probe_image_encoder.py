@@ -141,7 +141,7 @@ def main(argv=None):
     from src.engine.run_log import MetricsLog
     from src.engine.train_step import LossScale, TrainStep
     from src.evaluation.t2i import read_scenes
-    from src.metrics.report import write_results
+    from src.utils.results import write_results
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(args.seed)

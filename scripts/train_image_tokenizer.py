@@ -31,7 +31,7 @@ class ReconstructionEvaluator:
     def __call__(self, step):
         from src.data.transforms import write_png
         from src.evaluation.image_tokenizer import evaluate_reconstruction
-        from src.metrics.report import write_results
+        from src.utils.results import write_results
         vq_cfg, out_dir = self.cfg.vq, self.cfg.run.output_dir
         metrics, pairs = evaluate_reconstruction(self.vq, self.source, vq_cfg.image_size, vq_cfg.eval_batch_size,
                                                  vq_cfg.grid_images)

@@ -4,7 +4,7 @@ Each benchmark is a module `src/bench/<name>.py` with `add_arguments(parser)` (i
 `run(args) -> dict` (runs, prints a small table, returns the results that `--out FILE` saves as JSON). Timings live
 here, never in test asserts.
 """
-from src.metrics.report import markdown_table
+from src.utils.results import markdown_table
 
 
 def print_table(title, rows, columns, floatfmt=".1f"):

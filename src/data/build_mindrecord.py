@@ -29,7 +29,7 @@ from src.data.manifest import _resolved, captions_of, check_sample
 from src.data.tokenizer import Tokenizer
 from src.data.transforms import load_audio
 from src.errors import UserError
-from src.metrics.report import atomic_write_text
+from src.utils.files import atomic_write_text
 
 MAX_TEXT_TOKENS = 512        # stored token ids per caption / question, [CLS] and [SEP] included
 N_MELS = 80                  # log-mel bins of audio read from .wav files

@@ -22,7 +22,7 @@ from src.engine.optim import build_optimizer, current_lr, select_trainable
 from src.engine.run_log import LossTracker, MetricsLog
 from src.engine.train_step import LossScale, TrainStep
 from src.errors import UserError
-from src.metrics.report import markdown_table, write_results
+from src.utils.results import markdown_table, write_results
 
 OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "global_step", "learning_rate", "beta1_power", "beta2_power",
                             "loss_scale")

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from src.cli import docstring_parser
 from src.config import add_config_arguments
 from src.metrics.caption import caption_metrics
-from src.metrics.report import atomic_write_text, markdown_table
+from src.utils.results import markdown_table
+from src.utils.files import atomic_write_text
 
 EXAMPLES = 8   # examples shown in the markdown report
 

@@ -236,7 +236,7 @@ def main(argv=None):
     from src.data.tokenizer import Tokenizer
     from src.engine.context import setup_context
     from src.inference.loading import load_trained_model, resolve_config
-    from src.metrics.report import markdown_table, write_results
+    from src.utils.results import markdown_table, write_results
 
     args = build_parser().parse_args(argv)
     if args.query is not None and args.index is None:

@@ -42,7 +42,7 @@ import numpy as np
 from src.cli import docstring_parser
 from src.config import add_config_arguments
 from src.errors import UserError
-from src.metrics.report import markdown_table
+from src.utils.results import markdown_table
 from src.metrics.t2i import POOL_SIZE, pool_others, r_precision, recall_at_ranks
 
 EXAMPLES = 8

@@ -19,7 +19,7 @@ from src.cli import docstring_parser
 from src.evaluation.caption import (EXAMPLES, add_common_arguments, audio_of, decoding_overrides, eval_batches,
                                     split_path, write_jsonl, write_report)
 from src.metrics.caption import caption_metrics
-from src.metrics.report import markdown_table
+from src.utils.results import markdown_table
 from src.metrics.vqa import majority_baseline, normalize_answer, vqa_metrics
 
 LONG_ANSWER_TOKENS = 3

@@ -23,7 +23,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from src.errors import UserError
-from src.metrics.report import check_same_ids
+from src.metrics.ids import check_same_ids
 from src.metrics.vqa import remove_punctuation
 
 LANGS = ("zh", "en")

@@ -8,7 +8,7 @@ import unicodedata
 from collections import Counter
 
 from src.errors import UserError
-from src.metrics.report import check_same_ids
+from src.metrics.ids import check_same_ids
 
 LANGS = ("zh", "en")
 

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from src.metrics.report import atomic_write_text, markdown_table, write_results
+from src.utils.results import markdown_table, write_results
+from src.utils.files import atomic_write_text
 
 
 def test_markdown_table_formats_aligns_and_escapes():

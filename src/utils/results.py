@@ -2,11 +2,10 @@
 import json
 import numbers
 import os
-import tempfile
 
 import numpy as np
 
-from src.errors import UserError
+from src.utils.files import atomic_write_text
 
 MISSING = "-"   # cell text for a value a row does not have
 
@@ -46,23 +45,6 @@ def write_results(out_dir, name, results, table_rows=None, columns=None):
     return json_path, md_path
 
 
-def atomic_write_text(path, text):
-    """Write UTF-8 ``text`` to a temporary file in the same folder, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)   # mkstemp creates 0600; results are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def _flatten(results, prefix=""):
     for key, value in results.items():
         if isinstance(value, dict):
@@ -95,13 +77,3 @@ def _to_json(value):
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def check_same_ids(kind, predictions, truth, truth_name, unit):
-    """UserError unless `predictions` and `truth` (dicts) cover exactly the same ids."""
-    missing = [key for key in truth if key not in predictions]
-    extra = [key for key in predictions if key not in truth]
-    if missing or extra:
-        raise UserError(f"{kind}: predictions and {truth_name} cover different ids ({len(missing)} without a "
-                        f"prediction, e.g. {missing[:3]}; {len(extra)} without {truth_name}, e.g. {extra[:3]}); "
-                        f"predict every {unit} of the evaluation set")

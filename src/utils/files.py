@@ -1,0 +1,48 @@
+"""Atomic writes: a file appears whole under its name or not at all, whatever kills the process in between."""
+import contextlib
+import os
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="w", encoding="utf-8", durable=True):
+    """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path`` (mode 0644).
+
+    ``mode`` is ``"w"`` (text, ``encoding``) or ``"wb"``. With ``durable`` the data and the folder entry are
+    fsynced, so the file survives a power cut as well as a kill. On an exception the temporary file is removed and
+    ``path`` is left as it was.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes new files only (mode 'w' or 'wb'), not {mode!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode, encoding=None if "b" in mode else encoding) as stream:
+            yield stream
+            stream.flush()
+            if durable:
+                os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)   # mkstemp creates 0600; outputs are meant to be shared
+        os.replace(temporary, path)
+        if durable:
+            fsync_path(folder)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def atomic_write_text(path, text, durable=True):
+    """Write UTF-8 ``text`` to ``path`` atomically (see ``atomic_write``)."""
+    with atomic_write(path, durable=durable) as stream:
+        stream.write(text)
+
+
+def fsync_path(path):
+    """fsync a file or folder by path, so a rename into it or its contents are on disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
