@@ -49,7 +49,7 @@ python scripts/train_image_tokenizer.py --config config/vq/demo.yaml --set run.o
   data.train="$DATA/train.jsonl" data.val="$DATA/val.jsonl" "${VQ[@]}"
 VQ_CKPT="$(newest "$OUT/vq/checkpoints")"
 for split in train val test; do
-  python -m src.data.extract_image_tokens --vq "$VQ_CKPT" --manifest "$DATA/$split.jsonl" \
+  python -m src.inference.image_tokens --vq "$VQ_CKPT" --manifest "$DATA/$split.jsonl" \
     --out "$DATA/tokens/$split.jsonl"
 done
 

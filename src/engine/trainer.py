@@ -16,16 +16,13 @@ from mindspore import nn
 from tqdm import tqdm
 
 from src.config import save_config
-from src.engine.checkpoint import (CheckpointManager, capture_rng_state, load_checkpoint, load_into,
-                                   restore_rng_state)
 from src.engine.optim import build_optimizer, current_lr, select_trainable
 from src.engine.run_log import LossTracker, MetricsLog
 from src.engine.train_step import LossScale, TrainStep
 from src.errors import UserError
 from src.utils.results import markdown_table, write_results
-
-OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "global_step", "learning_rate", "beta1_power", "beta2_power",
-                            "loss_scale")
+from src.weights.checkpoint import (CheckpointManager, capture_rng_state, init_from_checkpoint, load_checkpoint,
+                                    load_into, restore_rng_state)
 
 
 class TrainingState(nn.Cell):
@@ -64,16 +61,6 @@ class DataStream:
 
     def state(self):
         return {"epoch": self.epoch, "batch": self.batch}
-
-
-def init_from_checkpoint(model, path, allow_missing=False):
-    """Load model weights only (no optimizer state) from a checkpoint directory or file; returns the missing keys."""
-    tensors, _ = load_checkpoint(path)
-    tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_STATE_PREFIXES)}
-    missing, unexpected = load_into(model, tensors, strict=False, source=path)
-    if unexpected or (missing and not allow_missing):
-        load_into(model, tensors, strict=True, source=path)  # raises with the full report
-    return missing
 
 
 def resolve_resume(ckpt_cfg, manager):

@@ -8,6 +8,7 @@ import os
 
 from src.config import load_config
 from src.errors import UserError
+from src.weights.checkpoint import init_from_checkpoint
 
 
 def run_config_for(ckpt_path):
@@ -30,10 +31,22 @@ def resolve_config(ckpt_path=None, config_path=None, overrides=()):
 
 def load_trained_model(cfg, ckpt_path, allow_missing=False):
     """Build the model of `cfg` in eval mode and load its weights (optimizer state in the checkpoint is ignored)."""
-    from src.engine.trainer import init_from_checkpoint
     from src.models.opt import build_model
     model = build_model(cfg.model)
     if ckpt_path:
         init_from_checkpoint(model, ckpt_path, allow_missing)
     model.set_train(False)
     return model
+
+
+def load_vq(ckpt_path, config_path=None):
+    """A trained VQVAE in eval mode: weights from a checkpoint (a step directory), config from `config_path` or the
+    run folder that holds the checkpoint (`<run>/config.yaml`)."""
+    from src.models.vq import build_vq
+    path = config_path or run_config_for(ckpt_path)
+    if not path:
+        raise UserError(f"no config for VQ checkpoint {ckpt_path}: pass the run's config.yaml (--vq_config)")
+    vq = build_vq(load_config(path).vq)
+    init_from_checkpoint(vq, ckpt_path)
+    vq.set_train(False)
+    return vq

@@ -148,7 +148,7 @@ class TextToImage:
         `vq_config` or its run's config.yaml)."""
         from src.data.tokenizer import Tokenizer
         from src.inference.loading import load_trained_model, resolve_config
-        from src.models.vq import load_vq
+        from src.inference.loading import load_vq
         for name, path in (("OPT checkpoint", ckpt), ("VQ checkpoint", vq_ckpt)):
             if not os.path.exists(path):
                 raise UserError(f"{name} {path} does not exist; give a step directory such as "

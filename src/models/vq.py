@@ -265,21 +265,6 @@ def build_vq(vq_cfg):
                  c.ema_decay, c.epsilon, c.dead_after, c.dead_threshold)
 
 
-def load_vq(ckpt_path, config_path=None):
-    """A trained VQVAE in eval mode: weights from a checkpoint (a step directory), config from `config_path` or the
-    run folder that holds the checkpoint (`<run>/config.yaml`)."""
-    from src.config import load_config
-    from src.engine.trainer import init_from_checkpoint
-    from src.inference.loading import run_config_for
-    path = config_path or run_config_for(ckpt_path)
-    if not path:
-        raise UserError(f"no config for VQ checkpoint {ckpt_path}: pass the run's config.yaml (--vq_config)")
-    vq = build_vq(load_config(path).vq)
-    init_from_checkpoint(vq, ckpt_path)
-    vq.set_train(False)
-    return vq
-
-
 def decode_to_png(vq, codes, path, columns=None):
     """Decode int codes (h, w) or (B, h, w) with `vq` and write them as one PNG (a row / grid of images)."""
     from src.data.transforms import to_uint8, write_png

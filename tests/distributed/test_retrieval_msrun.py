@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from src.config import load_config
-from src.engine.checkpoint import CheckpointManager
+from src.weights.checkpoint import CheckpointManager
 from src.models.opt import build_model
 from src.data.tokenizer import Tokenizer
 from tests.helpers import ROOT

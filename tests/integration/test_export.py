@@ -15,7 +15,7 @@ from src.cli import run_main
 from src.config import save_config
 from src.data.build_mindrecord import build_mindrecord
 from src.data.tokenizer import Tokenizer
-from src.engine.checkpoint import save_checkpoint
+from src.weights.checkpoint import save_checkpoint
 from src.inference.exported import ExportedModel
 from src.inference.exporting import GenerationEncoder
 from src.inference.generation import decoding_cells, generate

@@ -20,7 +20,7 @@ VQ_SETTINGS = ["vq.image_size=32", "vq.downsample=8", "vq.codebook_size=16", "vq
 def save_run(run_dir, cfg, net):
     """A trainer-style run folder: <run>/config.yaml and <run>/checkpoints/step_00000001; returns the step dir."""
     from src.config import save_config
-    from src.engine.checkpoint import save_checkpoint
+    from src.weights.checkpoint import save_checkpoint
     save_config(cfg, str(run_dir))
     return save_checkpoint(str(run_dir / "checkpoints" / "step_00000001"), net.parameters_dict(), step=1)
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from src.engine import checkpoint as ckpt
-from src.engine.checkpoint import (CheckpointManager, add_prefix, capture_rng_state, load_checkpoint, load_into,
+from src.weights import checkpoint as ckpt
+from src.weights.checkpoint import (CheckpointManager, add_prefix, capture_rng_state, load_checkpoint, load_into,
                                    restore_rng_state, save_checkpoint, strip_prefix)
 from src.errors import UserError
 from tests.helpers import ROOT
@@ -277,7 +277,7 @@ def test_rng_state_round_trips_through_json():
 WRITER = """
 import sys
 import numpy as np
-from src.engine.checkpoint import CheckpointManager
+from src.weights.checkpoint import CheckpointManager
 
 manager = CheckpointManager(sys.argv[1], keep_last=2, fmt=sys.argv[2])
 big = np.random.default_rng(0).standard_normal(5 * 1024 * 1024).astype(np.float32)   # 20 MB

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from src.engine.checkpoint import load_into
+from src.weights.checkpoint import load_into
 from src.models.encoders import ConvStem, ImageEncoder, stem_widths
 from src.models.opt import build_model
 from tests.helpers import model_config

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from src.config import Config
-from src.engine.checkpoint import CheckpointManager
+from src.weights.checkpoint import CheckpointManager
 from src.engine.trainer import resolve_resume
 from src.errors import UserError
 

@@ -1,8 +1,8 @@
 """Encode a manifest's images into VQ code grids for the image-decoding task and text-to-image; decode grids to PNG.
 
-    python -m src.data.extract_image_tokens --vq RUN/checkpoints/step_X --manifest IN.jsonl --out OUT.jsonl
+    python -m src.inference.image_tokens --vq RUN/checkpoints/step_X --manifest IN.jsonl --out OUT.jsonl
     python -m src.data.build_mindrecord --manifest OUT.jsonl --out OUT.mindrecord --vocab V.txt
-    python -m src.data.extract_image_tokens --vq RUN/checkpoints/step_X --decode tokens/ID.npy --out ID.png
+    python -m src.inference.image_tokens --vq RUN/checkpoints/step_X --decode tokens/ID.npy --out ID.png
 
 Every unique image (by image_id) is resized and centre-cropped to the tokenizer's vq.image_size and encoded once into
 `tokens/<image_id>.npy` (int32 (h, w)) next to OUT; OUT is a copy of IN with `image_tokens` set on every line (paths
@@ -91,7 +91,7 @@ def read_codes(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m src.data.extract_image_tokens", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m src.inference.image_tokens", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vq", required=True, metavar="CKPT", help="image tokenizer checkpoint (a step directory)")
     parser.add_argument("--vq_config", metavar="PATH", help="its config (default: the run's config.yaml)")
@@ -106,7 +106,8 @@ def main(argv=None):
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     import mindspore as ms
-    from src.models.vq import decode_to_png, load_vq
+    from src.inference.loading import load_vq
+    from src.models.vq import decode_to_png
     ms.set_context(mode=ms.GRAPH_MODE)
     vq = load_vq(args.vq, args.vq_config)
     if args.decode:

@@ -32,6 +32,8 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_MARK = ".tmp-"
 _MAX_LISTED = 10
 _LOG = logging.getLogger(__name__)
+OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "global_step", "learning_rate", "beta1_power", "beta2_power",
+                            "loss_scale")
 
 
 def step_dir_name(step):
@@ -147,6 +149,16 @@ class CheckpointManager:
                 return path
             _LOG.warning("skipping checkpoint %s: %s", path, problem)
         return None
+
+
+def init_from_checkpoint(model, path, allow_missing=False):
+    """Load model weights only (no optimizer state) from a checkpoint directory or file; returns the missing keys."""
+    tensors, _ = load_checkpoint(path)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_STATE_PREFIXES)}
+    missing, unexpected = load_into(model, tensors, strict=False, source=path)
+    if unexpected or (missing and not allow_missing):
+        load_into(model, tensors, strict=True, source=path)  # raises with the full report
+    return missing
 
 
 def list_checkpoints(directory):
