@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from src.cli import run_main
+from src.utils.cli import run_main
 
 TASKS = {
     "retrieval": "src.evaluation.retrieval",

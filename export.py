@@ -13,8 +13,8 @@ import argparse
 import os
 import sys
 
-from src.cli import run_main
-from src.inference.exporting import FORMATS, TASKS
+from src.utils.cli import run_main
+from src.inference.export_graphs import FORMATS, TASKS
 
 
 def build_parser():
@@ -36,7 +36,7 @@ def build_parser():
 def main(argv=None):
     from src.engine.context import setup_context
     from src.errors import UserError
-    from src.inference.exporting import check_request, export_model
+    from src.inference.export_graphs import check_request, export_model
     from src.inference.loading import load_trained_model, resolve_config
 
     args = build_parser().parse_args(argv)

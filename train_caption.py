@@ -14,7 +14,8 @@ every train.eval_every steps and at the end, and the best weights are kept in ru
 import functools
 import sys
 
-from src.cli import run_main, run_training, trainer_parser
+from src.engine.launch import run_training, trainer_parser
+from src.utils.cli import run_main
 
 STAGES = ("xe", "scst")
 
@@ -25,19 +26,19 @@ def scst_config(cfg):
     if not cfg.checkpoint.init and not cfg.checkpoint.resume:
         raise UserError("--stage scst starts from a cross-entropy captioning checkpoint: add --set "
                         "checkpoint.init=<xe run>/best/step_XXXXXXXX")
-    return cfg.with_updates({"optim.lr": float(cfg.get("caption.scst_lr", 1e-5)), "optim.warmup_steps": 0})
+    return cfg.with_updates({"optim.lr": float(cfg.caption.scst_lr), "optim.warmup_steps": 0})
 
 
 def build_caption_training(cfg, dist, stage="xe"):
     """(cfg with the vocabulary size resolved, Trainer) for caption fine-tuning stage `stage`."""
-    from src.data.finetune_pipeline import (build_caption_dataset, build_scst_dataset, check_finetune_data,
-                                            dataset_factory)
-    from src.data.pipeline import read_references
+    from src.data.finetune_data import (build_caption_dataset, build_scst_dataset, check_finetune_data,
+                                        dataset_factory)
+    from src.data.pretrain_data import read_references
     from src.data.tokenizer import Tokenizer
     from src.engine.mixing import TaskMixer
     from src.engine.trainer import Trainer
     from src.evaluation.caption import validation_evaluator
-    from src.inference.pipeline import TextGenerator, decoding_settings
+    from src.inference.text_generator import TextGenerator, decoding_settings
     from src.models.opt import build_model
     from src.tasks.caption import CaptionTask, SCSTTask
 
@@ -51,12 +52,12 @@ def build_caption_training(cfg, dist, stage="xe"):
     batch = cfg.train.batch_size
     make = dataset_factory(build_caption_dataset if stage == "xe" else build_scst_dataset, cfg, tokenizer, dist)
     if stage == "xe":
-        task = CaptionTask(model, has_audio, cfg.get("caption.label_smoothing", 0.1))
+        task = CaptionTask(model, has_audio, cfg.caption.label_smoothing)
     else:
-        samples = int(cfg.get("caption.scst_samples", 5))
+        samples = int(cfg.caption.scst_samples)
         task = SCSTTask(model, has_audio, samples)
-        sampling = {"top_k": cfg.get("caption.scst_top_k", 0), "top_p": cfg.get("caption.scst_top_p", 1.0),
-                    "temperature": cfg.get("caption.scst_temperature", 1.0),
+        sampling = {"top_k": cfg.caption.scst_top_k, "top_p": cfg.caption.scst_top_p,
+                    "temperature": cfg.caption.scst_temperature,
                     "max_len": decoding_settings(cfg, "caption")["max_len"]}
         generator = TextGenerator(model, tokenizer, decoding_settings(cfg, "caption"))
         references = read_references(cfg.data.train)

@@ -10,12 +10,13 @@ its own shard and gradients are averaged; rank 0 alone writes.
 import functools
 import sys
 
-from src.cli import run_main, run_training, trainer_parser
+from src.engine.launch import run_training, trainer_parser
+from src.utils.cli import run_main
 
 
 def build_pretraining(cfg, dist):
     """(cfg with the vocabulary size resolved, Trainer) for a pretraining config."""
-    from src.data.pipeline import build_pretrain_dataset, open_mindrecord
+    from src.data.pretrain_data import build_pretrain_dataset, open_mindrecord
     from src.data.tokenizer import Tokenizer, mirror_word_ids
     from src.engine.mixing import TaskMixer
     from src.engine.trainer import Trainer

@@ -11,14 +11,15 @@ evaluation) are read from the config when present. Resume with `--set checkpoint
 """
 import sys
 
-from src.cli import run_main, run_training, trainer_parser
+from src.engine.launch import run_training, trainer_parser
+from src.utils.cli import run_main
 
 TASK = "retrieval"
 
 
 def build_retrieval_training(cfg, dist):
     """(cfg with the vocabulary size resolved, Trainer) for a retrieval fine-tuning config."""
-    from src.data.pipeline import build_pretrain_dataset
+    from src.data.pretrain_data import build_pretrain_dataset
     from src.data.tokenizer import Tokenizer
     from src.engine.mixing import TaskMixer
     from src.engine.trainer import Trainer
@@ -42,11 +43,11 @@ def build_retrieval_training(cfg, dist):
 
     make_dataset(0, 0)  # fail now if the data cannot feed the task
     model = build_model(cfg.model)
-    task = RetrievalTask(model, cfg.get("retrieval.margin", 0.2), cfg.get("retrieval.itc_weight", 1.0),
-                         cfg.get("retrieval.hard_negatives", True))
+    task = RetrievalTask(model, cfg.retrieval.margin, cfg.retrieval.itc_weight,
+                         cfg.retrieval.hard_negatives)
     evaluator = None
     if cfg.data.val:
-        evaluator = RetrievalEvaluator(model, cfg, tokenizer, cfg.data.val, cfg.get("retrieval.batch_size", 32),
+        evaluator = RetrievalEvaluator(model, cfg, tokenizer, cfg.data.val, cfg.retrieval.batch_size,
                                        dist.rank, dist.world_size)
     trainer = Trainer(cfg, dist, model, {TASK: task}, TaskMixer({TASK: 1.0}, cfg.run.seed), {TASK: make_dataset},
                       batch * dist.world_size, evaluator)

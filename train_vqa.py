@@ -10,13 +10,14 @@ are kept in run.output_dir/best/.
 """
 import sys
 
-from src.cli import run_main, run_training, trainer_parser
+from src.engine.launch import run_training, trainer_parser
+from src.utils.cli import run_main
 
 
 def build_vqa_training(cfg, dist):
     """(cfg with the vocabulary size resolved, Trainer) for VQA fine-tuning."""
-    from src.data.finetune_pipeline import build_vqa_dataset, check_finetune_data, dataset_factory
-    from src.data.pipeline import read_references
+    from src.data.finetune_data import build_vqa_dataset, check_finetune_data, dataset_factory
+    from src.data.pretrain_data import read_references
     from src.data.tokenizer import Tokenizer
     from src.engine.mixing import TaskMixer
     from src.engine.trainer import Trainer
@@ -31,13 +32,13 @@ def build_vqa_training(cfg, dist):
     model = build_model(cfg.model)
     make = dataset_factory(build_vqa_dataset, cfg, tokenizer, dist)
     make(0, 0)  # fail now, not at the first step, if the data cannot feed the task
-    task = VQATask(model, has_audio, cfg.get("vqa.label_smoothing", 0.1))
+    task = VQATask(model, has_audio, cfg.vqa.label_smoothing)
     evaluator = None
     if cfg.data.val:
         answers = None
-        if cfg.get("vqa.closed_vocab", False):
+        if cfg.vqa.closed_vocab:
             refs = read_references(cfg.data.train)
-            answers = answer_list(refs, refs[0]["lang"], cfg.get("vqa.answer_list_size", 0))
+            answers = answer_list(refs, refs[0]["lang"], cfg.vqa.answer_list_size)
         evaluator = validation_evaluator(model, cfg, tokenizer, cfg.data.val, answers)
     trainer = Trainer(cfg, dist, model, {"vqa": task}, TaskMixer({"vqa": 1.0}, cfg.run.seed), {"vqa": make},
                       cfg.train.batch_size * dist.world_size, evaluator)

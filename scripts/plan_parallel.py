@@ -56,9 +56,9 @@ def settings(args, cfg):
         "grad_accumulation": args.grad_accumulation or cfg.train.grad_accumulation,
         "dtype": args.dtype or DTYPES[cfg.model.compute_dtype],
         "optimizer": args.optimizer or cfg.optim.name,
-        "optimizer_shard": cfg.get("parallel.optimizer_shard", False) if args.optimizer_shard is None
+        "optimizer_shard": cfg.parallel.optimizer_shard if args.optimizer_shard is None
         else args.optimizer_shard,
-        "vocab_dp": cfg.get("parallel.vocab_dp", True) if args.vocab_dp is None else args.vocab_dp,
+        "vocab_dp": cfg.parallel.vocab_dp if args.vocab_dp is None else args.vocab_dp,
     }
     if args.devices < 1 or args.device_memory_gb <= 0 or not 0 <= args.margin < 1:
         raise UserError("--devices must be >= 1, --device_memory_gb > 0 and --margin in [0, 1)")

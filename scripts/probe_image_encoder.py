@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.cli import docstring_parser, run_main  # noqa: E402
+from src.utils.cli import docstring_parser, run_main  # noqa: E402
 from src.data import demo  # noqa: E402
 from src.errors import UserError  # noqa: E402
 

@@ -16,7 +16,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.cli import run_main, run_training, trainer_parser  # noqa: E402
+from src.engine.launch import run_training, trainer_parser  # noqa: E402
+from src.utils.cli import run_main  # noqa: E402
 
 GRID_COLUMNS = 8  # four original / reconstruction pairs per row
 

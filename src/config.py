@@ -19,12 +19,12 @@ import difflib
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 
 import yaml
 
 from src.errors import UserError
+from src.utils.files import atomic_write_text
 
 DEFAULTS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "defaults.yaml")
 BASE_KEY = "base"
@@ -167,18 +167,8 @@ def parse_overrides(items):
 
 def save_config(cfg, out_dir, name="config.yaml"):
     """Write the resolved config as YAML to out_dir/name atomically (temporary file, then rename); return the path."""
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
-    fd, tmp_path = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(cfg.to_yaml())
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    atomic_write_text(path, cfg.to_yaml())
     return path
 
 

@@ -35,7 +35,7 @@ def model_inputs(model_cfg, batch=2, seed=0, text_len=None, audio_frames=None):
 
 
 def task_batch(task, model_cfg, pretrain_cfg, batch=4, seed=0, has_audio=True):
-    """A random but well-formed batch for a pre-training task (same columns as src.data.pipeline produces)."""
+    """A random but well-formed batch for a pre-training task (same columns as src.data.pretrain_data produces)."""
     rng = np.random.default_rng(seed)
     x = model_inputs(model_cfg, batch=batch, seed=seed, text_len=model_cfg.text.max_len - 3,
                      audio_frames=model_cfg.audio.max_frames - 5)

@@ -1,7 +1,7 @@
 """Data pipeline throughput: samples/s of each pretraining task's batches, and of a task mix, on demo data.
 
 Generates a demo set (or reads --data), builds its vocabulary and MindRecord in a temporary folder, then times the
-pipelines of `src.data.pipeline` on the model config (default: small) after a warm-up. The queues between pipeline
+pipelines of `src.data.pretrain_data` on the model config (default: small) after a warm-up. The queues between pipeline
 stages are kept short (--prefetch) so that batches made ahead during the warm-up do not inflate the timed rate; the
 mix draws each batch's task by the pretrain.tasks ratios, with one pipeline per task running side by side.
 """
@@ -18,7 +18,7 @@ from src.config import load_config
 from src.data.build_mindrecord import build_mindrecord
 from src.data.demo import generate_demo
 from src.data.manifest import read_manifest
-from src.data.pipeline import PRETRAIN_TASKS, build_pretrain_dataset, open_mindrecord, task_requirements
+from src.data.pretrain_data import PRETRAIN_TASKS, build_pretrain_dataset, open_mindrecord, task_requirements
 from src.data.tokenizer import Tokenizer
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from src.errors import UserError

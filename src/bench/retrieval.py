@@ -51,7 +51,7 @@ def run(args):
 
     from src.evaluation.retrieval import evaluate
     from src.inference.loading import load_trained_model, resolve_config
-    from src.inference.retrieval import Retriever
+    from src.inference.retrieval import RetrievalRunner
 
     if args.subset > args.images or min(args.images, args.subset, args.k, args.batch_size) < 1:
         raise UserError("need 1 <= --subset <= --images and positive --k, --batch_size")
@@ -74,7 +74,7 @@ def run(args):
                          lower_case=cfg.data.lower_case)
         subset = _subset_record(tmp, args.subset, vocab, args.workers, cfg.data.lower_case)
         model = load_trained_model(cfg, args.ckpt)
-        retriever = Retriever(model, args.batch_size)
+        retriever = RetrievalRunner(model, args.batch_size)
 
         def timed(data, mode):
             wall, cpu = time.perf_counter(), time.process_time()

@@ -179,7 +179,7 @@ def time_data(args, cfg, tmp, batch_file):
     from src.data.build_mindrecord import build_mindrecord
     from src.data.demo import generate_demo
     from src.data.manifest import read_manifest
-    from src.data.pipeline import build_pretrain_dataset
+    from src.data.pretrain_data import build_pretrain_dataset
     from src.data.tokenizer import Tokenizer
     from src.data.vocab import build_vocab, manifest_texts, write_vocab
 

@@ -6,7 +6,7 @@
 One record per accepted manifest sample (fields in `record_schema`). Rejected samples are never dropped silently:
 `<out>.report.json` counts them per reason and lists the first ones; `--strict` makes any reject an error. Next to
 the data, `<out>.meta.json` records the vocabulary (path and sha256) and what the data holds; the pipelines in
-`src/data/pipeline.py` read it. Output is atomic: files are written in a temporary folder, then moved into place, the
+`src/data/pretrain_data.py` read it. Output is atomic: files are written in a temporary folder, then moved into place, the
 meta file last.
 """
 import argparse
@@ -62,7 +62,7 @@ class Rejected(Exception):
 
 
 def record_schema(audio_dim):
-    """The MindRecord schema of one sample (see the module docstring of src/data/pipeline.py for the meaning)."""
+    """The MindRecord schema of one sample (see the module docstring of src/data/pretrain_data.py for the meaning)."""
     return {
         "index": {"type": "int64"},
         "id": {"type": "string"},

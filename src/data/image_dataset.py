@@ -11,7 +11,7 @@ import numpy as np
 import mindspore.dataset as ds
 
 from src.data.manifest import read_manifest
-from src.data.pipeline import epoch_indices, open_mindrecord
+from src.data.pretrain_data import epoch_indices, open_mindrecord
 from src.data.transforms import image_transforms
 from src.errors import UserError
 

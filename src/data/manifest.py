@@ -18,6 +18,7 @@ import json
 import os
 
 from src.errors import UserError
+from src.utils.files import atomic_write
 
 LANGS = ("zh", "en")
 STRING_FIELDS = ("id", "image", "text", "audio", "question", "image_id", "lang")
@@ -131,15 +132,7 @@ def write_manifest(path, samples):
         if sample["id"] in line_of_id:
             raise UserError(f"{where}: id {sample['id']!r} repeats sample {line_of_id[sample['id']]}")
         line_of_id[sample["id"]] = index
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp_path, "w", encoding="utf-8", newline="\n") as f:
-            for sample in samples:
-                kept = {key: value for key, value in sample.items() if key not in DERIVED_FIELDS}
-                f.write(json.dumps(kept, ensure_ascii=False) + "\n")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    with atomic_write(path) as f:
+        for sample in samples:
+            kept = {key: value for key, value in sample.items() if key not in DERIVED_FIELDS}
+            f.write(json.dumps(kept, ensure_ascii=False) + "\n")

@@ -6,21 +6,9 @@ independent of rank and sharding, so a sample is masked the same way however the
 
 import numpy as np
 
+from src.data.labels import (IMAGE_PAD_ID, IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_TOKEN_OFFSET, ITM_SAME_OTHER,
+                             ITM_IMAGE_SWAPPED, ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_CLASSES)
 from src.errors import UserError
-
-# Image-token vocabulary of the image decoder: three specials, then codebook entry c as token c + 3.
-IMAGE_PAD_ID = 0
-IMAGE_BOS_ID = 1
-IMAGE_EOS_ID = 2
-IMAGE_TOKEN_OFFSET = 3
-
-# Three-modal matching classes (text is always kept; the image and/or audio may come from other samples).
-ITM_SAME_OTHER = 0      # image and audio both from the same other sample
-ITM_IMAGE_SWAPPED = 1   # image from another sample, audio matches
-ITM_AUDIO_SWAPPED = 2   # audio from another sample, image matches
-ITM_BOTH_DIFFERENT = 3  # image and audio from two different other samples
-ITM_MATCHED = 4         # all three match
-ITM_CLASSES = 5
 
 MASK_TOKEN_SHARE = 0.8  # BERT: of the chosen tokens, 80% become [MASK],
 RANDOM_TOKEN_SHARE = 0.1  # 10% a random token, the rest stay unchanged
@@ -189,11 +177,6 @@ def text_generation_targets(ids, mask, bos_id, eos_id, pad_id, max_len):
     return _shifted_targets(tokens, bos_id, eos_id, pad_id, max_len)
 
 
-def image_vocab_size(codebook_size):
-    """Size of the image decoder's vocabulary: the codebook plus PAD, BOS and EOS."""
-    return codebook_size + IMAGE_TOKEN_OFFSET
-
-
 def image_token_targets(codes, codebook_size, max_len):
     """Image-decoder arrays from VQ codes (any shape, read row-major): codes become tokens code + 3, framed by BOS/EOS.
 
@@ -205,12 +188,3 @@ def image_token_targets(codes, codebook_size, max_len):
                         f"{codes.max()}; check that the image tokenizer's codebook size matches the config")
     return _shifted_targets(codes.astype(np.int32) + IMAGE_TOKEN_OFFSET, IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID,
                             max_len)
-
-
-def codes_from_tokens(tokens):
-    """Turn image-decoder tokens back into VQ codes: stop at the first EOS, drop PAD and BOS, subtract the offset."""
-    tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
-    eos = np.flatnonzero(tokens == IMAGE_EOS_ID)
-    if eos.size:
-        tokens = tokens[:eos[0]]
-    return tokens[tokens >= IMAGE_TOKEN_OFFSET] - IMAGE_TOKEN_OFFSET

@@ -15,6 +15,7 @@ import mindspore.dataset.audio as audio_ops
 import mindspore.dataset.vision as vision
 
 from src.errors import UserError
+from src.utils.files import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,15 +159,8 @@ def write_png(pixels, path, columns=None, gap=2):
     for index, image in enumerate(pixels):
         top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
         canvas[top:top + height, left:left + width] = image
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp_path = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        Image.fromarray(canvas).save(tmp_path, format="PNG")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    with atomic_write(path, "wb") as stream:
+        Image.fromarray(canvas).save(stream, format="PNG")
     return path
 
 

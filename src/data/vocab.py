@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from src.data.manifest import captions_of, read_manifest
 from src.errors import UserError
+from src.utils.files import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -53,12 +54,7 @@ def write_vocab(path, tokens):
     for token in tokens:
         if token == "" or "\n" in token:
             raise ValueError(f"cannot write token {token!r}: tokens must be non-empty and single-line")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    with open(tmp_path, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(token + "\n" for token in tokens)
-    os.replace(tmp_path, path)
+    atomic_write_text(path, "".join(token + "\n" for token in tokens))
 
 
 def build_vocab(texts, min_count=1, max_size=None):

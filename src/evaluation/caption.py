@@ -16,7 +16,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from src.cli import docstring_parser
+from src.utils.cli import docstring_parser
 from src.config import add_config_arguments
 from src.metrics.caption import caption_metrics
 from src.utils.results import markdown_table
@@ -69,7 +69,7 @@ def eval_batch_size(count, wanted):
 
 def eval_batches(data_path, cfg, tokenizer, batch_size, desc):
     """Ordered evaluation batches (all records, this process alone) with a progress bar; `valid` marks real rows."""
-    from src.data.pipeline import build_eval_dataset, open_mindrecord
+    from src.data.pretrain_data import build_eval_dataset, open_mindrecord
     count = open_mindrecord(data_path, cfg.data.vocab).count
     data = build_eval_dataset(data_path, cfg, tokenizer, eval_batch_size(count, batch_size))
     for batch in tqdm(data.create_dict_iterator(num_epochs=1, output_numpy=True), total=data.get_dataset_size(),
@@ -100,8 +100,8 @@ def corpus_cider(predictions, references):
 
 def validation_evaluator(model, cfg, tokenizer, data_path, batch_size=16):
     """evaluator(step) -> {"score": CIDEr-D, "cider_d": ...} of greedy captions on `data_path` (for the Trainer)."""
-    from src.data.pipeline import read_references
-    from src.inference.pipeline import TextGenerator, decoding_settings
+    from src.data.pretrain_data import read_references
+    from src.inference.text_generator import TextGenerator, decoding_settings
     references = read_references(data_path)
     generator = TextGenerator(model, tokenizer, decoding_settings(cfg, "caption", strategy="greedy"))
 
@@ -130,7 +130,7 @@ def write_jsonl(path, rows):
 
 def evaluate_split(captioner, split, out_dir, batch_size):
     """Caption data.<split>, score it and write the report; returns the metrics."""
-    from src.data.pipeline import read_references
+    from src.data.pretrain_data import read_references
     cfg = captioner.cfg
     path = split_path(cfg, split)
     references = read_references(path)

@@ -20,15 +20,15 @@ import time
 
 import numpy as np
 
-from src.cli import docstring_parser
+from src.utils.cli import docstring_parser
 from src.engine.distributed import all_gather_numpy
 from src.errors import UserError
-from src.inference.retrieval import (MODES, Retriever, cosine_scores, gather_items, gather_pair_scores, load_index,
-                                     mode_matrices, query_pairs, save_index, search_index, shard_positions)
+from src.inference.retrieval import (MODES, RetrievalRunner, cosine_scores, gather_items, gather_pair_scores,
+                                     load_index, mode_matrices, query_pairs, save_index, search_index,
+                                     shard_positions)
 from src.metrics.retrieval import chance_retrieval_recall, retrieval_recall
 
 KS = (1, 5, 10)
-DEFAULTS = {"mode": "itc_itm", "k": 16, "batch_size": 32, "top": 5}
 TABLE_COLUMNS = ["retrieval", "scoring"] + [f"R@{k}" for k in KS] + ["mean"]
 # (result section, recall prefix, row label)
 DIRECTIONS = (("text_image", "ir", "text→image (IR)"), ("text_image", "tr", "image→text (TR)"),
@@ -85,13 +85,13 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
     embed_images, shortlist and score when pairs are scored, rank; see `StageClock`). With `return_features`, also
     "image_features" (n_images, D) for an index.
     """
-    from src.data.pipeline import build_eval_dataset, open_mindrecord, read_references
+    from src.data.pretrain_data import build_eval_dataset, open_mindrecord, read_references
 
     if mode not in MODES:
         raise UserError(f"retrieval mode {mode!r} is unknown; choose from {', '.join(MODES)}")
     if k < 1:
         raise UserError(f"retrieval --k must be >= 1, got {k}")
-    retriever = retriever or Retriever(model, batch_size)
+    retriever = retriever or RetrievalRunner(model, batch_size)
     info = open_mindrecord(data_path, cfg.data.vocab)
     has_audio = bool(info.meta["has_audio"]) and cfg.data.use_audio
     captions, text_to_image = caption_items(read_references(data_path))
@@ -108,7 +108,7 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
 
     columns = ["index", "valid", "image"] + (["audio", "frame_mask"] if has_audio else [])
     # read one record per pipeline batch: build_eval_dataset's filler rows may not outnumber the records, and the
-    # Retriever re-batches to its own fixed size anyway
+    # RetrievalRunner re-batches to its own fixed size anyway
     batches = build_eval_dataset(data_path, cfg, tokenizer, 1, rank, world, columns=columns)
     local = retriever.embed_image_batches(batches.create_dict_iterator(num_epochs=1, output_numpy=True),
                                           keep_tokens, has_audio)
@@ -163,7 +163,7 @@ class RetrievalEvaluator:
     def __init__(self, model, cfg, tokenizer, data_path, batch_size, rank=0, world=1):
         self.cfg, self.tokenizer, self.data_path = cfg, tokenizer, data_path
         self.rank, self.world = rank, world
-        self.retriever = Retriever(model, batch_size)
+        self.retriever = RetrievalRunner(model, batch_size)
 
     def __call__(self, step):
         results = evaluate(None, self.cfg, self.tokenizer, self.data_path, mode="itc", rank=self.rank,
@@ -185,7 +185,7 @@ def query_index(model, cfg, tokenizer, index_path, query, top, retriever=None):
         raise UserError("--index needs a non-empty --query TEXT")
     index = load_index(index_path)
     ids, mask = tokenizer.encode_padded(query, cfg.model.text.max_len)
-    retriever = retriever or Retriever(model, 1)
+    retriever = retriever or RetrievalRunner(model, 1)
     features = retriever.embed_texts(ids[None], mask[None], keep_tokens=False, desc="query")["features"]
     return search_index(index, features, top)[0]
 
@@ -194,7 +194,7 @@ def image_sources(data_path, references):
     """Where each record's image came from: its path in the manifest the MindRecord was built from when that
     manifest is still there, else `<mindrecord>#<record index>`."""
     from src.data.manifest import read_manifest
-    from src.data.pipeline import open_mindrecord
+    from src.data.pretrain_data import open_mindrecord
 
     manifest = open_mindrecord(data_path, None).meta.get("manifest")
     paths = {}
@@ -214,22 +214,22 @@ def build_parser():
                         help="config overrides, e.g. --set data.workers=1")
     parser.add_argument("--data", default=None, help="MindRecord to evaluate (default: data.test of the config)")
     parser.add_argument("--mode", choices=MODES, default=None,
-                        help=f"scoring: itc, itm or itc_itm (default {DEFAULTS['mode']})")
-    parser.add_argument("--k", type=int, default=None, help=f"itc_itm shortlist size (default {DEFAULTS['k']})")
+                        help="scoring: itc, itm or itc_itm (default: the config's retrieval.mode)")
+    parser.add_argument("--k", type=int, default=None, help="itc_itm shortlist size (default: retrieval.k)")
     parser.add_argument("--batch_size", type=int, default=None,
-                        help=f"items / pairs per model call (default {DEFAULTS['batch_size']})")
+                        help="items / pairs per model call (default: retrieval.batch_size)")
     parser.add_argument("--out", default=None, help="results folder (default: <run>/eval_retrieval)")
     parser.add_argument("--index_out", default=None, metavar="FILE", help="also save the image embeddings (npz)")
     parser.add_argument("--index", default=None, metavar="FILE", help="query this index instead of evaluating")
     parser.add_argument("--query", default=None, help="text to search the --index for")
-    parser.add_argument("--top", type=int, default=None, help=f"images to print for --query (default {DEFAULTS['top']})")
+    parser.add_argument("--top", type=int, default=None, help="images to print for --query (default: retrieval.top)")
     return parser
 
 
 def setting(args, cfg, name):
-    """Command line, then retrieval.<name> of the config, then the built-in default."""
+    """The command line's value, else retrieval.<name> of the config (defaults in config/defaults.yaml)."""
     value = getattr(args, name)
-    return value if value is not None else cfg.get(f"retrieval.{name}", DEFAULTS[name])
+    return value if value is not None else cfg.retrieval[name]
 
 
 def main(argv=None):
@@ -243,7 +243,7 @@ def main(argv=None):
         raise UserError("--query needs --index FILE (an index written with --index_out)")
     exported = None
     if args.mindir:
-        from src.inference.exported import ExportedModel
+        from src.inference.exported_model import ExportedModel
         exported = ExportedModel(args.mindir, "retrieval", args.overrides)
         cfg = exported.cfg
     else:
@@ -277,7 +277,7 @@ def main(argv=None):
     print(f"{results['n_texts']} captions x {results['n_images']} images, {results['pairs_scored']} pairs through "
           f"the cross-encoder; results in {json_path}")
     if args.index_out:
-        from src.data.pipeline import read_references
+        from src.data.pretrain_data import read_references
         refs = read_references(data)
         sources = image_sources(data, refs)
         save_index(args.index_out, features, [r["id"] for r in refs], [r["image_id"] for r in refs], sources,

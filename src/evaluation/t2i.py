@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from src.cli import docstring_parser
+from src.utils.cli import docstring_parser
 from src.config import add_config_arguments
 from src.errors import UserError
 from src.utils.results import markdown_table
@@ -56,7 +56,7 @@ def read_split(path):
         samples = read_manifest(path, required=("image", "captions"))
         return [s["id"] for s in samples], [s["captions"][0] for s in samples], [s["image_path"] for s in samples]
     import mindspore.dataset as ds
-    from src.data.pipeline import open_mindrecord, read_references
+    from src.data.pretrain_data import open_mindrecord, read_references
     references = read_references(path)
     if any(not ref["captions"] for ref in references):
         raise UserError(f"{path}: some records have no caption; text-to-image evaluation needs one per record")

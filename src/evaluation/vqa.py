@@ -15,7 +15,7 @@ answer seen in data.train (config vqa.answer_list_size keeps only the most frequ
 import os
 from collections import Counter
 
-from src.cli import docstring_parser
+from src.utils.cli import docstring_parser
 from src.evaluation.caption import (EXAMPLES, add_common_arguments, audio_of, decoding_overrides, eval_batches,
                                     split_path, write_jsonl, write_report)
 from src.metrics.caption import caption_metrics
@@ -68,11 +68,11 @@ def headline(metrics):
 
 def validation_evaluator(model, cfg, tokenizer, data_path, answers=None, batch_size=16):
     """evaluator(step) -> {"score": accuracy, ...} of greedy (or closed-vocabulary) answers on `data_path`."""
-    from src.data.pipeline import read_references
-    from src.inference.pipeline import Answerer, TextGenerator, decoding_settings
+    from src.data.pretrain_data import read_references
+    from src.inference.text_generator import Answerer, TextGenerator, decoding_settings
     references = read_references(data_path)
     answerer = Answerer(TextGenerator(model, tokenizer, decoding_settings(cfg, "vqa", strategy="greedy")), answers,
-                        cfg.get("vqa.rationale", False))
+                        cfg.vqa.rationale)
 
     def evaluate(step):
         metrics = answer_scores(predict_answers(answerer, data_path, cfg, tokenizer, batch_size), references)
@@ -87,13 +87,13 @@ def long_answers(references, lang):
 
 
 def training_references(cfg):
-    from src.data.pipeline import read_references
+    from src.data.pretrain_data import read_references
     return read_references(cfg.data.train) if cfg.data.train else None
 
 
 def evaluate_split(vqa, split, out_dir, batch_size, caption_mode="auto", train_refs=None):
     """Answer data.<split>, score and write the report; returns the results dict."""
-    from src.data.pipeline import read_references
+    from src.data.pretrain_data import read_references
     cfg = vqa.cfg
     path = split_path(cfg, split)
     references = read_references(path)
@@ -138,16 +138,16 @@ def main(argv=None):
     if (args.image is None) != (args.question is None):
         raise UserError("give --image and --question together (or neither, to evaluate a data split)")
     if args.mindir:
-        from src.inference.exported import ExportedModel
+        from src.inference.exported_model import ExportedModel
         cfg = ExportedModel(args.mindir, "vqa", args.overrides).cfg
     else:
         cfg = resolve_config(args.ckpt, args.config or None, args.overrides)
-    closed = args.closed_vocab if args.closed_vocab is not None else cfg.get("vqa.closed_vocab", False)
+    closed = args.closed_vocab if args.closed_vocab is not None else cfg.vqa.closed_vocab
     train_refs = training_references(cfg) if closed or args.image is None else None
     if closed and not train_refs:
         raise UserError("closed-vocabulary VQA takes its answers from data.train; set data.train to the training "
                         "MindRecord")
-    answers = answer_list(train_refs, train_refs[0]["lang"], cfg.get("vqa.answer_list_size", 0)) if closed else None
+    answers = answer_list(train_refs, train_refs[0]["lang"], cfg.vqa.answer_list_size) if closed else None
     vqa = VQA(args.ckpt, args.config or None, args.overrides, args.batch_size, answers, args.mindir,
               **decoding_overrides(args))
     if args.image is not None:

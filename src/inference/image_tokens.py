@@ -18,7 +18,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from src.cli import run_main
+from src.utils.cli import run_main
 from src.errors import UserError
 
 TOKENS_DIR = "tokens"

@@ -17,11 +17,12 @@ import os
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn, ops
+from mindspore import nn
 from tqdm import tqdm
 
 from src.engine.distributed import all_gather_numpy
 from src.errors import UserError
+from src.utils.files import atomic_write
 
 MODES = ("itc", "itm", "itc_itm")
 INDEX_KEYS = ("features", "ids", "image_ids", "sources", "checkpoint")
@@ -63,24 +64,18 @@ class AudioTower(nn.Cell):
         return self.model.audio_features(tokens, token_mask)
 
 
-def pair_logit(model, text, text_mask, image, image_mask):
-    """Pair score of tower outputs: pair_head logit "matched" minus "not matched" (= logit of P(matched))."""
-    logits = model.pair_logits(text, text_mask, image, image_mask)
-    return ops.cast(logits[:, 1] - logits[:, 0], ms.float32)
-
-
 class PairScorer(nn.Cell):
-    """Cross-encoder score of (text, image) pairs from the towers' token outputs (see `pair_logit`)."""
+    """Cross-encoder score of (text, image) pairs from the towers' token outputs (`OPTModel.pair_score`)."""
 
     def __init__(self, model):
         super().__init__(auto_prefix=False)
         self.model = model
 
     def construct(self, text, text_mask, image, image_mask):
-        return pair_logit(self.model, text, text_mask, image, image_mask)
+        return self.model.pair_score(text, text_mask, image, image_mask)
 
 
-class Retriever:
+class RetrievalRunner:
     """The graph Cells of one model for retrieval, run with a fixed batch size. `towers` = (text, image, audio, pair)
     callables with the signatures of TextTower, ImageTower, AudioTower and PairScorer (e.g. exported graphs) replace
     the Cells of `model`."""
@@ -294,12 +289,10 @@ def gather_pair_scores(pairs, scores, gather=all_gather_numpy):
 
 def save_index(path, features, ids, image_ids, sources, checkpoint):
     """Write an image index (npz): normalised features (n, D), record ids, image ids, sources, the checkpoint."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, features=np.asarray(features, np.float32), ids=np.asarray(ids, dtype=str),
-             image_ids=np.asarray(image_ids, dtype=str), sources=np.asarray(sources, dtype=str),
-             checkpoint=np.asarray(str(checkpoint)))
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as stream:
+        np.savez(stream, features=np.asarray(features, np.float32), ids=np.asarray(ids, dtype=str),
+                 image_ids=np.asarray(image_ids, dtype=str), sources=np.asarray(sources, dtype=str),
+                 checkpoint=np.asarray(str(checkpoint)))
     return path
 
 

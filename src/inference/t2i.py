@@ -25,7 +25,8 @@ import numpy as np
 from mindspore import nn, ops
 from tqdm import tqdm
 
-from src.data.masking import IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID, codes_from_tokens, image_token_targets
+from src.data.labels import IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID, codes_from_tokens
+from src.data.masking import image_token_targets
 from src.data.transforms import to_uint8
 from src.errors import UserError
 from src.inference.generation import generate

@@ -13,8 +13,8 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
 # IMAGE_TOKEN_OFFSET: the image-decoder vocabulary is PAD 0, BOS 1, EOS 2, then the VQ codes
-from src.data.masking import (IMAGE_TOKEN_OFFSET, ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_CLASSES,
-                              ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER)
+from src.data.labels import (IMAGE_TOKEN_OFFSET, ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_CLASSES, ITM_IMAGE_SWAPPED,
+                             ITM_MATCHED, ITM_SAME_OTHER)
 
 from .decoder import Decoder
 from .encoders import AudioEncoder, ImageEncoder, TextEncoder, positions
@@ -149,8 +149,13 @@ class OPTModel(nn.Cell):
         sims = (self.text_features(text, text_mask) * self.image_features(image)).sum(-1, keepdims=True)
         return self.pair_head(self.pool(seq), sims, self.contrastive.scale())
 
+    def pair_score(self, text, text_mask, image, image_mask):
+        """Text-image pair score (B,): matched minus not-matched logit (= logit of P(matched)), in fp32."""
+        logits = self.pair_logits(text, text_mask, image, image_mask)
+        return ops.cast(logits[:, 1] - logits[:, 0], ms.float32)
+
     def matching_logits(self, text, text_mask, image, image_mask, audio, audio_mask):
-        """Three-modal matching logits (B, 5) (src.data.masking.ITM_* classes) of single-modal token outputs."""
+        """Three-modal matching logits (B, 5) (src.data.labels.ITM_* classes) of single-modal token outputs."""
         seq, _ = self.fuse(text, text_mask, image, image_mask, audio, audio_mask)
         t, i = self.text_features(text, text_mask), self.image_features(image)
         a = self.audio_features(audio, audio_mask)

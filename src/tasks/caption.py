@@ -182,7 +182,7 @@ class SCSTBatches:
 
     Sampling and the greedy baseline run with the model in eval mode (no dropout) and the current weights;
     `generator` is a `src.inference.pipeline.TextGenerator`, `references` the records of
-    `src.data.pipeline.read_references` (indexed by `index`), `sampling` the keyword arguments of the sampled
+    `src.data.pretrain_data.read_references` (indexed by `index`), `sampling` the keyword arguments of the sampled
     decoding (top_k, top_p, temperature, max_len).
     """
 

@@ -1,6 +1,6 @@
 """Pre-training tasks. Each is a Cell that computes only its own heads and returns one scalar loss.
 
-Inputs come from `src.data.pipeline` batches; `input_names` lists them in the order `construct` takes them (the
+Inputs come from `src.data.pretrain_data` batches; `input_names` lists them in the order `construct` takes them (the
 audio columns come last and only when the data has audio). The cross-modal sequence is [text | image | audio].
 
 | task | inputs seen by the cross-modal encoder           | loss                                                  |
@@ -29,7 +29,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from src.data.masking import ITM_AUDIO_SWAPPED, ITM_MATCHED
+from src.data.labels import ITM_AUDIO_SWAPPED, ITM_MATCHED
 
 from .losses import (cross_entropy, feature_contrastive, feature_regression, gather_positions, info_nce,
                      standardize)

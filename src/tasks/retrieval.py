@@ -16,7 +16,6 @@ chosen on stop-gradient similarities; with `hard_negatives` off every negative i
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.inference.retrieval import pair_logit
 
 from .losses import info_nce
 
@@ -52,8 +51,8 @@ class RetrievalTask(nn.Cell):
         rows = ops.arange(0, b, dtype=ms.int32)
         t_idx = ops.concat((rows, rows, rows, hard_text, self.random_others(b)))
         v_idx = ops.concat((rows, hard_image, self.random_others(b), rows, rows))
-        scores = ops.sigmoid(pair_logit(m, ops.gather(text, t_idx, 0), ops.gather(t_mask, t_idx, 0),
-                                        ops.gather(img, v_idx, 0), ops.gather(i_mask, v_idx, 0)))
+        scores = ops.sigmoid(m.pair_score(ops.gather(text, t_idx, 0), ops.gather(t_mask, t_idx, 0),
+                                          ops.gather(img, v_idx, 0), ops.gather(i_mask, v_idx, 0)))
         positive = scores[:b]
         negative = scores[b:].reshape(4, b)
         ranking = ops.relu(negative - ops.expand_dims(positive, 0) + self.margin).mean()

@@ -18,7 +18,8 @@ def atomic_write(path, mode="w", encoding="utf-8", durable=True):
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, mode, encoding=None if "b" in mode else encoding) as stream:
+        text = "b" not in mode
+        with os.fdopen(handle, mode, encoding=encoding if text else None, newline="\n" if text else None) as stream:
             yield stream
             stream.flush()
             if durable:

@@ -23,6 +23,7 @@ import mindspore as ms
 import numpy as np
 
 from src.errors import UserError
+from src.utils.files import fsync_path
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -66,19 +67,19 @@ def save_checkpoint(path_dir, tensors, meta=None, fmt="ckpt", step=None):
         weights = os.path.join(tmp, WEIGHT_FILES[fmt])
         ms.save_checkpoint([{"name": name, "data": _as_tensor(value)} for name, value in tensors.items()],
                            weights, format=fmt)
-        _fsync_path(weights)
+        fsync_path(weights)
         state = {"format_version": FORMAT_VERSION, "step": step, "meta": meta, "weights_file": WEIGHT_FILES[fmt],
                  "sha256": _sha256(weights), "size_bytes": os.path.getsize(weights), "num_tensors": len(tensors)}
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_path(tmp)
+        fsync_path(tmp)
         _move_into_place(tmp, path_dir)
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_path(parent)
+    fsync_path(parent)
     return path_dir
 
 
@@ -357,14 +358,6 @@ def _remove(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.remove(path)
-
-
-def _fsync_path(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path):

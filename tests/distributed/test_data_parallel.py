@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from src.config import load_config
-from src.data.pipeline import build_pretrain_dataset, epoch_indices, open_mindrecord
+from src.data.pretrain_data import build_pretrain_dataset, epoch_indices, open_mindrecord
 from src.data.tokenizer import Tokenizer
 from tests.helpers import ROOT
 from tests.integration.conftest import TINY_PRETRAIN, build_tiny_data, subprocess_env, task_overrides

@@ -61,7 +61,7 @@ def pretrain_cmd(tiny_data):
 
 def task_overrides(*enabled):
     """--set items switching exactly the pretraining tasks in `enabled` on (ratio 1) and every other one off."""
-    from src.data.pipeline import PRETRAIN_TASKS
+    from src.data.pretrain_data import PRETRAIN_TASKS
     return [f"pretrain.tasks.{t}={1 if t in enabled else 0}" for t in PRETRAIN_TASKS]
 
 

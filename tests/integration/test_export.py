@@ -1,4 +1,4 @@
-"""export.py, the MindIR runner (src.inference.exported) and eval.py --mindir on tiny models of the session's demo
+"""export.py, the MindIR runner (src.inference.exported_model) and eval.py --mindir on tiny models of the session's demo
 data. The "runs" are written directly (config.yaml + one checkpoint of random weights) instead of trained, which
 keeps the file fast; random weights with a wide spread still give varied, input-dependent outputs."""
 import json
@@ -11,16 +11,16 @@ import pytest
 
 import eval as eval_cli
 import export as export_cli
-from src.cli import run_main
+from src.utils.cli import run_main
 from src.config import save_config
 from src.data.build_mindrecord import build_mindrecord
 from src.data.tokenizer import Tokenizer
 from src.weights.checkpoint import save_checkpoint
-from src.inference.exported import ExportedModel
-from src.inference.exporting import GenerationEncoder
+from src.inference.exported_model import ExportedModel
+from src.inference.export_graphs import GenerationEncoder
 from src.inference.generation import decoding_cells, generate
 from src.inference.loading import load_trained_model, resolve_config
-from src.inference.pipeline import TextGenerator, decoding_settings
+from src.inference.text_generator import TextGenerator, decoding_settings
 from src.inference.retrieval import AudioTower, ImageTower, PairScorer, TextTower
 from src.tasks.caption import MemoryEncoder
 from tests.helpers import ROOT

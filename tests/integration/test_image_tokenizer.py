@@ -47,8 +47,8 @@ def test_extracted_tokens_decode_and_feed_the_pretrain_id_task(vq_run, tiny_data
     from src.config import load_config
     from src.data.build_mindrecord import build_mindrecord
     from src.inference.image_tokens import main
-    from src.data.masking import IMAGE_EOS_ID, codes_from_tokens
-    from src.data.pipeline import build_pretrain_dataset
+    from src.data.labels import IMAGE_EOS_ID, codes_from_tokens
+    from src.data.pretrain_data import build_pretrain_dataset
     from src.data.tokenizer import Tokenizer
 
     ckpt = os.path.join(vq_run, "checkpoints", "step_00000006")
@@ -86,7 +86,7 @@ def test_extracted_tokens_decode_and_feed_the_pretrain_id_task(vq_run, tiny_data
 
 
 def test_extraction_errors_are_one_line(tmp_path, capsys):
-    from src.cli import run_main
+    from src.utils.cli import run_main
     from src.inference.image_tokens import main
     assert run_main(main, ["--vq", str(tmp_path / "missing"), "--decode", "x.npy", "--out", "x.png"]) == 2
     assert capsys.readouterr().err.startswith("error: no config for VQ checkpoint")
@@ -113,7 +113,7 @@ def _val_codes(vq, manifest, image_size):
 def test_a_reloaded_checkpoint_encodes_exactly_like_the_model_that_was_trained(tiny_data, tmp_path):
     """The codebook buffers (written with ops.assign inside the train step) reach the checkpoint: load_vq gives the
     same codes as the in-training model, and the usage of those codes is what the run reported."""
-    from src.cli import run_training
+    from src.engine.launch import run_training
     from src.inference.loading import load_vq
     from src.models.vq import codebook_usage
     script = _load_training_script()

@@ -54,7 +54,7 @@ def test_fine_tune_then_evaluate_and_query(data, tmp_path, capsys):
 def test_user_errors_exit_with_code_2(data, tmp_path, capsys):
     config = tmp_path / "cfg.yaml"
     config.write_text(f"base: {ROOT}/config/retrieval/tiny.yaml\ndata: {{vocab: {data / 'vocab.txt'}}}\n")
-    from src.cli import run_main
+    from src.utils.cli import run_main
     assert run_main(eval_cli.main, ["--task", "retrieval", "--ckpt", str(tmp_path / "none"), "--config",
                                     str(config), "--index", str(tmp_path / "missing.npz"), "--query", "圆"]) == 2
     assert "error:" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from src.engine.train_step import LossScale, TrainStep
 from src.evaluation.caption import eval_batch_size
 from src.evaluation.vqa import answer_list, answer_scores
 from src.inference.generation import score_sequences
-from src.inference.pipeline import Answerer, TextGenerator, decoding_settings
+from src.inference.text_generator import Answerer, TextGenerator, decoding_settings
 from src.models.opt import build_model
 from src.tasks.caption import (CaptionTask, SCSTTask, VQATask, cider_scores, encode_inputs, repeat_rows,
                                scst_advantages, teacher_forcing_arrays)

@@ -16,7 +16,7 @@ from mindspore import nn
 
 from src.weights import checkpoint as ckpt
 from src.weights.checkpoint import (CheckpointManager, add_prefix, capture_rng_state, load_checkpoint, load_into,
-                                   restore_rng_state, save_checkpoint, strip_prefix)
+                                    restore_rng_state, save_checkpoint, strip_prefix)
 from src.errors import UserError
 from tests.helpers import ROOT
 

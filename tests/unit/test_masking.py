@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from src.data.masking import (IMAGE_EOS_ID, IMAGE_TOKEN_OFFSET, ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT,
-                              ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER, codes_from_tokens, image_token_targets,
-                              image_vocab_size, itm_batch, mask_positions, mask_tokens, mask_whole_text,
+from src.data.labels import (IMAGE_EOS_ID, IMAGE_TOKEN_OFFSET, ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT,
+                             ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER, codes_from_tokens, image_vocab_size)
+from src.data.masking import (image_token_targets, itm_batch, mask_positions, mask_tokens, mask_whole_text,
                               modality_schedule, pair_match_batch, sample_rng, text_generation_targets)
 from src.errors import UserError
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from src.data.masking import ITM_CLASSES, ITM_IMAGE_SWAPPED, ITM_MATCHED
+from src.data.labels import ITM_CLASSES, ITM_IMAGE_SWAPPED, ITM_MATCHED
 from src.models.heads import MatchingHead
 from src.models.opt import PAIR_PATTERN, THREE_MODAL_PATTERN
 

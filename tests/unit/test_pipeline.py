@@ -7,10 +7,11 @@ import pytest
 from src.data.build_mindrecord import build_mindrecord
 from src.data.demo import generate_demo
 from src.data.manifest import read_manifest
-from src.data.masking import (ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER,
-                              IMAGE_BOS_ID, IMAGE_EOS_ID, mask_tokens, sample_rng)
-from src.data.pipeline import (PRETRAIN_TASKS, build_eval_dataset, build_pretrain_dataset, epoch_indices,
-                               open_mindrecord, read_references, task_columns, task_requirements)
+from src.data.labels import (ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER,
+                             IMAGE_BOS_ID, IMAGE_EOS_ID)
+from src.data.masking import mask_tokens, sample_rng
+from src.data.pretrain_data import (PRETRAIN_TASKS, build_eval_dataset, build_pretrain_dataset, epoch_indices,
+                                    open_mindrecord, read_references, task_columns, task_requirements)
 from src.data.tokenizer import Tokenizer
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from src.errors import UserError
@@ -292,7 +293,7 @@ def test_eval_dataset_pads_beyond_the_record_count(data):
 
 
 def test_vqa_rationale_targets_are_rationale_separator_answer(data):
-    from src.data.finetune_pipeline import build_vqa_dataset
+    from src.data.finetune_data import build_vqa_dataset
     tokenizer, samples = data["tokenizer"], data["samples"]["vqa"]
     cfg = data["cfg"].with_updates({"data.use_audio": False, "vqa.rationale": True,
                                     "model.text_decoder.max_len": 40})
@@ -326,7 +327,7 @@ def test_vqa_rationale_targets_are_rationale_separator_answer(data):
 
 
 def test_rationale_answer_ids_cut_the_rationale_first():
-    from src.data.finetune_pipeline import rationale_answer_ids
+    from src.data.finetune_data import rationale_answer_ids
     CLS, SEP, MASK = 2, 3, 4
     rationale, answer = np.array([CLS, 10, 11, 12, 13, SEP]), np.array([CLS, 20, 21, SEP])
     assert rationale_answer_ids(rationale, answer, MASK, 10).tolist() == [CLS, 10, 11, 12, 13, MASK, 20, 21, SEP]
@@ -336,7 +337,7 @@ def test_rationale_answer_ids_cut_the_rationale_first():
 
 
 def test_vqa_rationale_training_needs_rationales_in_the_data(data, tmp_path):
-    from src.data.finetune_pipeline import build_vqa_dataset
+    from src.data.finetune_data import build_vqa_dataset
     lines = [json.loads(line) for line in (data["root"] / "val_vqa.jsonl").read_text(encoding="utf-8").splitlines()]
     manifest = tmp_path / "vqa.jsonl"
     manifest.write_text("".join(json.dumps({k: v for k, v in line.items() if k != "rationales"},
@@ -354,7 +355,7 @@ def test_vqa_rationale_training_needs_rationales_in_the_data(data, tmp_path):
 
 @pytest.mark.parametrize("rationale", [False, True])
 def test_vqa_mirroring_flips_the_image_and_swaps_left_and_right(data, rationale):
-    from src.data.finetune_pipeline import build_vqa_dataset
+    from src.data.finetune_data import build_vqa_dataset
     tokenizer = data["tokenizer"]
     n = len(data["samples"]["vqa"])
     plain_cfg = data["cfg"].with_updates({"data.use_audio": False, "vqa.rationale": rationale})
@@ -384,7 +385,7 @@ def test_vqa_mirroring_flips_the_image_and_swaps_left_and_right(data, rationale)
 
 
 def test_vqa_mirroring_needs_swappable_words(data):
-    from src.data.finetune_pipeline import build_vqa_dataset
+    from src.data.finetune_data import build_vqa_dataset
     from src.data.tokenizer import word_swap_table
     tokenizer = data["tokenizer"]
     table = word_swap_table(tokenizer, [["左", "右"], ["left", "right"]], "data.mirror_prob=0")  # "left" is not in the demo vocabulary

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from src.data.masking import ITM_AUDIO_SWAPPED, ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER
+from src.data.labels import ITM_AUDIO_SWAPPED, ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER
 from src.models.opt import build_model
 from src.tasks import pretrain
 from src.tasks.pretrain import build_task

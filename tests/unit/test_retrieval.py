@@ -10,13 +10,13 @@ from src.config import load_config
 from src.data.build_mindrecord import build_mindrecord
 from src.data.demo import generate_demo
 from src.data.manifest import read_manifest
-from src.data.pipeline import build_pretrain_dataset
+from src.data.pretrain_data import build_pretrain_dataset
 from src.data.tokenizer import Tokenizer
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from src.engine.optim import build_optimizer
 from src.engine.train_step import LossScale, TrainStep
 from src.evaluation.retrieval import directional_recall, evaluate, query_index
-from src.inference.retrieval import (Retriever, gather_items, gather_pair_scores, load_index, mode_matrices,
+from src.inference.retrieval import (RetrievalRunner, gather_items, gather_pair_scores, load_index, mode_matrices,
                                      query_pairs, save_index, search_index, shard_positions, shortlist_mask)
 from src.models.opt import build_model
 from src.tasks.retrieval import RetrievalTask
@@ -120,7 +120,7 @@ def setup(tmp_path_factory):
     ms.set_seed(0)
     model = build_model(cfg.model)
     model.set_train(False)
-    return {"cfg": cfg, "tokenizer": tokenizer, "model": model, "retriever": Retriever(model, B), "root": root}
+    return {"cfg": cfg, "tokenizer": tokenizer, "model": model, "retriever": RetrievalRunner(model, B), "root": root}
 
 
 def _evaluate(setup, mode, k=16, **kwargs):
@@ -154,7 +154,7 @@ def test_embeddings_do_not_depend_on_the_batch_size(setup):
     ids, mask = (np.stack(c) for c in zip(*[setup["tokenizer"].encode_padded(t, 16)
                                             for t in ["一个红色的圆", "左边有一个蓝色的正方形", "中间", "右边", "圆"]]))
     by_4 = setup["retriever"].embed_texts(ids, mask)
-    by_2 = Retriever(setup["model"], 2).embed_texts(ids, mask)
+    by_2 = RetrievalRunner(setup["model"], 2).embed_texts(ids, mask)
     for key in ("features", "tokens", "token_mask"):
         np.testing.assert_allclose(by_4[key], by_2[key], rtol=1e-5, atol=1e-6)
     assert by_4["features"].shape[0] == 5
@@ -172,7 +172,8 @@ def test_pair_scores_do_not_depend_on_the_batch_or_its_filler_rows(setup):
               "token_mask": np.ones((2, image_tokens), np.int32)}
     pairs = np.array([[0, 0], [0, 1], [1, 0], [2, 1], [1, 1], [2, 0], [0, 1]])  # 7 = 4 + a short batch of 3
     by_4 = setup["retriever"].score_pairs(texts, images, pairs)
-    alone = np.concatenate([Retriever(setup["model"], 1).score_pairs(texts, images, pair[None]) for pair in pairs])
+    one_by_one = RetrievalRunner(setup["model"], 1)
+    alone = np.concatenate([one_by_one.score_pairs(texts, images, pair[None]) for pair in pairs])
     assert by_4.shape == (7,) and by_4.dtype == np.float32
     np.testing.assert_allclose(by_4, alone, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(by_4[1], by_4[6], rtol=1e-6)   # the same pair in a full and in the filled batch
@@ -198,7 +199,7 @@ def test_index_round_trip(setup, tmp_path):
 
 
 class _Locked:
-    """A Retriever's methods one call at a time, for two "ranks" sharing a process as threads. MindSpore's dataset
+    """A RetrievalRunner's methods one call at a time, for two "ranks" sharing a process as threads. MindSpore's dataset
     engine is not thread-safe either: building one rank's pipeline while the other rank iterates its own deadlocked
     once (a ConcatDataset's iterator clean-up waiting on the other thread's iterator), so `locked_pipelines` puts
     building a pipeline and starting its iterator under the same lock."""
@@ -207,7 +208,7 @@ class _Locked:
 
     @classmethod
     def locked_pipelines(cls, monkeypatch):
-        import src.data.pipeline as pipeline
+        import src.data.pretrain_data as pipeline
         build = pipeline.build_eval_dataset
 
         def locked_build(*args, **kwargs):
@@ -275,7 +276,7 @@ def test_fine_tuning_improves_training_set_recall(setup):
                  .create_dict_iterator(num_epochs=1, output_numpy=True))
     inputs = [ms.Tensor(batch[name]) for name in task.input_names]
 
-    retriever = Retriever(model, N_TRAIN)
+    retriever = RetrievalRunner(model, N_TRAIN)
 
     def train_recall():
         model.set_train(False)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from src.data.masking import IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID, IMAGE_TOKEN_OFFSET
+from src.data.labels import IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID, IMAGE_TOKEN_OFFSET
 from src.errors import UserError
 from src.metrics.t2i import r_precision
 

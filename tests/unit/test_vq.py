@@ -4,7 +4,8 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from src.data.masking import IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID, codes_from_tokens, image_token_targets
+from src.data.labels import IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID, codes_from_tokens
+from src.data.masking import image_token_targets
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_uint8
 from src.models.vq import (OFFSET_STEP, ROW_STRIDE, VQVAE, Quantizer, ReconstructionLoss, build_vq, codebook_usage,
                            psnr)

@@ -5,7 +5,7 @@ loads every graph with `ms.load` + `nn.GraphCell`. It provides what the checkpoi
 
 - `text_generator(tokenizer, settings)`: a `TextGenerator` whose memory comes from the encoder graph and whose
   greedy / beam / sampled search (src.inference.generation) steps through the step graph;
-- `retriever(batch_size)`: a `src.inference.retrieval.Retriever` over the tower and pair graphs.
+- `retriever(batch_size)`: a `src.inference.retrieval.RetrievalRunner` over the tower and pair graphs.
 
 `cfg` is the export's config with the `overrides` applied (data and decoding settings; the model's shapes are fixed
 by the graphs) and data.vocab pointing at the exported vocabulary. Graphs are loaded on first use. A graph exported
@@ -22,10 +22,10 @@ from mindspore import nn
 
 from src.config import load_config
 from src.errors import UserError
-from src.inference.exporting import MANIFEST_SUFFIX, MANIFEST_VERSION
+from src.inference.export_graphs import MANIFEST_SUFFIX, MANIFEST_VERSION
 from src.inference.generation import generate_from_state
-from src.inference.pipeline import TextGenerator
-from src.inference.retrieval import Retriever, fill_batch
+from src.inference.text_generator import TextGenerator
+from src.inference.retrieval import RetrievalRunner, fill_batch
 
 
 def find_manifest(path, task=None):
@@ -126,7 +126,7 @@ class ExportedModel:
         def audio(*inputs):
             why = " (data.use_audio was false at export; evaluate with --set data.use_audio=false)"
             return self.graph("audio", why)(*inputs)
-        return Retriever(None, batch_size, towers=(self.graph("text"), self.graph("image"), audio,
+        return RetrievalRunner(None, batch_size, towers=(self.graph("text"), self.graph("image"), audio,
                                                    self.graph("pair")))
 
 

@@ -1,6 +1,6 @@
 """Fine-tuning pipelines over MindRecord: captioning, VQA and self-critical (SCST) captioning batches.
 
-Built on `src.data.pipeline`: the same epoch permutation per rank (`epoch_indices`), the same per-sample random
+Built on `src.data.pretrain_data`: the same epoch permutation per rank (`epoch_indices`), the same per-sample random
 streams (`sample_rng(seed, epoch, index)`), the same image transforms and text / audio arrays. Evaluation uses
 `pipeline.build_eval_dataset` unchanged.
 
@@ -21,8 +21,8 @@ import json
 import numpy as np
 
 from src.data.masking import sample_rng, text_generation_targets
-from src.data.pipeline import (_check_data, _SampleArrays, _split_captions, open_mindrecord, stored_array,
-                               training_positions, training_samples)
+from src.data.pretrain_data import (_check_data, _SampleArrays, _split_captions, open_mindrecord, stored_array,
+                                    training_positions, training_samples)
 from src.data.tokenizer import word_swap_table
 from src.errors import UserError
 
@@ -44,7 +44,7 @@ def check_finetune_data(data_path, cfg, kind):
     if kind == "vqa" and not info.meta["has_vqa"]:
         raise UserError(f"MindRecord {data_path} holds no questions; build it from a VQA manifest (lines with "
                         "'question' and 'answers', e.g. data/demo/train_vqa.jsonl)")
-    if kind == "vqa" and cfg.get("vqa.rationale", False) and not info.meta.get("has_rationales", False):
+    if kind == "vqa" and cfg.vqa.rationale and not info.meta.get("has_rationales", False):
         raise UserError(f"vqa.rationale is on but MindRecord {data_path} has questions without rationales; give every "
                         "manifest line a 'rationales' list and rebuild it, or set vqa.rationale=false")
     if kind in ("caption", "scst") and not info.meta["has_captions"]:
@@ -141,8 +141,8 @@ class _VQASample(_ImageOnlySample):
 
     def __init__(self, cfg, tokenizer, epoch, has_audio):
         self.seed, self.epoch, self.tokenizer = cfg.run.seed, epoch, tokenizer
-        self.rationale = bool(cfg.get("vqa.rationale", False))
-        self.answer_weight = float(cfg.get("vqa.answer_weight", 1.0))
+        self.rationale = bool(cfg.vqa.rationale)
+        self.answer_weight = float(cfg.vqa.answer_weight)
         if self.answer_weight <= 0:
             raise UserError(f"vqa.answer_weight must be positive, got {self.answer_weight}")
         self.mirror_prob = float(cfg.data.mirror_prob)

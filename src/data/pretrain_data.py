@@ -22,9 +22,9 @@ import numpy as np
 import mindspore.dataset as ds
 
 from src.data.build_mindrecord import vocab_sha256
-from src.data.masking import (ITM_IMAGE_SWAPPED, ITM_MATCHED, image_token_targets, itm_batch, mask_positions,
-                              mask_tokens, mask_whole_text, modality_schedule, pair_match_batch, sample_rng,
-                              text_generation_targets)
+from src.data.labels import ITM_IMAGE_SWAPPED, ITM_MATCHED
+from src.data.masking import (image_token_targets, itm_batch, mask_positions, mask_tokens, mask_whole_text,
+                              modality_schedule, pair_match_batch, sample_rng, text_generation_targets)
 from src.data.transforms import image_transforms, pad_or_truncate
 from src.errors import UserError
 

@@ -13,7 +13,7 @@ encoders take N rows, the step graphs (step, step_audio) N * beams rows (beams =
 <task>.strategy is beam, else 1).
 
 Next to the graphs go PREFIX_config.yaml (the resolved config), PREFIX_vocab.txt (the tokenizer vocabulary) and
-PREFIX_export.json, the manifest the runner (`src.inference.exported`) reads. Every file is written under a
+PREFIX_export.json, the manifest the runner (`src.inference.exported_model`) reads. Every file is written under a
 temporary name and renamed once all of them exist, so a failed export leaves nothing behind.
 """
 import json
@@ -150,7 +150,7 @@ def generation_graphs(cfg, model, task, batch_size):
 
 def step_rows(cfg, task, batch_size):
     """Rows of a static step graph: batch_size * beam_size for beam search, else batch_size."""
-    from src.inference.pipeline import decoding_settings
+    from src.inference.text_generator import decoding_settings
     settings = decoding_settings(cfg, task)
     return batch_size * (int(settings["beam_size"]) if settings["strategy"] == "beam" else 1)
 
@@ -243,7 +243,7 @@ def _manifest(cfg, model, task, base, file_format, batch_size, checkpoint, graph
                 "config": f"{base}_config.yaml", "vocab": f"{base}_vocab.txt", "lower_case": cfg.data.lower_case,
                 "has_audio": bool(cfg.data.use_audio)}
     if task != "retrieval":
-        from src.inference.pipeline import decoding_settings
+        from src.inference.text_generator import decoding_settings
         manifest.update(bos_id=tokenizer.cls_id, eos_id=tokenizer.sep_id, pad_id=tokenizer.pad_id,
                         max_len=model.text_decoder.max_len, decoder_layers=model.text_decoder.num_layers,
                         decoding=decoding_settings(cfg, task))
