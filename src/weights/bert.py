@@ -66,7 +66,7 @@ def map_dense(imp, base, ours):
     imp.take(base + ".bias", ours + ".bias")
 
 
-def map_bert(imp, prefix, model_cfg, what="BERT text weights"):
+def map_bert(imp, prefix, model_cfg, what="BERT text weights", config_section=None):
     """Map the BERT text stack under `prefix` into text_encoder, after checking the file against model.text."""
     c = model_cfg.text
     check_text_config(imp, c, model_cfg.layer_norm_eps, what)
@@ -78,6 +78,7 @@ def map_bert(imp, prefix, model_cfg, what="BERT text weights"):
               "use the vocab.txt these weights were trained with as data.vocab (and model.text.vocab_size: 0)")
     layers = layer_count(imp.tensors, re.escape(prefix) + r"encoder\.layer\.(\d+)\.")
     imp.check(layers, c.layers, "the number of text layers", "set model.text.layers to the file's count")
+    imp.check_heads(c.heads, "model.text.heads", config_section)
     ffn = imp.get(prefix + "encoder.layer.0.intermediate.dense.weight").shape[0] if layers else c.ffn
     imp.check(ffn, c.ffn, "the text feed-forward width", "set model.text.ffn to the file's width")
     types = imp.get(e + "token_type_embeddings.weight")

@@ -36,7 +36,7 @@ def map_chinese_clip_file(imp, model_cfg, interpolation):
     projection = imp.get("text_projection.weight")
     imp.check(projection.shape[0], heads.contrastive_dim, "the projection width (text_projection rows)",
               "set model.heads.contrastive_dim to the file's")
-    map_bert(imp, "text_model.", model_cfg, "Chinese-CLIP's text tower")
+    map_bert(imp, "text_model.", model_cfg, "Chinese-CLIP's text tower", config_section="text_config")
     map_clip_vision(imp, model_cfg, interpolation)
     imp.take("text_projection.weight", "contrastive.text_proj.weight")
     imp.take("visual_projection.weight", "contrastive.image_proj.weight")

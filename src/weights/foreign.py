@@ -109,6 +109,15 @@ class WeightImport:
         if found != wanted:
             raise UserError(f"{self.path}: {what} is {found} in the file but {wanted} in the config; {fix}")
 
+    def check_heads(self, wanted, config_key, section=None):
+        """Attention heads are not in the weights: compare config.json's `num_attention_heads` (in `section`, e.g.
+        text_config) with the config's when a config.json sits beside the file."""
+        config = sidecar_json(self.path, "config.json") or {}
+        config = config.get(section, {}) if section else config
+        if "num_attention_heads" in config:
+            self.check(int(config["num_attention_heads"]), wanted, "the number of attention heads (config.json)",
+                       f"set {config_key} to config.json's num_attention_heads")
+
     def take(self, key, ours, value=None, action="mapped", detail=""):
         """Map source `key` to our parameter `ours`, with `value` replacing the stored array when it was changed
         (reshaped, sliced, interpolated, ...). Several keys may feed one parameter (qkv slices feed three)."""

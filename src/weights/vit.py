@@ -146,9 +146,10 @@ def map_dense(imp, base, ours):
     imp.take(base + ".bias", ours + ".bias")
 
 
-def check_layers(imp, layers, model_cfg, sample_fc1):
+def check_layers(imp, layers, model_cfg, sample_fc1, config_section=None):
     c = model_cfg.image
     imp.check(layers, c.layers, "the number of image layers", "set model.image.layers to the file's count")
+    imp.check_heads(c.heads, "model.image.heads", config_section)
     if layers:
         imp.check(imp.get(sample_fc1).shape[0], c.ffn, "the image feed-forward width",
                   "set model.image.ffn to the file's width")
@@ -208,7 +209,7 @@ def map_clip_vision(imp, model_cfg, interpolation, prefix="vision_model."):
     check_image_config(imp, CLIP_VIT, model_cfg)
     e = prefix + "embeddings."
     layers = layer_count(imp.tensors, re.escape(prefix) + r"encoder\.layers\.(\d+)\.")
-    check_layers(imp, layers, model_cfg, f"{prefix}encoder.layers.0.mlp.fc1.weight")
+    check_layers(imp, layers, model_cfg, f"{prefix}encoder.layers.0.mlp.fc1.weight", "vision_config")
     map_patch_and_positions(imp, CLIP_VIT, model_cfg, (e + "class_embedding", e + "position_embedding.weight",
                                                        e + "patch_embedding.weight", None), interpolation)
     imp.drop(e + "position_ids", "an index buffer of older exports, not a weight")

@@ -112,9 +112,9 @@ def timm_vit_state(rng, grid, layers=1, classes=10):
     return sd
 
 
-def cnclip_state(rng, grid, layers=1, projection=16):
+def cnclip_state(rng, grid, layers=1, projection=16, vocab=V):
     """HuggingFace ChineseCLIPModel: text_model.* (BERT, no pooler), vision_model.* (CLIP ViT), projections."""
-    sd = bert_state(rng, "text_model.", layers, heads_of=None)
+    sd = bert_state(rng, "text_model.", layers, vocab, heads_of=None)
     e = "vision_model.embeddings."
     sd[e + "class_embedding"] = normal(rng, D)
     sd[e + "patch_embedding.weight"] = normal(rng, D, 3, PATCH, PATCH, std=0.05)
@@ -520,3 +520,11 @@ def test_new_model_configs_resolve_and_build_cut_to_one_layer(name, pynative):
 def test_new_run_configs_resolve(path):
     cfg = load_config(os.path.join(ROOT, "config", path))
     assert cfg.checkpoint.init_towers or (cfg.checkpoint.init_text and cfg.checkpoint.init_image)
+
+
+def test_head_count_from_config_json_is_checked(tmp_path):
+    path = write(tmp_path / "bert", bert_state(np.random.default_rng(10)),
+                 config={"num_attention_heads": 4, "layer_norm_eps": 1e-12})
+    cfg = config(tmp_path, BERT_MATH + [f"checkpoint.init_text={path}"])
+    with pytest.raises(UserError, match="number of attention heads .config.json. is 4 in the file but 2"):
+        init_from_pretrained(build_model(cfg.model), cfg)
