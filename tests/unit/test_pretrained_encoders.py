@@ -515,11 +515,25 @@ def test_new_model_configs_resolve_and_build_cut_to_one_layer(name, pynative):
     assert "text_encoder.encoder.final_norm.gamma" not in names          # post-LN BERT has no final LayerNorm
 
 
-@pytest.mark.parametrize("path", ["retrieval/cnclip_zeroshot.yaml", "retrieval/cnclip_finetune.yaml",
-                                  "pretrain/bert_vit.yaml"])
-def test_new_run_configs_resolve(path):
-    cfg = load_config(os.path.join(ROOT, "config", path))
-    assert cfg.checkpoint.init_towers or (cfg.checkpoint.init_text and cfg.checkpoint.init_image)
+ENCODERS_FROZEN, TOWERS_ONLY = "encoders frozen", "towers only"
+
+
+@pytest.mark.parametrize("path, recipe", [("retrieval/cnclip_zeroshot.yaml", None),
+                                          ("retrieval/cnclip_finetune.yaml", ENCODERS_FROZEN),
+                                          ("pretrain/bert_vit.yaml", ENCODERS_FROZEN),
+                                          ("pretrain/bert_vit_towers.yaml", TOWERS_ONLY)])
+def test_new_run_configs_resolve_and_their_freeze_lists_fit_the_model(path, recipe, pynative):
+    from src.engine.optim import select_trainable
+    from src.weights.pretrained import pretrained_sources
+    cut = [f"model.{part}.layers=1" for part in ("text", "image", "audio", "cross", "text_decoder", "image_decoder")]
+    cfg = load_config(os.path.join(ROOT, "config", path), cut)
+    assert [key for key, _ in pretrained_sources(cfg.checkpoint)] in (["init_towers"], ["init_text", "init_image"])
+    params = build_model(cfg.model).trainable_params()
+    trained = {p.name.split(".")[0] for p in select_trainable(params, cfg.train.freeze)}
+    everything = {p.name.split(".")[0] for p in params}
+    expected = {None: everything, ENCODERS_FROZEN: everything - {"text_encoder", "image_encoder"},
+                TOWERS_ONLY: {"text_encoder", "image_encoder", "contrastive"}}[recipe]
+    assert trained == expected
 
 
 def test_head_count_from_config_json_is_checked(tmp_path):
