@@ -129,20 +129,19 @@ class Trainer:
             self.skipped = int(meta.get("skipped_steps", 0))
             restore_rng_state(meta.get("rng", {}))
             notice = f"resumed from {path} at step {self.start_step}"
-        elif ckpt.resume == "auto":
-            notice = "checkpoint.resume=auto: no checkpoint yet, starting from scratch"
-        elif pretrained_sources(ckpt):
-            report = init_from_pretrained(self.model, self.cfg)
-            notice = report.summary()
-            if self.dist.is_main:
-                path, _ = report.write(self.out_dir)
-                notice += f" (load report: {path})"
-        elif ckpt.init:
-            missing = init_from_checkpoint(self.model, ckpt.init, ckpt.allow_missing_keys)
-            notice = f"model initialised from {ckpt.init}" + (f" ({len(missing)} parameters kept their fresh "
-                                                              f"initialisation)" if missing else "")
         else:
-            notice = None
+            # resume=auto without a checkpoint yet is a first start: it initialises like one
+            notices = ["checkpoint.resume=auto: no checkpoint yet, starting at step 0"] if ckpt.resume == "auto" else []
+            if pretrained_sources(ckpt):
+                report = init_from_pretrained(self.model, self.cfg)
+                notices.append(report.summary())
+                if self.dist.is_main:
+                    notices[-1] += f" (load report: {report.write(self.out_dir)[0]})"
+            elif ckpt.init:
+                missing = init_from_checkpoint(self.model, ckpt.init, ckpt.allow_missing_keys)
+                notices.append(f"model initialised from {ckpt.init}" + (
+                    f" ({len(missing)} parameters kept their fresh initialisation)" if missing else ""))
+            notice = "; ".join(notices) or None
         for name in self.steps:
             pos = positions.get(name, {"epoch": 0, "batch": 0})
             self.streams[name] = DataStream(self.datasets[name], pos["epoch"], pos["batch"])

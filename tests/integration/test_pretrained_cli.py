@@ -41,9 +41,10 @@ def overrides(root, weights, out):
 
 @pytest.mark.slow
 def test_train_retrieval_starts_from_chinese_clip_and_writes_the_load_report(data, tmp_path):
+    """(with checkpoint.resume=auto: a first start without a checkpoint still loads the pre-trained towers)"""
     root, weights = data
     run = tmp_path / "run"
-    sets = overrides(root, weights, run) + ["train.steps=1", "checkpoint.every=1",
+    sets = overrides(root, weights, run) + ["train.steps=1", "checkpoint.every=1", "checkpoint.resume=auto",
                                             "train.freeze=[text_encoder,image_encoder]"]
     assert train_retrieval.main(["--config", f"{ROOT}/config/retrieval/tiny.yaml", "--set", *sets]) == 0
     report = json.loads((run / "load_report.json").read_text(encoding="utf-8"))

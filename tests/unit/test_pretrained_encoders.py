@@ -542,3 +542,25 @@ def test_head_count_from_config_json_is_checked(tmp_path):
     cfg = config(tmp_path, BERT_MATH + [f"checkpoint.init_text={path}"])
     with pytest.raises(UserError, match="number of attention heads .config.json. is 4 in the file but 2"):
         init_from_pretrained(build_model(cfg.model), cfg)
+
+
+def test_init_vocab_names_the_weights_vocabulary(tmp_path):
+    path = write(tmp_path / "bert", bert_state(np.random.default_rng(11)))          # no vocab.txt beside it
+    other = tmp_path / "their_vocab.txt"
+    other.write_text("\n".join(vocab_tokens()[:-1] + ["另一个"]) + "\n", encoding="utf-8")
+    cfg = config(tmp_path, BERT_MATH + [f"checkpoint.init_text={path}", f"checkpoint.init_vocab={other}"])
+    with pytest.raises(UserError, match=f"line {V} is '字{V - 6}' but the weights' vocabulary"):
+        init_from_pretrained(build_model(cfg.model), cfg)
+    same = tmp_path / "same_vocab.txt"
+    same.write_text("\n".join(vocab_tokens()) + "\n", encoding="utf-8")
+    cfg = config(tmp_path, BERT_MATH + [f"checkpoint.init_text={path}", f"checkpoint.init_vocab={same}"])
+    assert init_from_pretrained(build_model(cfg.model), cfg).counts()["mapped"] > 0
+
+
+def test_clashing_init_keys_are_refused(tmp_path):
+    from src.weights.pretrained import pretrained_sources
+    for sets, words in ((["checkpoint.init_towers=a.safetensors", "checkpoint.init_text=b.safetensors"],
+                         "init_towers"),
+                        (["checkpoint.init=run/step_1", "checkpoint.init_image=b.safetensors"], "both set")):
+        with pytest.raises(UserError, match=words):
+            pretrained_sources(config(tmp_path, sets).checkpoint)
