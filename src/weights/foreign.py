@@ -19,7 +19,8 @@ from src.errors import UserError
 
 TORCH_TO_SAFETENSORS = ('python -c "import sys, torch; from safetensors.torch import save_file; '
                         'sd = torch.load(sys.argv[1], map_location=\'cpu\'); sd = sd.get(\'state_dict\', sd); '
-                        'save_file({k: v.clone().contiguous() for k, v in sd.items()}, sys.argv[2])" MODEL.bin model.safetensors')
+                        'save_file({k: v.clone().contiguous() for k, v in sd.items()}, sys.argv[2])" '
+                        'MODEL.bin model.safetensors')
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _FLOAT_SOURCE = ("F64", "F16", "BF16")

@@ -1,20 +1,25 @@
 """ViT image weights into OPT's image encoder: HuggingFace ViTModel / ViTForImageClassification, timm
 VisionTransformer, and the vision tower of (Chinese-)CLIP. Our image encoder is a pre-LN ViT with a global token
-(token 0, the CLS token) and a final LayerNorm, so all three map block for block:
+(token 0, the CLS token) and a final LayerNorm, so all three map block for block. Ours (under image_encoder.) first:
 
-    HF ViT ({p} = 'vit.' or '')            timm                      CLIP ({p} = 'vision_model.')       ours (image_encoder.)
-    {p}embeddings.cls_token [1,1,D]         cls_token [1,1,D]         {p}embeddings.class_embedding [D]  global_token (1,1,D)
-    {p}embeddings.position_embeddings       pos_embed [1,1+N,D]       {p}embeddings.position_embedding   position_embeddings
-       [1,1+N,D]                                                         .weight [1+N,D]                  (1+n, D), resized
-    {p}embeddings.patch_embeddings          patch_embed.proj          {p}embeddings.patch_embedding      patch_embed (D, C*P*P)
-       .projection.weight/bias [D,C,P,P]       .weight/bias              .weight [D,C,P,P], no bias
-    -                                       -                         {p}pre_layrnorm (sic)              pre_norm
-    {p}encoder.layer.N.layernorm_before     blocks.N.norm1            {p}encoder.layers.N.layer_norm1    encoder.blocks.N.ln1
-    ...attention.attention.query/key/value  blocks.N.attn.qkv [3D,D]  ...self_attn.q_proj/k_proj/v_proj  ...attn.query/key/value
-    ...attention.output.dense               blocks.N.attn.proj        ...self_attn.out_proj              ...attn.out
-    ...layernorm_after                      blocks.N.norm2            ...layer_norm2                     ...ln2
-    ...intermediate.dense / output.dense    blocks.N.mlp.fc1 / fc2    ...mlp.fc1 / mlp.fc2               ...ffn.fc1 / ffn.fc2
-    {p}layernorm                            norm                      {p}post_layernorm                  encoder.final_norm
+    global_token (1,1,D)             HF {p}embeddings.cls_token [1,1,D]; timm cls_token [1,1,D];
+                                     CLIP {p}embeddings.class_embedding [D]
+    position_embeddings (1+n, D)     HF {p}embeddings.position_embeddings [1,1+N,D]; timm pos_embed [1,1+N,D];
+                                     CLIP {p}embeddings.position_embedding.weight [1+N,D]   (resized when N != n)
+    patch_embed (D, C*P*P) + bias    HF {p}embeddings.patch_embeddings.projection [D,C,P,P] + bias;
+                                     timm patch_embed.proj [D,C,P,P] + bias; CLIP {p}embeddings.patch_embedding, no bias
+    pre_norm                         CLIP {p}pre_layrnorm (sic)
+    encoder.blocks.N.ln1             HF {p}encoder.layer.N.layernorm_before; timm blocks.N.norm1;
+                                     CLIP {p}encoder.layers.N.layer_norm1
+    encoder.blocks.N.attn.query/key/value
+                                     HF ...attention.attention.query/key/value; timm blocks.N.attn.qkv [3D,D] (sliced);
+                                     CLIP ...self_attn.q_proj/k_proj/v_proj
+    encoder.blocks.N.attn.out        HF ...attention.output.dense; timm blocks.N.attn.proj; CLIP ...self_attn.out_proj
+    encoder.blocks.N.ln2             HF ...layernorm_after; timm blocks.N.norm2; CLIP ...layer_norm2
+    encoder.blocks.N.ffn.fc1 / fc2   HF ...intermediate.dense / output.dense; timm and CLIP ...mlp.fc1 / mlp.fc2
+    encoder.final_norm               HF {p}layernorm; timm norm; CLIP {p}post_layernorm
+
+with {p} = 'vit.' or '' (HF) and 'vision_model.' (CLIP).
 
 (CLIP's post_layernorm acts on the class token only; our final LayerNorm acts on every token, which gives the same
 class token; the patch tokens handed to the cross-modal encoder are normalised too.)
