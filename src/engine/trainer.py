@@ -23,6 +23,7 @@ from src.errors import UserError
 from src.utils.results import markdown_table, write_results
 from src.weights.checkpoint import (CheckpointManager, capture_rng_state, init_from_checkpoint, load_checkpoint,
                                     load_into, restore_rng_state)
+from src.weights.pretrained import init_from_pretrained, pretrained_sources
 
 
 class TrainingState(nn.Cell):
@@ -113,7 +114,9 @@ class Trainer:
         self.evaluations = []
 
     def restore(self):
-        """Resume from checkpoint.resume or initialise the model from checkpoint.init; returns a notice or None."""
+        """Resume from checkpoint.resume, or initialise the model from public pre-trained encoders
+        (checkpoint.init_text / init_image / init_towers; the load report goes to run.output_dir/load_report.*) or
+        from checkpoint.init; returns a notice or None."""
         ckpt = self.cfg.checkpoint
         path = resolve_resume(ckpt, self.manager)
         positions = {}
@@ -126,14 +129,19 @@ class Trainer:
             self.skipped = int(meta.get("skipped_steps", 0))
             restore_rng_state(meta.get("rng", {}))
             notice = f"resumed from {path} at step {self.start_step}"
-        elif ckpt.resume == "auto":
-            notice = "checkpoint.resume=auto: no checkpoint yet, starting from scratch"
-        elif ckpt.init:
-            missing = init_from_checkpoint(self.model, ckpt.init, ckpt.allow_missing_keys)
-            notice = f"model initialised from {ckpt.init}" + (f" ({len(missing)} parameters kept their fresh "
-                                                              f"initialisation)" if missing else "")
         else:
-            notice = None
+            # resume=auto without a checkpoint yet is a first start: it initialises like one
+            notices = ["checkpoint.resume=auto: no checkpoint yet, starting at step 0"] if ckpt.resume == "auto" else []
+            if pretrained_sources(ckpt):
+                report = init_from_pretrained(self.model, self.cfg)
+                notices.append(report.summary())
+                if self.dist.is_main:
+                    notices[-1] += f" (load report: {report.write(self.out_dir)[0]})"
+            elif ckpt.init:
+                missing = init_from_checkpoint(self.model, ckpt.init, ckpt.allow_missing_keys)
+                notices.append(f"model initialised from {ckpt.init}" + (
+                    f" ({len(missing)} parameters kept their fresh initialisation)" if missing else ""))
+            notice = "; ".join(notices) or None
         for name in self.steps:
             pos = positions.get(name, {"epoch": 0, "batch": 0})
             self.streams[name] = DataStream(self.datasets[name], pos["epoch"], pos["batch"])

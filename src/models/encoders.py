@@ -13,23 +13,39 @@ def positions(length):
     return ms.Tensor(np.arange(length, dtype=np.int32)[None])
 
 
+def tower_eps(cfg, tower_cfg):
+    """A tower's LayerNorm eps: its own `layer_norm_eps`, or the model's when that is null."""
+    return cfg.layer_norm_eps if tower_cfg.layer_norm_eps is None else float(tower_cfg.layer_norm_eps)
+
+
 class TextEncoder(nn.Cell):
-    """Word + position + type embeddings, LayerNorm, dropout, then `layers` transformer blocks (0 allowed)."""
+    """Word + position (+ token-type 0) embeddings, LayerNorm, dropout, then `layers` transformer blocks (0 allowed).
+
+    `post_ln` gives BERT's layer order (and no final LayerNorm); `type_vocab_size` > 0 adds row 0 of a token-type
+    table to every token (BERT's segment A), so a pretrained BERT's embeddings load unchanged.
+    """
 
     def __init__(self, cfg, text_cfg):
         super().__init__()
         c = text_cfg
+        eps = tower_eps(cfg, c)
         self.max_len = c.max_len
         self.word_embeddings = embedding(c.vocab_size, c.hidden, cfg.initializer_range)
         self.position_embeddings = embedding(c.max_len, c.hidden, cfg.initializer_range)
-        self.layer_norm = layer_norm(c.hidden, cfg.layer_norm_eps)
+        self.use_types = c.type_vocab_size > 0
+        if self.use_types:
+            self.token_type_embeddings = embedding(c.type_vocab_size, c.hidden, cfg.initializer_range)
+        self.layer_norm = layer_norm(c.hidden, eps)
         self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.encoder = EncoderStack(c.hidden, c.layers, c.heads, c.ffn, cfg.dropout, cfg.attention_dropout,
-                                    cfg.layer_norm_eps, cfg.initializer_range)
+                                    eps, cfg.initializer_range, final_norm=not c.post_ln, post_ln=c.post_ln,
+                                    activation=c.activation)
         self.width = c.hidden
 
     def construct(self, ids, mask):
         x = self.word_embeddings(ids) + self.position_embeddings(positions(ids.shape[1]))
+        if self.use_types:
+            x = x + self.token_type_embeddings.embedding_table[0]
         x = self.dropout(self.layer_norm(x))
         return self.encoder(x, mask), mask
 
@@ -78,6 +94,8 @@ class ImageEncoder(nn.Cell):
     with `stem: conv` a ConvStem replaces the patch split and the linear layer.
     Features: feats (B, R, D) + boxes (B, R, box_dim) -> linear -> [global | regions] -> blocks; the global token is a
     learned vector plus the masked mean of the regions.
+    `pre_norm` adds a LayerNorm before the blocks (CLIP's pre_layrnorm); `activation` and `layer_norm_eps` as in
+    model.image.
     `masked` (B, Np or R) marks tokens replaced by a learned mask embedding (masked vision modelling).
     Returns tokens (B, 1 + N, hidden) and mask (B, 1 + N).
     """
@@ -89,6 +107,7 @@ class ImageEncoder(nn.Cell):
         if c.mode not in ("pixels", "features"):
             raise ValueError(f"model.image.mode must be 'pixels' or 'features', got {c.mode!r}")
         init = cfg.initializer_range
+        eps = tower_eps(cfg, c)
         if c.mode == "pixels":
             if c.image_size % c.patch_size:
                 raise ValueError(f"model.image.image_size {c.image_size} is not a multiple of patch_size "
@@ -107,7 +126,7 @@ class ImageEncoder(nn.Cell):
             self.num_tokens = c.max_regions
             self.feature_embed = dense(c.feature_dim, c.hidden, init)
             self.box_embed = dense(c.box_dim, c.hidden, init)
-            self.feature_norm = layer_norm(c.hidden, cfg.layer_norm_eps)
+            self.feature_norm = layer_norm(c.hidden, eps)
         self.global_token = Parameter(initializer(Normal(init), (1, 1, c.hidden)), name="global_token")
         self.mask_token = Parameter(initializer(Normal(init), (1, 1, c.hidden)), name="mask_token")
         if c.position_init not in ("sincos", "normal"):
@@ -117,8 +136,9 @@ class ImageEncoder(nn.Cell):
         self.position_embeddings = (grid_position_embedding(self.position_grid, c.hidden) if self.position_grid else
                                     embedding(self.num_tokens + 1, c.hidden, init))
         self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.pre_norm = layer_norm(c.hidden, eps) if c.pre_norm else nn.Identity()
         self.encoder = EncoderStack(c.hidden, c.layers, c.heads, c.ffn, cfg.dropout, cfg.attention_dropout,
-                                    cfg.layer_norm_eps, init)
+                                    eps, init, activation=c.activation)
         self.width = c.hidden
         self.feature_dim = c.feature_dim
 
@@ -150,7 +170,7 @@ class ImageEncoder(nn.Cell):
         x = self.apply_mask_token(x, masked)
         x = ops.concat((ops.cast(glob, x.dtype), x), 1) + self.position_embeddings(positions(self.num_tokens + 1))
         mask = ops.concat((ops.ones((x.shape[0], 1), ms.float32), token_mask), 1)
-        return self.encoder(self.dropout(x), mask), mask
+        return self.encoder(self.dropout(self.pre_norm(x)), mask), mask
 
 
 class AudioEncoder(nn.Cell):

@@ -154,11 +154,35 @@ class Attention(nn.Cell):
         return self.attend(self.split_heads(self.query(x)), k_mem, v_mem, bias)
 
 
+class QuickGELU(nn.Cell):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP (and Chinese-CLIP's ViT) were trained with."""
+
+    def construct(self, x):
+        return x * ops.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = ("gelu", "gelu_exact", "quick_gelu", "relu")
+
+
+def activation_cell(name):
+    """The feed-forward nonlinearity `name`: gelu (tanh approximation, this project's default), gelu_exact (the erf
+    form of BERT and ViT), quick_gelu (CLIP) or relu."""
+    if name == "gelu":
+        return nn.GELU(approximate=True)
+    if name == "gelu_exact":
+        return nn.GELU(approximate=False)
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name == "relu":
+        return nn.ReLU()
+    raise ValueError(f"unknown activation {name!r}; use one of {ACTIVATIONS}")
+
+
 class FeedForward(nn.Cell):
     def __init__(self, width, ffn, dropout=0.0, init_range=0.02, activation="gelu"):
         super().__init__()
         self.fc1 = dense(width, ffn, init_range)
-        self.act = nn.GELU(approximate=True) if activation == "gelu" else nn.ReLU()
+        self.act = activation_cell(activation)
         self.fc2 = dense(ffn, width, init_range)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
 
@@ -167,28 +191,36 @@ class FeedForward(nn.Cell):
 
 
 class EncoderBlock(nn.Cell):
-    """Pre-LN block: x + Attn(LN(x)), then + FFN(LN(x))."""
+    """Pre-LN block: x + Attn(LN(x)), then + FFN(LN(x)). With `post_ln` (BERT's order): LN(x + Attn(x)), then
+    LN(x + FFN(x)); ln1 / ln2 are then BERT's attention.output.LayerNorm / output.LayerNorm."""
 
-    def __init__(self, width, heads, ffn, dropout=0.0, attention_dropout=0.0, eps=1e-5, init_range=0.02):
+    def __init__(self, width, heads, ffn, dropout=0.0, attention_dropout=0.0, eps=1e-5, init_range=0.02,
+                 post_ln=False, activation="gelu"):
         super().__init__()
+        self.post_ln = bool(post_ln)
         self.ln1 = layer_norm(width, eps)
         self.attn = Attention(width, heads, attention_dropout, init_range)
         self.ln2 = layer_norm(width, eps)
-        self.ffn = FeedForward(width, ffn, dropout, init_range)
+        self.ffn = FeedForward(width, ffn, dropout, init_range, activation)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
 
     def construct(self, x, bias=None):
+        if self.post_ln:
+            x = self.ln1(x + self.dropout(self.attn(x, bias)))
+            return self.ln2(x + self.dropout(self.ffn(x)))
         x = x + self.dropout(self.attn(self.ln1(x), bias))
         return x + self.dropout(self.ffn(self.ln2(x)))
 
 
 class EncoderStack(nn.Cell):
-    """`layers` encoder blocks (0 allowed) with an optional final LayerNorm."""
+    """`layers` encoder blocks (0 allowed) with an optional final LayerNorm (`post_ln` blocks, `activation`: see
+    EncoderBlock and activation_cell)."""
 
     def __init__(self, width, layers, heads, ffn, dropout=0.0, attention_dropout=0.0, eps=1e-5, init_range=0.02,
-                 final_norm=True):
+                 final_norm=True, post_ln=False, activation="gelu"):
         super().__init__()
-        self.blocks = nn.CellList([EncoderBlock(width, heads, ffn, dropout, attention_dropout, eps, init_range)
+        self.blocks = nn.CellList([EncoderBlock(width, heads, ffn, dropout, attention_dropout, eps, init_range,
+                                                post_ln, activation)
                                    for _ in range(layers)])
         self.final_norm = layer_norm(width, eps) if (final_norm and layers > 0) else nn.Identity()
 

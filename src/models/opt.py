@@ -89,6 +89,10 @@ class OPTModel(nn.Cell):
         self.mlm_head = MLMHead(width, cfg.text.hidden, cfg.text.vocab_size, eps, init)
         self.image_regression_head = RegressionHead(width, image_target, eps, init)
         self.audio_regression_head = RegressionHead(width, audio_target, eps, init)
+        for key, value, allowed in (("text_pool", cfg.heads.text_pool, ("mean", "cls")),
+                                    ("image_pool", cfg.heads.image_pool, ("mean", "global"))):
+            if value not in allowed:
+                raise ValueError(f"model.heads.{key} must be one of {allowed}, got {value!r}")
         if cfg.heads.itm_classes != ITM_CLASSES:
             raise ValueError(f"model.heads.itm_classes must be {ITM_CLASSES} (src.data.masking.ITM_*), got "
                              f"{cfg.heads.itm_classes}")
@@ -129,12 +133,18 @@ class OPTModel(nn.Cell):
         return self.mlm_head(hidden, self.text_encoder.word_embeddings.embedding_table)
 
     def text_features(self, text_tokens, text_mask):
-        """Normalised contrastive embedding of the text tower (mean over real tokens)."""
+        """Normalised contrastive embedding of the text tower: mean over real tokens, or token 0 ([CLS]) with
+        model.heads.text_pool: cls (as CLIP)."""
+        if self.cfg.heads.text_pool == "cls":
+            return self.contrastive.text(text_tokens[:, 0])
         w = ops.expand_dims(ops.cast(text_mask, text_tokens.dtype), -1)
         return self.contrastive.text((text_tokens * w).sum(1) / ops.maximum(w.sum(1), 1.0))
 
     def image_features(self, image_tokens):
-        """Normalised contrastive embedding of the image tower (mean over the global token and the patches)."""
+        """Normalised contrastive embedding of the image tower: mean over the global token and the patches, or the
+        global token alone with model.heads.image_pool: global (as CLIP)."""
+        if self.cfg.heads.image_pool == "global":
+            return self.contrastive.image(image_tokens[:, 0])
         return self.contrastive.image(image_tokens.mean(1))
 
     def audio_features(self, audio_tokens, audio_mask):
