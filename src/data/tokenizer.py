@@ -16,7 +16,7 @@ import unicodedata
 
 import numpy as np
 
-from src.data.vocab import SPECIAL_TOKENS, read_vocab
+from src.data.vocab import read_vocab
 from src.errors import UserError
 from src.utils.text import basic_tokenize, is_chinese_char
 

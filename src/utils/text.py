@@ -16,7 +16,6 @@ into them, and spaces end the context of `str.lower()`'s final-sigma rule (tests
 """
 import functools
 import re
-import sys
 import unicodedata
 
 # BERT's _is_chinese_char: the CJK Unified Ideographs blocks and extensions A-E, and the compatibility ideographs.
