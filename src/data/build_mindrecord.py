@@ -5,9 +5,10 @@
 
 One record per accepted manifest sample (fields in `record_schema`). Rejected samples are never dropped silently:
 `<out>.report.json` counts them per reason and lists the first ones; `--strict` makes any reject an error. Next to
-the data, `<out>.meta.json` records the vocabulary (path and sha256) and what the data holds; the pipelines in
-`src/data/pretrain_data.py` read it. Output is atomic: files are written in a temporary folder, then moved into place, the
-meta file last.
+the data, `<out>.meta.json` records the vocabulary (path and sha256), the tokenizer's fingerprint (its rules,
+lower_case and vocabulary: `tokenizer_fingerprint`) and what the data holds; the dataset builders
+(`src/data/pretrain_data.py`, `src/data/finetune_data.py`) read it. Output is atomic: files are written in a
+temporary folder, then moved into place, the meta file last.
 """
 import argparse
 import hashlib
@@ -26,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from src.data.manifest import _resolved, captions_of, check_sample
-from src.data.tokenizer import Tokenizer
+from src.data.tokenizer import Tokenizer, tokenizer_fingerprint
 from src.data.transforms import load_audio
 from src.errors import UserError
 from src.utils.files import atomic_write_text
@@ -440,6 +441,7 @@ def _meta(report, summary):
         "count": summary["accepted"],
         "vocab": report["vocab"],
         "vocab_sha256": report["vocab_sha256"],
+        "tokenizer": tokenizer_fingerprint(report["vocab_sha256"], report["settings"]["lower_case"]),
         "lower_case": report["settings"]["lower_case"],
         "max_frames": report["settings"]["max_frames"],
         "has_image": summary["has_image"],

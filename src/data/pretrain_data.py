@@ -25,6 +25,7 @@ from src.data.build_mindrecord import vocab_sha256
 from src.data.labels import ITM_IMAGE_SWAPPED, ITM_MATCHED
 from src.data.masking import (image_token_targets, itm_batch, mask_positions, mask_tokens, mask_whole_text,
                               modality_schedule, pair_match_batch, sample_rng, text_generation_targets)
+from src.data.tokenizer import tokenizer_fingerprint
 from src.data.transforms import image_transforms, pad_or_truncate
 from src.errors import UserError
 
@@ -54,8 +55,9 @@ class MindRecordInfo:
 def open_mindrecord(path, vocab_path):
     """Check the MindRecord at `path` (the --out of build_mindrecord, or its first shard) and return its info.
 
-    Raises UserError when the meta file or a data file is missing, or when `vocab_path` is not the vocabulary the
-    token ids were made with (compared by sha256). `vocab_path=None` skips that check (for reading raw text only).
+    Raises UserError when the meta file or a data file is missing, when `vocab_path` is not the vocabulary the
+    token ids were made with (compared by sha256), or when they were made by other tokenizer rules (an older build:
+    the meta's `tokenizer` fingerprint differs). `vocab_path=None` skips both checks (for reading raw text only).
     """
     meta_path = _meta_path(path)
     with open(meta_path, encoding="utf-8") as f:
@@ -66,11 +68,29 @@ def open_mindrecord(path, vocab_path):
     if missing:
         raise UserError(f"MindRecord {path}: missing {', '.join(missing)}; rebuild it with "
                         "`python -m src.data.build_mindrecord`")
-    if vocab_path is not None and vocab_sha256(vocab_path) != meta["vocab_sha256"]:
-        raise UserError(f"MindRecord {path} was built with the vocabulary {meta['vocab']} (sha256 "
-                        f"{meta['vocab_sha256'][:12]}...) but {vocab_path} differs, so its token ids would be wrong; "
-                        "set data.vocab to the build's vocabulary or rebuild the MindRecord")
+    if vocab_path is not None:
+        if vocab_sha256(vocab_path) != meta["vocab_sha256"]:
+            raise UserError(f"MindRecord {path} was built with the vocabulary {meta['vocab']} (sha256 "
+                            f"{meta['vocab_sha256'][:12]}...) but {vocab_path} differs, so its token ids would be "
+                            "wrong; set data.vocab to the build's vocabulary or rebuild the MindRecord")
+        _check_tokenizer(path, meta_path, meta, vocab_path)
     return MindRecordInfo(path=path, files=files, meta=meta, count=int(meta["count"]))
+
+
+def _check_tokenizer(path, meta_path, meta, vocab_path):
+    """UserError unless the records' token ids come from this code's tokenizer rules (the meta's fingerprint)."""
+    expected = tokenizer_fingerprint(meta["vocab_sha256"], meta["lower_case"])
+    found = meta.get("tokenizer")
+    if found != expected:
+        out = meta_path[: -len(".meta.json")]
+        options = "".join([f" --shards {len(meta['files'])}" if len(meta["files"]) > 1 else "",
+                           "" if meta["lower_case"] else " --lower_case false",
+                           f" --max_frames {meta['max_frames']}" if meta.get("max_frames", 512) != 512 else ""])
+        built = ("no tokenizer fingerprint (built before the BERT-exact tokenizer, by MindSpore's NFKC-folding "
+                 "BertTokenizer)" if found is None else f"tokenizer fingerprint {found}, not this code's {expected}")
+        raise UserError(f"MindRecord {path} has {built}, so its token ids are not this tokenizer's; rebuild it: "
+                        f"python -m src.data.build_mindrecord --manifest {meta.get('manifest', 'M.jsonl')} "
+                        f"--out {out} --vocab {vocab_path}{options}")
 
 
 def _meta_path(path):

@@ -11,12 +11,12 @@ import os
 import sys
 from collections import Counter
 
-from mindspore.dataset.text import BasicTokenizer
 from tqdm import tqdm
 
 from src.data.manifest import captions_of, read_manifest
 from src.errors import UserError
 from src.utils.files import atomic_write_text
+from src.utils.text import basic_tokenize
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -50,7 +50,7 @@ def read_vocab(path):
 
 
 def write_vocab(path, tokens):
-    """Write `tokens` one per line to `path` (UTF-8), through a temporary file and a rename."""
+    """Write `tokens` one per line to `path` (UTF-8), atomically (src/utils/files.py)."""
     for token in tokens:
         if token == "" or "\n" in token:
             raise ValueError(f"cannot write token {token!r}: tokens must be non-empty and single-line")
@@ -60,18 +60,16 @@ def write_vocab(path, tokens):
 def build_vocab(texts, min_count=1, max_size=None):
     """Return a vocabulary: the special tokens, then every word seen at least `min_count` times.
 
-    Words come from MindSpore's BERT basic tokenizer with lower-casing (the split `Tokenizer` uses): each CJK character
-    and each punctuation mark is a word, latin words are kept whole. Words are ordered by falling count, ties
-    alphabetically, so the result does not depend on the order of `texts`. `max_size` bounds the whole vocabulary,
-    specials included.
+    Words come from BERT's basic tokenizer with lower-casing (`src.utils.text.basic_tokenize`, the split `Tokenizer`
+    uses): each CJK character and each punctuation mark is a word (full-width marks such as `，` stay full-width),
+    latin words are kept whole. Words are ordered by falling count, ties alphabetically, so the result does not
+    depend on the order of `texts`. `max_size` bounds the whole vocabulary, specials included.
     """
     if max_size is not None and max_size < len(SPECIAL_TOKENS):
         raise UserError(f"max_size {max_size} is too small: the special tokens alone need {len(SPECIAL_TOKENS)}")
-    split = BasicTokenizer(lower_case=True, preserve_unused_token=False)
     counts = Counter()
     for text in tqdm(texts, desc="counting words", unit="text", disable=None):
-        if text.strip():
-            counts.update(str(word) for word in split(text) if word)
+        counts.update(basic_tokenize(text))
     for token in SPECIAL_TOKENS:
         counts.pop(token, None)
     words = sorted((word for word, count in counts.items() if count >= min_count), key=lambda w: (-counts[w], w))

@@ -24,7 +24,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from src.errors import UserError
 from src.metrics.ids import check_same_ids
-from src.metrics.vqa import remove_punctuation
+from src.utils.text import normalize_text, remove_punctuation, words_without_punctuation
 
 LANGS = ("zh", "en")
 ZH_TOKENIZERS = ("char", "space")
@@ -35,10 +35,11 @@ _LOG = logging.getLogger(__name__)
 def caption_metrics(predictions, references, lang="zh", zh_tokenize="char", java_timeout=_JAVA_TIMEOUT):
     """Corpus caption metrics of ``predictions`` ({id: caption}) against ``references`` ({id: [captions]}).
 
-    Both dicts must cover the same ids. Chinese text loses its punctuation and is split into characters
-    (``zh_tokenize="char"``; runs of ASCII letters/digits stay whole words) or on whitespace (``"space"``, for
-    pre-segmented text). English goes through the PTB tokenizer (lower-cased, punctuation dropped), or without
-    Java through a lower-case + punctuation split. Returns ``bleu1..bleu4``, ``meteor``, ``rouge_l``, ``cider_d``,
+    Both dicts must cover the same ids. Chinese text is normalised as the tokenizer normalises it, loses its
+    punctuation and is split into the tokenizer's words (``zh_tokenize="char"``: each CJK character a word, runs of
+    other letters/digits whole words; see ``caption_words``) or on whitespace (``"space"``, for pre-segmented text).
+    English goes through the PTB tokenizer (lower-cased, punctuation dropped), or without Java through
+    ``caption_words`` too. Returns ``bleu1..bleu4``, ``meteor``, ``rouge_l``, ``cider_d``,
     ``n_images`` and ``skipped`` (names of metrics/tools that could not run). A Java tool that fails or runs
     longer than ``java_timeout`` seconds is skipped with a notice instead of failing the evaluation. METEOR's
     stemming and paraphrase tables are English-only, so on Chinese it scores exact token matches only.
@@ -103,30 +104,22 @@ def _tokenize_english(texts, java, timeout, skipped):
         except RuntimeError as error:
             _notice(f"PTB tokenizer skipped, English uses a lower-case + punctuation split: {error}")
             skipped.append("PTBTokenizer")
-    return [" ".join(remove_punctuation(text.lower(), " ").split()) for text in texts]
+    return [" ".join(caption_words(text)) for text in texts]
+
+
+def caption_words(text):
+    """The words of a caption for scoring: the tokenizer's words (BERT's basic tokenizer, lower-cased: each CJK
+    character a word, other runs kept whole, accents stripped, full-width forms kept) without the punctuation ones.
+    References and predictions are normalised exactly as the tokenizer normalises text (`src.utils.text`)."""
+    return words_without_punctuation(text, lower_case=True)
 
 
 def tokenize_chinese(text, mode="char"):
-    """Chinese caption tokens without punctuation, lower-cased: characters (ASCII letter/digit runs kept whole)
-    for ``mode="char"``, whitespace-separated words for ``mode="space"``."""
-    text = remove_punctuation(text.lower(), " ")
+    """Chinese caption tokens: `caption_words` for ``mode="char"``; for ``mode="space"`` (pre-segmented text) the
+    same normalisation and punctuation removal, then a split at whitespace only."""
     if mode == "space":
-        return text.split()
-    tokens = []
-    for word in text.split():
-        tokens.extend(_split_characters(word))
-    return tokens
-
-
-def _split_characters(word):
-    """Each character its own token, except that consecutive ASCII letters/digits form one token."""
-    tokens = []
-    for char in word:
-        if tokens and char.isascii() and char.isalnum() and tokens[-1].isascii() and tokens[-1].isalnum():
-            tokens[-1] += char
-        else:
-            tokens.append(char)
-    return tokens
+        return remove_punctuation(normalize_text(text, lower_case=True), " ").split()
+    return caption_words(text)
 
 
 def _ptb_tokenize(texts, java, timeout):

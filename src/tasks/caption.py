@@ -17,8 +17,7 @@ from mindspore import nn, ops
 from pycocoevalcap.cider.cider import Cider
 
 from src.data.masking import text_generation_targets
-from src.metrics.caption import tokenize_chinese
-from src.metrics.vqa import remove_punctuation
+from src.metrics.caption import caption_words
 
 from .losses import cross_entropy
 
@@ -123,11 +122,10 @@ def repeat_rows(x, times):
 
 
 def reward_tokens(text, lang):
-    """Caption -> space-joined tokens for CIDEr-D: characters for Chinese, lower-cased words without punctuation
-    otherwise (no Java, so it is fast enough for every training step)."""
-    if lang == "zh":
-        return " ".join(tokenize_chinese(text))
-    return " ".join(remove_punctuation(text.lower(), " ").split())
+    """Caption -> space-joined tokens for CIDEr-D: the tokenizer's words without punctuation (`caption_words`:
+    characters for Chinese, lower-cased words otherwise; no Java, so it is fast enough for every training step).
+    `lang` is kept for callers; both languages split the same way."""
+    return " ".join(caption_words(text))
 
 
 def cider_scores(candidates, references, lang="zh"):

@@ -6,7 +6,11 @@ import pytest
 
 import src.metrics.caption as caption
 from src.errors import UserError
-from src.metrics.caption import caption_metrics, tokenize_chinese
+from src.data.tokenizer import Tokenizer
+from src.data.vocab import build_vocab, write_vocab
+from src.metrics.caption import caption_metrics, caption_words, tokenize_chinese
+from src.utils.text import basic_tokenize, is_punctuation
+from tests.unit.test_tokenizer import PARITY_SENTENCES, fuzz_sentences
 
 HAS_JAVA = shutil.which("java") is not None
 ZH_REFS = {"a": ["一只猫在沙发上睡觉"], "b": ["两个男人在公园里打网球"], "c": ["一辆红色的汽车停在路边"]}
@@ -60,6 +64,25 @@ def test_chinese_char_and_space_modes(no_java):
 def test_tokenize_chinese():
     assert tokenize_chinese("我看到T恤，和 abc12！") == ["我", "看", "到", "t", "恤", "和", "abc12"]
     assert tokenize_chinese("一只 小猫，在 睡觉。", "space") == ["一只", "小猫", "在", "睡觉"]
+    # normalised as the tokenizer normalises: full-width forms kept (one word, as BERT splits them), accents stripped
+    assert tokenize_chinese("ＡＢＣ１２３个，30℃！Café") == ["ａｂｃ１２３", "个", "30℃", "cafe"]
+    assert tokenize_chinese("ＡＢＣ 小猫，Café", "space") == ["ａｂｃ", "小猫", "cafe"]
+
+
+def test_caption_words_are_the_tokenizers_words_without_punctuation(tmp_path):
+    corpus = PARITY_SENTENCES + fuzz_sentences(500, seed=2)
+    for text in corpus:
+        words = [word for word in basic_tokenize(text) if not (len(word) == 1 and is_punctuation(word))]
+        assert caption_words(text) == tokenize_chinese(text) == words, repr(text)
+    # end to end: with a vocabulary built from the texts, the tokenizer's pieces minus punctuation are the
+    # metrics' words (words longer than the tokenizer's 100-character limit aside)
+    vocab = tmp_path / "vocab.txt"
+    write_vocab(str(vocab), build_vocab(corpus))
+    tokenizer = Tokenizer(str(vocab))
+    for text in corpus:
+        pieces = [piece for piece in tokenizer.tokenize(text) if not (len(piece) == 1 and is_punctuation(piece))]
+        words = [word if len(word) <= 100 else "[UNK]" for word in caption_words(text)]
+        assert pieces == words, repr(text)
 
 
 def test_english_without_java_falls_back_to_a_simple_split(no_java, capsys):

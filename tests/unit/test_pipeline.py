@@ -1,10 +1,13 @@
 """Per-task pretraining pipelines and the evaluation pipeline over MindRecord: columns, values, sharding, resume."""
+import glob
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 
-from src.data.build_mindrecord import build_mindrecord
+from src.data.build_mindrecord import build_mindrecord, vocab_sha256
 from src.data.demo import generate_demo
 from src.data.manifest import read_manifest
 from src.data.labels import (ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER,
@@ -12,7 +15,8 @@ from src.data.labels import (ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_IMAGE_SW
 from src.data.masking import mask_tokens, sample_rng
 from src.data.pretrain_data import (PRETRAIN_TASKS, build_eval_dataset, build_pretrain_dataset, epoch_indices,
                                     open_mindrecord, read_references, task_columns, task_requirements)
-from src.data.tokenizer import Tokenizer
+from src.data.finetune_data import build_caption_dataset
+from src.data.tokenizer import Tokenizer, tokenizer_fingerprint
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from src.errors import UserError
 from tests.helpers import model_config
@@ -277,6 +281,36 @@ def test_unfeedable_tasks_and_mismatched_data_are_user_errors(data, tmp_path):
         open_mindrecord(train, str(other))
     with pytest.raises(UserError, match="not found"):
         open_mindrecord(str(tmp_path / "none.mindrecord"), str(other))
+
+
+@pytest.mark.parametrize("fingerprint", [None, "0123456789abcdef"])
+def test_records_of_an_older_tokenizer_are_refused_with_the_rebuild_command(data, tmp_path, fingerprint):
+    """A MindRecord whose meta lacks this tokenizer's fingerprint (built before the BERT-exact tokenizer, or under
+    other rules) is refused by the loaders the trainers use, in one line naming the file and the rebuild command."""
+    cfg, tokenizer, train = data["cfg"], data["tokenizer"], data["paths"]["train"]
+    for name in glob.glob(train + "*"):
+        shutil.copy(name, tmp_path)
+    path = str(tmp_path / os.path.basename(train))
+    meta_path = tmp_path / (os.path.basename(train) + ".meta.json")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    assert meta["tokenizer"] == tokenizer_fingerprint(vocab_sha256(cfg.data.vocab), True)
+    assert open_mindrecord(path, cfg.data.vocab).count == N_TRAIN   # the intact copy is accepted
+    if fingerprint is None:
+        del meta["tokenizer"]
+    else:
+        meta["tokenizer"] = fingerprint
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    command = (f"python -m src.data.build_mindrecord --manifest {meta['manifest']} --out {path} "
+               f"--vocab {cfg.data.vocab} --max_frames 256")
+    for load in (lambda: build_pretrain_dataset(path, "mlm", cfg, tokenizer, B, 0),
+                 lambda: build_caption_dataset(path, cfg, tokenizer, B, 0)):
+        with pytest.raises(UserError) as error:
+            load()
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"MindRecord {path} has ")
+        assert message.endswith(command)
+        assert ("no tokenizer fingerprint" if fingerprint is None else f"fingerprint {fingerprint}") in message
+    assert open_mindrecord(path, None).count == N_TRAIN   # readers of raw text / images only do not care
 
 
 def test_eval_dataset_pads_beyond_the_record_count(data):

@@ -32,6 +32,12 @@ def test_cjk_characters_words_and_punctuation_are_tokens():
     assert vocab[len(SPECIALS) :] == ["!", ",", "cafe", "小", "猫"]
 
 
+def test_full_width_forms_stay_full_width():
+    """The builder splits like the tokenizer (BERT's basic tokenizer): no NFKC folding of ， ！ Ａ ① ℃."""
+    vocab = build_vocab(["老师，您好！ＡＢＣ①℃"])
+    assert vocab[len(SPECIALS) :] == ["好", "师", "您", "老", "！", "，", "ａｂｃ①℃"]
+
+
 def test_special_token_text_is_not_duplicated():
     vocab = build_vocab(["[MASK] x"])
     assert vocab == SPECIALS + ["[", "]", "mask", "x"]
