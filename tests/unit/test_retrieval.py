@@ -1,5 +1,6 @@
 """Retrieval: score matrices of the three modes, sharding and gathering, evaluation on a tiny model, the index and
 fine-tuning."""
+import math
 import threading
 
 import mindspore as ms
@@ -269,8 +270,10 @@ def test_fine_tuning_improves_training_set_recall(setup):
     ms.set_seed(1)
     model = build_model(cfg.model)
     task = RetrievalTask(model, margin=0.2, itc_weight=1.0)
+    # lr 5e-4: at 2e-3 this one-layer, 32-wide model collapses within a few steps to equal scores for every pair
+    # (loss = ln 8 + margin) and recall moves by noise only
     step = TrainStep(task, build_optimizer(model.trainable_params(), cfg.optim.with_updates(
-        {"lr": 2e-3, "warmup_steps": 0, "schedule": "constant"}), 20), LossScale("none"))
+        {"lr": 5e-4, "warmup_steps": 0, "schedule": "constant"}), 60), LossScale("none"))
     step.set_train(True)
     batch = next(build_pretrain_dataset(cfg.data.train, "itc", cfg, setup["tokenizer"], N_TRAIN, 0)
                  .create_dict_iterator(num_epochs=1, output_numpy=True))
@@ -285,7 +288,8 @@ def test_fine_tuning_improves_training_set_recall(setup):
         return result["text_image"]["r_mean"]
 
     before = train_recall()
-    losses = [float(step(*inputs)[0].asnumpy()) for _ in range(20)]
+    losses = [float(step(*inputs)[0].asnumpy()) for _ in range(60)]
     after = train_recall()
-    assert losses[-1] < losses[0]
-    assert after > before
+    collapsed = math.log(N_TRAIN) + 0.2   # equal scores for every pair: InfoNCE ln B plus the ranking margin
+    assert np.mean(losses[-10:]) < 0.75 * collapsed < losses[0]
+    assert after >= before + 10   # recall points on the training pairs
