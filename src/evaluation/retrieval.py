@@ -222,7 +222,8 @@ def build_parser():
     parser.add_argument("--index_out", default=None, metavar="FILE", help="also save the image embeddings (npz)")
     parser.add_argument("--index", default=None, metavar="FILE", help="query this index instead of evaluating")
     parser.add_argument("--query", default=None, help="text to search the --index for")
-    parser.add_argument("--top", type=int, default=None, help=f"images to print for --query (default {DEFAULTS['top']})")
+    parser.add_argument("--top", type=int, default=None,
+                        help=f"images to print for --query (default {DEFAULTS['top']})")
     return parser
 
 
