@@ -75,6 +75,7 @@ def one_line_error(result):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_unknown_config_key_exits_2_naming_the_key(tiny_data, pretrain_cmd, tmp_path):
     result = run(pretrain_cmd(tmp_path / "out", "train.stepz=5"), tiny_data)
     assert result.returncode == 2
@@ -83,6 +84,7 @@ def test_unknown_config_key_exits_2_naming_the_key(tiny_data, pretrain_cmd, tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_missing_data_file_exits_2_naming_the_file(tiny_data, pretrain_cmd, tmp_path):
     missing = tmp_path / "nowhere" / "train.mindrecord"
     result = run(pretrain_cmd(tmp_path / "out", f"data.train={missing}"), tiny_data)

@@ -193,6 +193,7 @@ def test_rationale_answers_are_the_text_after_the_first_separator():
     assert plain.respond(None, None, None)[0] == ("5 6 " + str(MASK) + " 7", None)
 
 
+@pytest.mark.slow
 def test_closed_vocabulary_with_rationale_scores_the_candidates_after_the_generated_rationale(model, pynative):
     x = model_inputs(model.cfg, batch=2, seed=8, text_len=5)
     generator = TextGenerator(model, _Tokens(), decoding_settings(model_config("tiny"), "vqa"))

@@ -210,6 +210,7 @@ def real(decoder, memory, **kw):
     return generate(decoder, *memory, BOS, EOS, PAD, kw.pop("max_len", 12), **kw)
 
 
+@pytest.mark.slow
 def test_greedy_and_beam_are_the_same_with_and_without_the_kv_cache(decoder, memory):
     greedy = real(decoder, memory)
     assert len({tuple(row) for row in greedy[0].tolist()}) == 3  # the rows differ: the memory matters

@@ -136,6 +136,7 @@ def test_itc_loss_equals_numpy_recomputation(cfg, model, has_audio):
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, head, encoder", [("mvm", "image_regression_head", "image_encoder"),
                                                  ("mam", "audio_regression_head", "audio_encoder")])
 def test_masked_feature_targets_pass_no_gradient(cfg, name, head, encoder, monkeypatch):
