@@ -112,6 +112,7 @@ def _val_codes(vq, manifest, image_size):
                                                                                         output_numpy=True)])
 
 
+@pytest.mark.slow
 def test_a_reloaded_checkpoint_encodes_exactly_like_the_model_that_was_trained(tiny_data, tmp_path):
     """The codebook buffers (written with ops.assign inside the train step) reach the checkpoint: load_vq gives the
     same codes as the in-training model, and the usage of those codes is what the run reported."""

@@ -294,6 +294,7 @@ def test_classifier_free_guidance_decodes_the_guided_distribution_row_by_row(pyn
     np.testing.assert_array_equal(no_cache[0], tokens)
 
 
+@pytest.mark.slow
 def test_guidance_against_the_same_memory_changes_nothing_on_the_tiny_decoder(decoder, memory):
     for strategy in ("greedy", "beam"):
         plain = real(decoder, memory, strategy=strategy)

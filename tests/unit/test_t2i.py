@@ -201,6 +201,7 @@ def test_guidance_steers_greedy_codes_by_the_empty_prompt(tiny, pynative):
         make_t2i(tiny, guidance=-1.0)
 
 
+@pytest.mark.slow
 def test_generation_is_seeded_per_prompt(tiny, pynative):
     t2i = make_t2i(tiny, candidates=3, seed=5)
     alone = t2i.generate("右边有一个蓝色的三角形")
@@ -239,6 +240,7 @@ def test_candidates_are_reranked_by_the_models_text_image_score(tiny, rerank, py
     np.testing.assert_allclose(result.image_features, i_feat.asnumpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reranking_returns_the_best_candidate_first(tiny, pynative):
     from src.inference.t2i import TextToImage
 
