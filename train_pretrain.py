@@ -17,7 +17,7 @@ from src.utils.cli import run_main
 def build_pretraining(cfg, dist):
     """(cfg with the vocabulary size resolved, Trainer) for a pretraining config."""
     from src.data.pretrain_data import build_pretrain_dataset, open_mindrecord
-    from src.data.tokenizer import Tokenizer, mirror_word_ids
+    from src.data.tokenizer import Tokenizer
     from src.engine.mixing import TaskMixer
     from src.engine.trainer import Trainer
     from src.models.opt import build_model
@@ -29,8 +29,6 @@ def build_pretraining(cfg, dist):
     info = open_mindrecord(cfg.data.train, cfg.data.vocab)
     has_audio = bool(info.meta["has_audio"]) and cfg.data.use_audio
     mixer = TaskMixer(dict(cfg.pretrain.tasks), cfg.run.seed)
-    mirror_ids = (mirror_word_ids(tokenizer, cfg.data.mirror_swap, "pretrain.mirror_negatives=false")
-                  if cfg.pretrain.mirror_negatives else None)
     model = build_model(cfg.model)
     batch = cfg.train.batch_size
     datasets, tasks = {}, {}
@@ -39,7 +37,7 @@ def build_pretraining(cfg, dist):
                                  dist.rank, dist.world_size)
         make(0, 0)  # fail now, not at the task's first step, if the data cannot feed this task
         datasets[name] = make
-        tasks[name] = build_task(name, model, cfg.pretrain, has_audio, mirror_ids)
+        tasks[name] = build_task(name, model, cfg.pretrain, has_audio)
     return cfg, Trainer(cfg, dist, model, tasks, mixer, datasets, batch * dist.world_size)
 
 

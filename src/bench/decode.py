@@ -4,6 +4,7 @@ Random-initialised model of --config (default: the small model), a batch of rand
 `generate` at a fixed length: EOS is forbidden until --max_len (min_len = max_len) so that every run decodes exactly
 --max_len steps whatever the weights. One untimed warm-up run per setting compiles its graphs.
 """
+import functools
 import os
 import time
 
@@ -42,9 +43,8 @@ def run(args):
     rows = []
     for strategy, beams in (("greedy", 1), ("beam", args.beam_size)):
         for cache in (True, False):
-            def decode():
-                return generate(model.text_decoder, memory, mask, BOS, EOS, PAD, args.max_len, strategy=strategy,
-                                beam_size=beams, min_len=args.max_len, use_cache=cache)
+            decode = functools.partial(generate, model.text_decoder, memory, mask, BOS, EOS, PAD, args.max_len,
+                                       strategy=strategy, beam_size=beams, min_len=args.max_len, use_cache=cache)
             decode()
             start = time.perf_counter()
             for _ in range(args.repeats):

@@ -23,7 +23,6 @@ import numpy as np
 from src.data.masking import sample_rng, text_generation_targets
 from src.data.pretrain_data import (_check_data, _SampleArrays, _split_captions, open_mindrecord, stored_array,
                                     training_positions, training_samples)
-from src.data.tokenizer import word_swap_table
 from src.errors import UserError
 
 AUDIO_COLUMNS = ["audio", "frame_mask"]
@@ -135,30 +134,19 @@ class _CaptionSample(_ImageOnlySample):
 
 
 class _VQASample(_ImageOnlySample):
-    """One question: its ids, one of its answers as decoder arrays and, with data.mirror_prob > 0, the image,
-    mirrored left-right for a `mirror_prob` share of the samples (drawn per sample and epoch), with the words of
-    data.mirror_swap exchanged in the question and the answer so that both still describe the image."""
+    """One question: its ids and one of its answers (with vqa.rationale, `rationale [MASK] answer`) as decoder
+    arrays."""
 
     def __init__(self, cfg, tokenizer, epoch, has_audio):
         self.seed, self.epoch, self.tokenizer = cfg.run.seed, epoch, tokenizer
         self.rationale = bool(cfg.vqa.rationale)
-        self.answer_weight = float(cfg.vqa.answer_weight)
-        if self.answer_weight <= 0:
-            raise UserError(f"vqa.answer_weight must be positive, got {self.answer_weight}")
-        self.mirror_prob = float(cfg.data.mirror_prob)
-        if not 0.0 <= self.mirror_prob <= 1.0:
-            raise UserError(f"data.mirror_prob must lie in [0, 1], got {self.mirror_prob}")
-        self.swap = (word_swap_table(tokenizer, cfg.data.mirror_swap, "data.mirror_prob=0")
-                     if self.mirror_prob > 0 else None)
         super().__init__(cfg, tokenizer, has_audio)
 
     def extra_inputs(self):
-        return (["question_ids", "answers"] + (["rationales"] if self.rationale else [])
-                + (["image"] if self.swap is not None else []))
+        return ["question_ids", "answers"] + (["rationales"] if self.rationale else [])
 
     def extra_outputs(self):
-        return (["question_ids", "question_mask", "dec_input", "dec_target", "dec_weights"]
-                + (["image"] if self.swap is not None else []))
+        return ["question_ids", "question_mask", "dec_input", "dec_target", "dec_weights"]
 
     def columns(self, index, rest):
         answers = json.loads(str(rest[1]))
@@ -175,22 +163,7 @@ class _VQASample(_ImageOnlySample):
                                 "every question")
             rationale = self.tokenizer.encode(rationales[int(rng.integers(len(rationales)))], self.decoder_len + 1)
             answer_ids = rationale_answer_ids(rationale, answer_ids, self.tokenizer.mask_id, self.decoder_len + 1)
-        if self.swap is None:
-            return self.text(question) + self.answer_targets(answer_ids)
-        image = rest[-1]
-        if rng.random() < self.mirror_prob:
-            question, answer_ids = self.swap[question], self.swap[answer_ids]
-            image = np.ascontiguousarray(image[..., ::-1])
-        return self.text(question) + self.answer_targets(answer_ids) + (image,)
-
-    def answer_targets(self, ids):
-        """Decoder arrays of the answer ids; with a rationale, the targets after the separator (the answer and EOS)
-        weigh vqa.answer_weight times as much as the rationale's."""
-        dec_input, target, weights = self.targets(ids)
-        if self.rationale and self.answer_weight != 1.0:
-            after = np.cumsum(target == self.tokenizer.mask_id) - (target == self.tokenizer.mask_id) > 0
-            weights = np.where(after, weights * self.answer_weight, weights).astype(np.float32)
-        return dec_input, target, weights
+        return self.text(question) + self.targets(answer_ids)
 
 
 def rationale_answer_ids(rationale_ids, answer_ids, separator_id, limit):

@@ -190,9 +190,7 @@ def training_positions(info, cfg, batch_size, epoch, rank, world, start_batch):
 def training_samples(info, cfg, samples, positions):
     """Records at `positions` -> training image transform -> the per-sample `samples` map (unbatched)."""
     workers = cfg.data.workers
-    # a samples map may take the transformed image as well (VQA mirroring); the reader reads it once
-    columns = ["index", "image"] + [c for c in samples.input_columns[1:] if c != "image"]
-    data = _reader(info, columns, positions, workers)
+    data = _reader(info, ["index", "image"] + samples.input_columns[1:], positions, workers)
     data = data.map(image_transforms(cfg.model.image.image_size, train=True,
                                      random_resized_crop=cfg.data.random_crop, crop_scale=cfg.data.crop_scale,
                                      hflip=cfg.data.hflip), input_columns=["image"], num_parallel_workers=workers)

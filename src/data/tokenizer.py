@@ -156,35 +156,6 @@ class Tokenizer:
         return tuple(pieces)
 
 
-def word_swap_table(tokenizer, pairs, switch_off):
-    """int32 lookup table over the vocabulary that exchanges the two words of each pair in `pairs` (data.mirror_swap)
-    and leaves every other id alone. Pairs whose words are not both single vocabulary tokens are skipped; UserError
-    if none is left (mirroring without swapping would teach wrong answers); `switch_off` names the setting that turns
-    the caller's use of the pairs off."""
-    table = np.arange(tokenizer.vocab_size, dtype=np.int32)
-    used = 0
-    for pair in pairs or []:
-        if len(pair) != 2:
-            raise UserError(f"data.mirror_swap entries are [word, word] pairs, got {pair!r}")
-        ids = [tokenizer.encode(str(word), 8)[1:-1] for word in pair]
-        if any(len(i) != 1 or i[0] == tokenizer.unk_id for i in ids):
-            continue
-        (a,), (b,) = ids
-        table[a], table[b] = b, a
-        used += 1
-    if not used:
-        raise UserError(f"data.mirror_swap {pairs!r}: no pair of words is a pair of single tokens of the vocabulary, "
-                        "so mirrored images would keep wrong left / right words; list the vocabulary's words for "
-                        f"left and right (e.g. [[左, 右]]) or set {switch_off}")
-    return table
-
-
-def mirror_word_ids(tokenizer, pairs, switch_off):
-    """The token ids `word_swap_table` exchanges (int32, ascending): the words a left-right mirror makes wrong."""
-    table = word_swap_table(tokenizer, pairs, switch_off)
-    return np.flatnonzero(table != np.arange(table.size)).astype(np.int32)
-
-
 def join_words(words):
     """Join words with single spaces, except next to CJK characters and full-width (non-ASCII) punctuation, before
     the ASCII marks that close a phrase (`. , ! ? ; : ) ] }`), after those that open one (`( [ {`) and on both sides

@@ -154,7 +154,7 @@ class _AllGather(nn.Cell):
         return self.gather(x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gather_cell():
     """The process's AllGather Cell, built on first use (after communication is initialised)."""
     return _AllGather()

@@ -9,7 +9,7 @@ The codebook is not trained by the optimizer: it follows exponential moving aver
 to each code (count N_k and sum m_k, decay d, n_k rows of this batch assigned to code k, Laplace smoothing eps over
 K codes, n = sum N):
 
-    N_k <- d N_k + (1 - d) n_k      m_k <- d m_k + (1 - d) sum_{i -> k} z_i      e_k = m_k / ((N_k + eps) n / (n + K eps))
+    N_k <- d N_k + (1 - d) n_k     m_k <- d m_k + (1 - d) sum_{i -> k} z_i     e_k = m_k / ((N_k + eps) n / (n + K eps))
 
 Dead codes (unused for `dead_after` steps, or N_k below `dead_threshold`) are re-seeded from the current batch's
 encoder outputs (rows picked by a deterministic stride over the batch, shifted every step); on the first training step

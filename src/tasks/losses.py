@@ -57,19 +57,11 @@ def feature_contrastive(pred, target, weights, temperature):
     return cross_entropy(logits, labels, w)
 
 
-def info_nce(a, b, scale, hard_b=None, hard_weight=None):
-    """Symmetric InfoNCE between two batches of normalised embeddings (B, D); pair i is the positive of row i.
-
-    `hard_b` (B, D): one extra negative per row of `a` (a's side only), where `hard_weight` (B,) is 1; rows with
-    weight 0 do not see theirs."""
+def info_nce(a, b, scale):
+    """Symmetric InfoNCE between two batches of normalised embeddings (B, D); pair i is the positive of row i."""
     logits = ops.matmul(a, b.T) * scale
     labels = ops.arange(0, a.shape[0], dtype=ms.int32)
-    a_logits = logits
-    if hard_b is not None:
-        hard = (a * hard_b).sum(-1, keepdims=True) * scale
-        hard = hard + ops.expand_dims((1.0 - ops.cast(hard_weight, ms.float32)) * NEG_INF, -1)
-        a_logits = ops.concat((logits, hard), 1)
-    return 0.5 * (cross_entropy(a_logits, labels) + cross_entropy(logits.T, labels))
+    return 0.5 * (cross_entropy(logits, labels) + cross_entropy(logits.T, labels))
 
 
 def gather_positions(seq, positions):

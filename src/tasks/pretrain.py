@@ -18,15 +18,7 @@ audio columns come last and only when the data has audio). The cross-modal seque
 | id   | text, image fully masked, audio                  | label-smoothed cross-entropy of the image decoder      |
 
 Without audio: mam is unavailable, itm keeps only its 2-way text-image part, itc only text-image.
-
-Layout negatives (`mirror_ids`, from pretrain.mirror_negatives): a caption holding one of those token ids (the words
-of data.mirror_swap, e.g. 左 / 右) no longer describes its image mirrored left-right. itc then adds the mirrored
-image as one extra negative of that caption, and itm scores (caption, mirrored image) as a non-matching pair. Random
-in-batch negatives almost never differ only in layout, so without them the towers and the matching head can ignore
-where things are.
 """
-import mindspore as ms
-import numpy as np
 from mindspore import nn, ops
 
 from src.data.labels import ITM_AUDIO_SWAPPED, ITM_MATCHED
@@ -43,12 +35,11 @@ class PretrainTask(nn.Cell):
     audio_inputs = AUDIO_INPUTS  # fed last, only when the data has audio
     needs_audio = False
 
-    def __init__(self, model, pretrain_cfg, has_audio, mirror_ids=None):
+    def __init__(self, model, pretrain_cfg, has_audio):
         super().__init__(auto_prefix=False)
         self.model = model
         self.cfg = pretrain_cfg
         self.has_audio = has_audio
-        self.mirror_ids = None if mirror_ids is None else ms.Tensor(np.asarray(mirror_ids, np.int32).reshape(1, 1, -1))
         self.text_len = model.cfg.text.max_len
         self.image_len = model.image_encoder.num_tokens + 1
         self.input_names = BASE_INPUTS + self.extra_inputs + (self.audio_inputs if has_audio else ())
@@ -62,15 +53,6 @@ class PretrainTask(nn.Cell):
             return m.fuse(text, t_mask, img, i_mask)
         aud, a_mask = m.encode_audio(audio, frame_mask, audio_masked)
         return m.fuse(text, t_mask, img, i_mask, aud, a_mask)
-
-    def mirror_sensitive(self, text_ids):
-        """(B,) 1.0 where the text holds a left/right word (`mirror_ids`), else 0.0."""
-        hits = ops.cast(ops.equal(ops.expand_dims(text_ids, -1), self.mirror_ids), ms.float32)
-        return hits.max(axis=2).max(axis=1)
-
-    def encode_mirrored(self, image):
-        """Image-encoder tokens of the images (B, C, H, W) mirrored left-right."""
-        return self.model.encode_image(ops.flip(image, (3,)))[0]
 
     def image_part(self, seq):
         """Patch outputs of the cross-modal sequence (the image's global token excluded)."""
@@ -131,16 +113,7 @@ class ITMTask(PretrainTask):
         img, i_mask = m.encode_image(image)
         image_matches = ops.logical_or(ops.equal(itm_labels, ITM_MATCHED), ops.equal(itm_labels, ITM_AUDIO_SWAPPED))
         pair_labels = ops.cast(image_matches, itm_labels.dtype)
-        if self.mirror_ids is None:
-            loss = cross_entropy(m.pair_logits(text, t_mask, img, i_mask), pair_labels)
-        else:
-            # one matching-head call on [pairs; mirrored pairs], so its running centre takes one update a step
-            logits = m.pair_logits(ops.concat((text, text), 0), ops.concat((t_mask, t_mask), 0),
-                                   ops.concat((img, self.encode_mirrored(image)), 0), ops.concat((i_mask, i_mask), 0))
-            batch = text_ids.shape[0]
-            weight = self.mirror_sensitive(text_ids) * ops.cast(image_matches, ms.float32)
-            loss = (cross_entropy(logits[:batch], pair_labels)
-                    + cross_entropy(logits[batch:], ops.zeros_like(itm_labels), weight))
+        loss = cross_entropy(m.pair_logits(text, t_mask, img, i_mask), pair_labels)
         if audio is not None:
             aud, a_mask = m.encode_audio(audio, frame_mask)
             loss = loss + cross_entropy(m.matching_logits(text, t_mask, img, i_mask, aud, a_mask), itm_labels)
@@ -154,10 +127,7 @@ class ITCTask(PretrainTask):
         img, _ = m.encode_image(image)
         t, i = m.text_features(text, t_mask), m.image_features(img)
         scale = m.contrastive.scale()
-        hard, hard_weight = None, None
-        if self.mirror_ids is not None:
-            hard, hard_weight = m.image_features(self.encode_mirrored(image)), self.mirror_sensitive(text_ids)
-        text_image = info_nce(t, i, scale, hard, hard_weight)
+        text_image = info_nce(t, i, scale)
         if audio is None:
             return text_image
         aud, a_mask = m.encode_audio(audio, frame_mask)
@@ -190,9 +160,5 @@ TASKS = {"mlm": MLMTask, "mvm": MVMTask, "mam": MAMTask, "itm": ITMTask, "itc": 
          "id": IDTask}
 
 
-MIRROR_TASKS = ("itm", "itc")   # the tasks that use layout negatives
-
-
-def build_task(name, model, pretrain_cfg, has_audio, mirror_ids=None):
-    """`mirror_ids`: token ids of the left/right words for layout negatives (itm and itc only; see the module doc)."""
-    return TASKS[name](model, pretrain_cfg, has_audio, mirror_ids if name in MIRROR_TASKS else None)
+def build_task(name, model, pretrain_cfg, has_audio):
+    return TASKS[name](model, pretrain_cfg, has_audio)

@@ -53,7 +53,7 @@ def test_rank_shards_are_the_single_process_batches(data):
     tokenizer = Tokenizer(data["vocab"])
     cfg = cfg.with_updates({"model.text.vocab_size": tokenizer.vocab_size})
     batches = build_pretrain_dataset(data["train"], TASK, cfg, tokenizer, WORLD * PER_RANK, 0)
-    for k, batch in zip(range(STEPS), batches.create_dict_iterator(num_epochs=1, output_numpy=True)):
+    for _, batch in zip(range(STEPS), batches.create_dict_iterator(num_epochs=1, output_numpy=True)):
         assert batch["image_masked"].sum(axis=1).tolist() == [MASKED_PER_SAMPLE] * WORLD * PER_RANK
 
 

@@ -11,6 +11,8 @@ from src.data.build_mindrecord import build_mindrecord
 from tests.helpers import ROOT
 from tests.integration.conftest import COMPILE_CACHE
 
+pytestmark = pytest.mark.slow  # every test runs the entry scripts as processes
+
 PY = sys.executable
 
 

@@ -28,6 +28,7 @@ def vq_run(tiny_data, tmp_path_factory):
     return out_dir
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_results_and_a_reconstruction_grid(vq_run):
     with open(os.path.join(vq_run, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
@@ -43,6 +44,7 @@ def test_training_writes_checkpoints_results_and_a_reconstruction_grid(vq_run):
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_extracted_tokens_decode_and_feed_the_pretrain_id_task(vq_run, tiny_data, tmp_path):
     from src.config import load_config
     from src.data.build_mindrecord import build_mindrecord
@@ -110,6 +112,7 @@ def _val_codes(vq, manifest, image_size):
                                                                                         output_numpy=True)])
 
 
+@pytest.mark.slow
 def test_a_reloaded_checkpoint_encodes_exactly_like_the_model_that_was_trained(tiny_data, tmp_path):
     """The codebook buffers (written with ops.assign inside the train step) reach the checkpoint: load_vq gives the
     same codes as the in-training model, and the usage of those codes is what the run reported."""

@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.slow  # every test runs eval.py as a process
+
 PROMPT = "左边有一个红色的圆"
 CHARS = "左右中边有一个红绿蓝色的圆三角形正方"
 VQ_SETTINGS = ["vq.image_size=32", "vq.downsample=8", "vq.codebook_size=16", "vq.code_dim=8", "vq.hidden=8",

@@ -31,13 +31,11 @@ def steps_until_all_tasks_drawn(overrides):
 
 @pytest.mark.slow
 def test_all_default_tasks_train_and_write_outputs(tiny_data, pretrain_cmd, tmp_path):
-    """Also compiles itc and itm with layout negatives (the demo captions say left and right)."""
     tasks = task_overrides(*DEFAULT_TASKS)
     plan = steps_until_all_tasks_drawn(tasks)
     assert len(plan) <= 30  # keeps the run short; a change of seed or mixer could need a longer run
     out = tmp_path / "out"
-    result = run(pretrain_cmd(out, *tasks, f"train.steps={len(plan)}", "checkpoint.every=3",
-                              "pretrain.mirror_negatives=true"), tiny_data)
+    result = run(pretrain_cmd(out, *tasks, f"train.steps={len(plan)}", "checkpoint.every=3"), tiny_data)
     assert result.returncode == 0, result.stderr[-3000:]
 
     records = read_metrics(out)
@@ -51,7 +49,6 @@ def test_all_default_tasks_train_and_write_outputs(tiny_data, pretrain_cmd, tmp_
     vocab_size = Tokenizer(tiny_data["vocab"]).vocab_size
     assert vocab_size > 0 and saved["model"]["text"]["vocab_size"] == vocab_size
     assert saved["pretrain"]["tasks"]["id"] == 0 and saved["train"]["steps"] == len(plan)
-    assert saved["pretrain"]["mirror_negatives"] is True
 
     last = len(plan)
     expected_steps = sorted({s for s in range(3, last + 1, 3)} | {last})[-3:]  # checkpoint.keep_last 3
@@ -78,6 +75,7 @@ def one_line_error(result):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_unknown_config_key_exits_2_naming_the_key(tiny_data, pretrain_cmd, tmp_path):
     result = run(pretrain_cmd(tmp_path / "out", "train.stepz=5"), tiny_data)
     assert result.returncode == 2
@@ -86,6 +84,7 @@ def test_unknown_config_key_exits_2_naming_the_key(tiny_data, pretrain_cmd, tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_missing_data_file_exits_2_naming_the_file(tiny_data, pretrain_cmd, tmp_path):
     missing = tmp_path / "nowhere" / "train.mindrecord"
     result = run(pretrain_cmd(tmp_path / "out", f"data.train={missing}"), tiny_data)

@@ -1,4 +1,4 @@
-"""The tokenizer benchmark runs on a small vocabulary and counts the texts whose ids MindSpore's NFKC folding changes."""
+"""The tokenizer benchmark runs on a small vocabulary and counts the texts whose ids MindSpore's NFKC changes."""
 import argparse
 
 from src.bench import tokenizer as bench

@@ -175,6 +175,7 @@ def test_strict_fails_and_writes_no_data(demo, tmp_path, capsys):
         build_mindrecord(str(empty), str(tmp_path / "empty.mindrecord"), vocab, workers=1)
 
 
+@pytest.mark.slow
 def test_pool_workers_and_shards_give_the_same_records(demo, tmp_path):
     root, vocab = demo
     build_mindrecord(str(root / "train.jsonl"), str(tmp_path / "one.mindrecord"), vocab, workers=1, max_frames=32)

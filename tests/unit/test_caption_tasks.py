@@ -137,6 +137,7 @@ def _train_step(model, task, lr=1e-3):
     return step
 
 
+@pytest.mark.slow
 def test_non_finite_scst_loss_skips_the_update_and_finite_steps_raise_the_sample_logprob(pynative):
     model = build_model(model_config("tiny", ["model.text_decoder.memory_layers=0"]).model)
     x = model_inputs(model.cfg, batch=2, seed=6)
@@ -153,6 +154,7 @@ def test_non_finite_scst_loss_skips_the_update_and_finite_steps_raise_the_sample
     assert losses[-1] < losses[0] - 0.1, losses
 
 
+@pytest.mark.slow
 def test_closed_vocabulary_vqa_picks_the_highest_scoring_candidate(model, pynative):
     x = model_inputs(model.cfg, batch=2, seed=7, text_len=5)
     generator = TextGenerator(model, _Tokens(), decoding_settings(model_config("tiny"), "vqa"))
@@ -193,6 +195,7 @@ def test_rationale_answers_are_the_text_after_the_first_separator():
     assert plain.respond(None, None, None)[0] == ("5 6 " + str(MASK) + " 7", None)
 
 
+@pytest.mark.slow
 def test_closed_vocabulary_with_rationale_scores_the_candidates_after_the_generated_rationale(model, pynative):
     x = model_inputs(model.cfg, batch=2, seed=8, text_len=5)
     generator = TextGenerator(model, _Tokens(), decoding_settings(model_config("tiny"), "vqa"))

@@ -288,6 +288,7 @@ for step in range(1, 100000):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["ckpt", "safetensors"])
 def test_sigkill_at_a_random_moment_leaves_a_valid_checkpoint(tmp_path, fmt):
     script = tmp_path / "writer.py"

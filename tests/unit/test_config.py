@@ -294,7 +294,7 @@ def test_config_access_and_read_only(tmp_path, defaults):
     assert list(cfg) == ["seed", "model", "train", "data"] and len(cfg.model) == 3
     assert cfg.data.name == "维基"
     with pytest.raises(AttributeError, match="did you mean 'batch_size'"):
-        cfg.train.batch_sise
+        _ = cfg.train.batch_sise
     with pytest.raises(AttributeError, match="read-only"):
         cfg.seed = 3
     with pytest.raises(TypeError):
@@ -353,7 +353,7 @@ def test_main_prints_resolved_config_or_error(tmp_path, defaults, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["seed"] == 5 and printed["train"]["batch_size"] == 2 and "base" not in printed
     assert main([str(run), "--defaults", str(defaults), "--set", "trian.lr=1"]) == 2
-    assert capsys.readouterr().err == f"error: unknown key 'trian.lr' in --set; did you mean 'train.lr'?\n"
+    assert capsys.readouterr().err == "error: unknown key 'trian.lr' in --set; did you mean 'train.lr'?\n"
 
 
 # ---------------------------------------------------------------- the repository's own configs

@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow  # every test starts a Python process
 
 PRINT_CAP = "import src, os; print(os.environ.get('ONEDNN_MAX_CPU_ISA'))"
 

@@ -210,6 +210,7 @@ def real(decoder, memory, **kw):
     return generate(decoder, *memory, BOS, EOS, PAD, kw.pop("max_len", 12), **kw)
 
 
+@pytest.mark.slow
 def test_greedy_and_beam_are_the_same_with_and_without_the_kv_cache(decoder, memory):
     greedy = real(decoder, memory)
     assert len({tuple(row) for row in greedy[0].tolist()}) == 3  # the rows differ: the memory matters
@@ -293,6 +294,7 @@ def test_classifier_free_guidance_decodes_the_guided_distribution_row_by_row(pyn
     np.testing.assert_array_equal(no_cache[0], tokens)
 
 
+@pytest.mark.slow
 def test_guidance_against_the_same_memory_changes_nothing_on_the_tiny_decoder(decoder, memory):
     for strategy in ("greedy", "beam"):
         plain = real(decoder, memory, strategy=strategy)

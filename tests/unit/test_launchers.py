@@ -79,6 +79,7 @@ def _dry_run_ranks(stdout):
     return ranks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", [0, 1])
 def test_distribute_dry_run_numbers_ranks_globally(workdir, server):
     args = ["cluster.json", "caption", "cfg.yaml", "train.epochs=2", "data.root=data"]
@@ -98,6 +99,7 @@ def test_distribute_dry_run_numbers_ranks_globally(workdir, server):
     assert not (workdir / "out").exists()
 
 
+@pytest.mark.slow
 def test_distribute_output_dir_override_and_server_id_by_name(workdir):
     result = _run("run_distribute_train.sh", ["cluster.json", "vqa", "cfg.yaml", "run.output_dir=runs/a"],
                   cwd=workdir, SERVER_ID="10.0.0.2", DRY_RUN="1")
@@ -107,12 +109,14 @@ def test_distribute_output_dir_override_and_server_id_by_name(workdir):
     assert ranks[0][2][-2:] == ["--set", f"run.output_dir={workdir / 'runs' / 'a' / 'rank_8'}"]
 
 
+@pytest.mark.slow
 def test_distribute_needs_server_id_when_host_is_not_in_table(workdir):
     result = _run("run_distribute_train.sh", ["cluster.json", "vqa", "cfg.yaml"], cwd=workdir, DRY_RUN="1")
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "set SERVER_ID" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, words", [
     (["cluster.json", "caption"], "usage:"),
     (["cluster.json", "translate", "cfg.yaml"], "usage:"),
@@ -124,6 +128,7 @@ def test_distribute_argument_errors(workdir, args, words):
     assert result.returncode == 2 and words in result.stderr
 
 
+@pytest.mark.slow
 def test_distribute_refuses_a_faulty_table(workdir):
     table = json.loads((workdir / "cluster.json").read_text())
     table["server_count"] = "1"
@@ -140,6 +145,7 @@ def _process_gone(pid):
         return True
 
 
+@pytest.mark.slow
 def test_distribute_stops_all_ranks_when_one_fails(workdir):
     start = time.monotonic()
     result = _run("run_distribute_train.sh", ["one.json", "pretrain", "cfg.yaml"], cwd=workdir, OUTPUT_DIR="out",
@@ -156,6 +162,7 @@ def test_distribute_stops_all_ranks_when_one_fails(workdir):
         assert f"fake trainer rank {rank}" in (workdir / "out" / f"rank_{rank}" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_distribute_succeeds_when_all_ranks_succeed(workdir):
     result = _run("run_distribute_train.sh", ["one.json", "pretrain", "cfg.yaml"], cwd=workdir, OUTPUT_DIR="out",
                   OPT_TRAIN_CMD=f"{sys.executable} {workdir / 'fake_trainer.py'}")
@@ -163,6 +170,7 @@ def test_distribute_succeeds_when_all_ranks_succeed(workdir):
     assert "all 2 ranks of server 0 (10.9.9.9) finished" in result.stdout
 
 
+@pytest.mark.slow
 def test_msrun_dry_run_defaults(workdir):
     result = _run("run_msrun.sh", ["retrieval", "cfg.yaml", "train.lr=0.1"], cwd=workdir, DRY_RUN="1")
     assert result.returncode == 0, result.stderr
@@ -173,6 +181,7 @@ def test_msrun_dry_run_defaults(workdir):
         "--config", str(workdir / "cfg.yaml"), "--set", f"run.output_dir={out}", "train.lr=0.1"]
 
 
+@pytest.mark.slow
 def test_msrun_dry_run_with_options(workdir):
     args = ["--worker_num", "8", "--local_worker_num=4", "--master_addr", "10.0.0.1", "--master_port=9000",
             "--node_rank", "1", "--log_dir", "logs", "--join", "False", "--cluster_time_out", "120", "vqa", "cfg.yaml"]
@@ -184,6 +193,7 @@ def test_msrun_dry_run_with_options(workdir):
     assert shlex.split(result.stdout)[-2:] == ["--set", f"run.output_dir={workdir / 'o'}"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, words", [
     (["vqa"], "usage:"),
     (["--worker_num", "0", "vqa", "cfg.yaml"], "--worker_num must be a positive integer"),
@@ -196,6 +206,7 @@ def test_msrun_argument_errors(workdir, args, words):
     assert result.returncode == 2 and words in result.stderr
 
 
+@pytest.mark.slow
 def test_standalone_dry_run_and_real_run(workdir):
     result = _run("run_standalone_train.sh", ["caption", "cfg.yaml", "a.b=1"], cwd=workdir, DRY_RUN="1",
                   PYTHON="python3")
@@ -212,6 +223,7 @@ def test_standalone_dry_run_and_real_run(workdir):
     assert json.loads((out / "seen.json").read_text())["argv"][-1] == f"run.output_dir={out}"
 
 
+@pytest.mark.slow
 def test_eval_and_export_dry_runs(workdir):
     (workdir / "model.ckpt").write_text("")
     result = _run("run_eval.sh", ["vqa", "cfg.yaml", "model.ckpt", "eval.batch_size=4"], cwd=workdir, DRY_RUN="1",
@@ -229,6 +241,7 @@ def test_eval_and_export_dry_runs(workdir):
     assert shlex.split(result.stdout)[-4:] == ["--file_format", "ONNX", "--batch_size", "8"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args, words", [
     ("run_standalone_train.sh", ["caption"], "usage:"),
     ("run_eval.sh", ["vqa", "cfg.yaml"], "usage:"),

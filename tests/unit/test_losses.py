@@ -144,25 +144,6 @@ def test_info_nce_by_hand_and_symmetric():
     assert value(info_nce(Tensor(b), Tensor(a), 5.0)) == pytest.approx(0.5 * (rows + cols), rel=1e-5)
 
 
-def test_info_nce_hard_negatives_by_hand():
-    """One extra negative per row of `a`, seen only where its weight is 1; the b -> a direction is unchanged."""
-    rng = np.random.default_rng(3)
-    a, b, hard = (np_unit(rng.standard_normal((4, 8))).astype(np.float32) for _ in range(3))
-    weight = np.array([1, 0, 1, 0], np.float32)
-    logits = 5.0 * a.astype(np.float64) @ b.T.astype(np.float64)
-    extra = 5.0 * (a.astype(np.float64) * hard).sum(-1, keepdims=True)
-    rows_with = np.array([np_cross_entropy(np.concatenate([logits[k], extra[k]])[None], np.array([k]))
-                          for k in range(4)])
-    rows_without = np.array([np_cross_entropy(logits[k][None], np.array([k])) for k in range(4)])
-    rows = np.where(weight > 0, rows_with, rows_without).mean()
-    cols = np_cross_entropy(logits.T, np.arange(4))
-    assert (rows_with > rows_without).all()  # a hard negative always costs something
-    got = value(info_nce(Tensor(a), Tensor(b), 5.0, Tensor(hard), Tensor(weight)))
-    assert got == pytest.approx(0.5 * (rows + cols), rel=1e-5)
-    none_seen = info_nce(Tensor(a), Tensor(b), 5.0, Tensor(hard), Tensor(np.zeros(4, np.float32)))
-    assert value(none_seen) == pytest.approx(value(info_nce(Tensor(a), Tensor(b), 5.0)), rel=1e-6)
-
-
 def test_gather_positions_by_hand():
     seq = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
     positions = np.array([[3, 0], [1, 1]], np.int32)

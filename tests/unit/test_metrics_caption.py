@@ -95,6 +95,7 @@ def test_english_without_java_falls_back_to_a_simple_split(no_java, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_JAVA, reason="needs java for METEOR and the PTB tokenizer")
 def test_english_with_java_runs_ptb_and_meteor(capsys):
     refs = {"a": ["A dog is running on the grass."], "b": ["Two men play tennis in a park."],

@@ -60,7 +60,7 @@ def expected_length(cfg, subset):
     return sum(lengths[m] for m in subset)
 
 
-@pytest.mark.parametrize("name", ["tiny", "small"])
+@pytest.mark.parametrize("name", ["tiny", pytest.param("small", marks=pytest.mark.slow)])
 def test_forward_shapes_for_every_modality_subset(name, pynative):
     cfg = model_config(name, ["model.text.vocab_size=300"]).model
     model = build_model(cfg)
@@ -190,6 +190,7 @@ class AllHeadsLoss(nn.Cell):
         return loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stem", ["linear", "conv"])
 def test_training_step_reaches_every_parameter_and_lowers_the_loss(stem):
     tiny_cfg = model_config("tiny", [f"model.image.stem={stem}"])

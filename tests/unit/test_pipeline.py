@@ -340,17 +340,6 @@ def test_vqa_rationale_targets_are_rationale_separator_answer(data):
         length = int(batch["dec_weights"][row].sum())
         assert batch["dec_target"][row, :length].tolist() == expected
         assert batch["dec_input"][row, :length].tolist() == [tokenizer.cls_id] + expected[:-1]
-    # vqa.answer_weight: the answer and EOS targets weigh 3, the rationale and the separator 1
-    weighted = cfg.with_updates({"vqa.answer_weight": 3.0})
-    (heavy,) = batches(build_vqa_dataset(data["paths"]["vqa"], weighted, tokenizer, len(samples), epoch=0))
-    np.testing.assert_array_equal(heavy["dec_target"], batch["dec_target"])
-    for row in range(len(samples)):
-        separator = batch["dec_target"][row].tolist().index(tokenizer.mask_id)
-        length = int(batch["dec_weights"][row].sum())
-        expected = [1.0] * (separator + 1) + [3.0] * (length - separator - 1) + [0.0] * (40 - length)
-        assert heavy["dec_weights"][row].tolist() == expected
-    with pytest.raises(UserError, match="vqa.answer_weight must be positive"):
-        build_vqa_dataset(data["paths"]["vqa"], cfg.with_updates({"vqa.answer_weight": 0.0}), tokenizer, 4, epoch=0)
     # a short decoder cuts the rationale, never the answer
     short = cfg.with_updates({"model.text_decoder.max_len": 8})
     (cut,) = batches(build_vqa_dataset(data["paths"]["vqa"], short, tokenizer, len(samples), epoch=0))
@@ -385,58 +374,3 @@ def test_vqa_rationale_training_needs_rationales_in_the_data(data, tmp_path):
     with pytest.raises(UserError, match="without rationales.*vqa.rationale=false"):
         build_vqa_dataset(path, cfg, data["tokenizer"], 4, epoch=0)
     build_vqa_dataset(path, cfg.with_updates({"vqa.rationale": False}), data["tokenizer"], 4, epoch=0)
-
-
-@pytest.mark.parametrize("rationale", [False, True])
-def test_vqa_mirroring_flips_the_image_and_swaps_left_and_right(data, rationale):
-    from src.data.finetune_data import build_vqa_dataset
-    tokenizer = data["tokenizer"]
-    n = len(data["samples"]["vqa"])
-    plain_cfg = data["cfg"].with_updates({"data.use_audio": False, "vqa.rationale": rationale})
-    (plain,) = batches(build_vqa_dataset(data["paths"]["vqa"], plain_cfg, tokenizer, n, epoch=0))
-    (mirrored,) = batches(build_vqa_dataset(data["paths"]["vqa"], plain_cfg.with_updates({"data.mirror_prob": 1.0}),
-                                            tokenizer, n, epoch=0))
-    np.testing.assert_array_equal(mirrored["image"], plain["image"][..., ::-1])
-    left, right = (int(tokenizer.encode(word, 3)[1]) for word in "左右")
-    swapped = 0
-    for key in ("question_ids", "dec_target"):
-        p, m = plain[key], mirrored[key]
-        assert ((p == left) | (p == right)).any()
-        np.testing.assert_array_equal(m[p == left], right)
-        np.testing.assert_array_equal(m[p == right], left)
-        other = (p != left) & (p != right)
-        np.testing.assert_array_equal(m[other], p[other])
-        swapped += int((p == left).sum())
-    assert swapped > 0
-    for key in ("question_mask", "dec_weights"):
-        np.testing.assert_array_equal(mirrored[key], plain[key])
-    # about half of the samples with mirror_prob 0.5, the same ones each time the epoch is built
-    half_cfg = plain_cfg.with_updates({"data.mirror_prob": 0.5})
-    runs = [batches(build_vqa_dataset(data["paths"]["vqa"], half_cfg, tokenizer, n, epoch=0))[0] for _ in range(2)]
-    flipped = [not np.array_equal(runs[0]["image"][i], plain["image"][i]) for i in range(n)]
-    assert 0 < sum(flipped) < n
-    np.testing.assert_array_equal(runs[0]["image"], runs[1]["image"])
-
-
-def test_vqa_mirroring_needs_swappable_words(data):
-    from src.data.finetune_data import build_vqa_dataset
-    from src.data.tokenizer import word_swap_table
-    tokenizer = data["tokenizer"]
-    table = word_swap_table(tokenizer, [["左", "右"], ["left", "right"]], "data.mirror_prob=0")  # "left" is not in the demo vocabulary
-    left, right = (int(tokenizer.encode(word, 3)[1]) for word in "左右")
-    assert (table[left], table[right]) == (right, left)
-    assert (table != np.arange(len(table))).sum() == 2
-    cfg = data["cfg"].with_updates({"data.use_audio": False, "data.mirror_prob": 0.5,
-                                    "data.mirror_swap": [["left", "right"]]})
-    with pytest.raises(UserError, match="data.mirror_swap"):
-        build_vqa_dataset(data["paths"]["vqa"], cfg, tokenizer, 4, epoch=0)
-
-
-def test_mirror_word_ids_are_the_swapped_tokens(data):
-    from src.data.tokenizer import mirror_word_ids
-    tokenizer = data["tokenizer"]
-    left, right = (int(tokenizer.encode(word, 3)[1]) for word in "左右")
-    ids = mirror_word_ids(tokenizer, [["左", "右"], ["left", "right"]], "pretrain.mirror_negatives=false")
-    assert ids.tolist() == sorted([left, right]) and ids.dtype == np.int32
-    with pytest.raises(UserError, match="pretrain.mirror_negatives=false"):
-        mirror_word_ids(tokenizer, [["left", "right"]], "pretrain.mirror_negatives=false")

@@ -129,6 +129,7 @@ def _evaluate(setup, mode, k=16, **kwargs):
     return evaluate(setup["model"], setup["cfg"], setup["tokenizer"], setup["cfg"].data.test, mode, k, **kwargs)
 
 
+@pytest.mark.slow
 def test_every_mode_on_a_tiny_model(setup):
     n_texts = N_TEST * 5
     itc, itm = _evaluate(setup, "itc"), _evaluate(setup, "itm")
@@ -161,6 +162,7 @@ def test_embeddings_do_not_depend_on_the_batch_size(setup):
     assert by_4["features"].shape[0] == 5
 
 
+@pytest.mark.slow
 def test_pair_scores_do_not_depend_on_the_batch_or_its_filler_rows(setup):
     """Fixed-shape pair batches: the short last batch is filled with copies of its last pair and those are dropped;
     a pair's score is the same whatever batch it lands in, alone or repeated."""
@@ -265,6 +267,7 @@ def test_two_ranks_give_the_single_process_results(setup, monkeypatch):
         assert result["pairs_scored"] >= single["pairs_scored"]  # ranks may both score a shared pair
 
 
+@pytest.mark.slow
 def test_fine_tuning_improves_training_set_recall(setup):
     cfg = setup["cfg"].with_updates({"data.use_audio": False})
     ms.set_seed(1)

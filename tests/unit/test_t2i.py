@@ -155,6 +155,7 @@ def test_memory_is_the_image_decoding_task_encoding(tiny, pynative):
     np.testing.assert_array_equal(memory_mask, expected_mask.asnumpy())
 
 
+@pytest.mark.slow
 def test_sampling_with_top_k_1_equals_greedy(tiny, pynative):
     t2i = make_t2i(tiny, FakeVQ(image_size=32), top_k=1, candidates=2)   # 4 x 4 codes, no resizing
     sampled = t2i.generate("左边有一个红色的圆")
@@ -165,6 +166,7 @@ def test_sampling_with_top_k_1_equals_greedy(tiny, pynative):
     assert sampled.filled.tolist() == [0, 0]  # EOS is forbidden until the grid is full
 
 
+@pytest.mark.slow
 def test_guidance_steers_greedy_codes_by_the_empty_prompt(tiny, pynative):
     """Greedy codes with guidance g are the argmax of log p(. | empty) + g (log p(. | prompt) - log p(. | empty)),
     step by step (checked against the decoder run on the whole sequence); g = 1 is plain greedy."""
@@ -199,6 +201,7 @@ def test_guidance_steers_greedy_codes_by_the_empty_prompt(tiny, pynative):
         make_t2i(tiny, guidance=-1.0)
 
 
+@pytest.mark.slow
 def test_generation_is_seeded_per_prompt(tiny, pynative):
     t2i = make_t2i(tiny, candidates=3, seed=5)
     alone = t2i.generate("右边有一个蓝色的三角形")
@@ -237,6 +240,7 @@ def test_candidates_are_reranked_by_the_models_text_image_score(tiny, rerank, py
     np.testing.assert_allclose(result.image_features, i_feat.asnumpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reranking_returns_the_best_candidate_first(tiny, pynative):
     from src.inference.t2i import TextToImage
 

@@ -242,7 +242,8 @@ PARITY_SENTENCES = [
 
 def fuzz_sentences(n, seed=0):
     """Random strings from a pool of characters where tokenizers differ: controls, spaces, marks, astral, cased."""
-    pool = ("老师您好中文繁體，。！？（）「」ＡＢＣａｂｃ１２３①℃ abcXYZ019 .,!?'-_$^`|~+=<>" "\t\n\r\x00\x01\x1f\x7f\x85"
+    pool = ("老师您好中文繁體，。！？（）「」ＡＢＣａｂｃ１２３①℃ abcXYZ019 .,!?'-_$^`|~+=<>"
+            "\t\n\r\x00\x01\x1f\x7f\x85"
             "\u00a0\u2028\u3000\u200b\ufeff\ufffd\u0301\u0308\u0327\u20dd éÉñÑçÇåÅöÖİıßﬁΣσςΑΟΔ"
             "こんにちはカタカナﾊﾝｶｸ한국어한😀👍🏽𠀀𪜀丽\u1fef\u037e\u0387\u212a\u2126")
     rng = random.Random(seed)

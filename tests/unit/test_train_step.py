@@ -97,6 +97,7 @@ def runs():
                            plain=plain, accumulated=accumulated)
 
 
+@pytest.mark.slow
 def test_first_step_reports_the_unscaled_loss_and_the_raw_gradient_norm(runs):
     first = runs.plain[0]
     assert first.finite and first.scale == 2 ** 10
@@ -106,6 +107,7 @@ def test_first_step_reports_the_unscaled_loss_and_the_raw_gradient_norm(runs):
     assert first.grad_norm == pytest.approx(ref_norm, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_clipped_update_is_clip_norm_along_the_raw_gradient(runs):
     first = runs.plain[0]
     ref_norm = global_norm(runs.ref_grads.values())
@@ -114,6 +116,7 @@ def test_clipped_update_is_clip_norm_along_the_raw_gradient(runs):
         np.testing.assert_allclose(first.delta[name], -CLIP * grad / ref_norm, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_overflow_step_is_skipped_and_halves_the_scale(runs):
     first, overflow = runs.plain[:2]
     assert first.scale_after == 2 ** 10 and first.good_steps_after == 1  # one finite step: window 2 not reached
@@ -123,6 +126,7 @@ def test_overflow_step_is_skipped_and_halves_the_scale(runs):
     assert all(not np.any(d) for d in overflow.delta.values())
 
 
+@pytest.mark.slow
 def test_normal_steps_after_an_overflow_update_and_regrow_the_scale(runs):
     third, fourth = runs.plain[2:]
     assert third.finite and third.scale == 2 ** 9
@@ -134,6 +138,7 @@ def test_normal_steps_after_an_overflow_update_and_regrow_the_scale(runs):
     assert fourth.loss < runs.plain[0].loss
 
 
+@pytest.mark.slow
 def test_accumulation_over_two_micro_batches_equals_one_big_batch(runs):
     plain, accumulated = runs.plain[0], runs.accumulated
     assert accumulated.finite
