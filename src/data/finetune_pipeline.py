@@ -148,6 +148,8 @@ class _VQASample(_ImageOnlySample):
         self.mirror_prob = float(cfg.data.mirror_prob)
         if not 0.0 <= self.mirror_prob <= 1.0:
             raise UserError(f"data.mirror_prob must lie in [0, 1], got {self.mirror_prob}")
+        if self.mirror_prob > 0 and cfg.model.image.mode != "pixels":
+            raise UserError("data.mirror_prob mirrors images left-right; with model.image.mode features set it to 0")
         self.swap = (word_swap_table(tokenizer, cfg.data.mirror_swap, "data.mirror_prob=0")
                      if self.mirror_prob > 0 else None)
         super().__init__(cfg, tokenizer, has_audio)

@@ -107,6 +107,8 @@ class MVMTask(PretrainTask):
 
     def construct(self, text_ids, text_mask, image, image_masked, audio=None, frame_mask=None):
         target = standardize(ops.stop_gradient(self.model.image_regression_target(image)))
+        if self.model.image_encoder.mode == "features":  # padded region slots never count
+            image_masked = image_masked * ops.cast(self.model.split_regions(image)[2], image_masked.dtype)
         seq, _ = self.encode(text_ids, text_mask, image, image_masked, audio, frame_mask)
         pred = self.model.image_regression_head(self.image_part(seq))
         return self.masked_feature_loss(pred, target, image_masked, self.cfg.mvm_contrastive_weight)
