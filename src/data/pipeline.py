@@ -9,7 +9,8 @@ The optional augmentations data.random_crop / data.hflip are C++ ops drawing fro
 with them on, the image crop is the one thing not fixed by (seed, epoch, index).
 
 A stored record (see `record_schema` in build_mindrecord): `index` (row in accepted order), `id`, `image_id`, `image`
-(encoded bytes), `regions` (region features | boxes, when the manifest gave region files), `caption_ids` (every caption as [CLS] .. [SEP], concatenated) with `caption_lens`, `captions` (JSON),
+(encoded bytes), `regions` (region features | boxes, when the manifest gave region files; model.image.mode features),
+`caption_ids` (every caption as [CLS] .. [SEP], concatenated) with `caption_lens`, `captions` (JSON),
 `audio` (frames, D) with `audio_frames`, `question_ids`, `answers` (JSON), `lang`, `image_tokens` (VQ codes).
 MindRecord gives an empty array column back as a 0-d array; `stored_array` turns that into an empty array again.
 """

@@ -108,7 +108,8 @@ class _Converter:
     def put(self, ours, value, action, source_key=None, detail=""):
         if ours not in self.params:
             raise UserError(f"the model of this config has no parameter '{ours}' for {source_key}; use a config "
-                            f"with the released shapes (config/model/opt_1b_released.yaml or opt_modelzoo_caption.yaml)")
+                            f"with the released shapes (config/model/opt_1b_released.yaml or "
+                            f"opt_modelzoo_caption.yaml)")
         wanted = tuple(self.params[ours].shape)
         value = np.asarray(value, np.float32)
         if value.shape != wanted:
@@ -245,8 +246,8 @@ class _Converter:
         key = "uniter.img_embeddings.vit.encoder_pos_embedding"
         vit_pos = self.take(key)[0]
         n = vit_pos.shape[0]
-        self.put("image_encoder.position_embeddings.embedding_table", np.concatenate([vit_pos[n - 1:], vit_pos[:n - 1]]),
-                 "remapped", key, f"(1, {n}, W) squeezed; the pad row {n - 1} moved first (our global token)")
+        self.put("image_encoder.position_embeddings.embedding_table",
+                 np.concatenate([vit_pos[n - 1:], vit_pos[:n - 1]]), "remapped", key, f"(1, {n}, W) squeezed; the pad row {n - 1} moved first (our global token)")
         key = "uniter.img_embeddings.position_embeddings.embedding_table"
         pos = self.take(key)
         self.put("image_embed.position_embeddings.embedding_table", np.concatenate([pos[n - 1:n], pos[:n - 1]]),
@@ -374,7 +375,8 @@ class _Converter:
 
 
 def convert(source_tensors, model, source):
-    """(tensors of ours name -> float32 array, LoadReport, notes) for an OPTModel `model` built from the target config."""
+    """(tensors: our name -> float32 array, LoadReport, notes) for an OPTModel `model` built from the target
+    config."""
     if source not in K.SOURCES:
         raise UserError(f"--source must be one of {', '.join(K.SOURCES)}, got {source!r}")
     found = detect_source(source_tensors)

@@ -3,7 +3,6 @@ with width/height), validation and the MindRecord `regions` column, every pretra
 evaluation pipelines in model.image.mode features, and a task step on their batches."""
 import json
 
-import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor
