@@ -115,3 +115,19 @@ def test_bad_region_files_are_rejected_and_mismatched_models_refused(data, tmp_p
     pixels = data["cfg"].with_updates({"model.image.mode": "pixels"})
     with pytest.raises(UserError, match="has no images"):
         build_pretrain_dataset(data["path"], "mlm", pixels, data["tokenizer"], B, 0)
+
+
+def test_features_mode_model_exports_its_caption_graphs_and_they_caption_npz_files(data, tmp_path):
+    """MindIR export of a features-mode model takes the packed region column; the exported graphs caption region
+    files like the checkpoint does."""
+    from src.inference.exporting import export_model
+    from src.inference.pipeline import Captioner
+    cfg = data["cfg"].with_updates({"caption.strategy": "greedy", "caption.max_len": 4,
+                                    "caption.no_repeat_ngram": 0})
+    model = build_model(cfg.model)
+    model.set_train(False)
+    manifest = export_model(cfg, model, "caption", str(tmp_path / "cap"))
+    feat, boxes = data["stored"][data["ids"][0]]
+    np.savez(tmp_path / "a.npz", feat=feat, boxes=boxes)
+    exported = Captioner(None, mindir=manifest).caption(str(tmp_path / "a.npz"))
+    assert isinstance(exported, str)
