@@ -446,3 +446,24 @@ def test_eval_caption_runs_a_converted_checkpoint_with_its_own_config(converted,
                             "--out", str(out), "--set", f"data.vocab={vocab}", "data.use_audio=false"]) == 0
     results = json.loads((out / "retrieval.json").read_text(encoding="utf-8"))
     assert "itm" in json.dumps(results)
+
+
+def test_a_modern_config_gets_a_loadable_warm_start_with_notes(tmp_path, capsys):
+    """Converting into opt_1b.yaml (GELU decoders with learned positions, final LayerNorms, output biases, the global
+    token fused) still loads strictly: positions hold the sinusoids, extra LayerNorms gain 1, biases 0; the notes say
+    the decoders are then a warm start."""
+    path = str(tmp_path / "original.ckpt")
+    write_original(random_original("zidongtaichu", seed=3), path, training_state=False)
+    out = str(tmp_path / "converted")
+    overrides = ONE_LAYER["zidongtaichu"]
+    assert convert.main(["--source", "zidongtaichu", path, "--config", "config/model/opt_1b.yaml", "--out", out,
+                         "--set", *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "warm start only" in printed and "fuse_global_token" in printed and "mlm_activation" in printed
+    model = build_model(model_config("opt_1b", overrides).model)
+    assert init_from_checkpoint(model, out) == []
+    from src.models.layers import sinusoid_table
+    np.testing.assert_allclose(model.text_decoder.position_embeddings.embedding_table.asnumpy(),
+                               sinusoid_table(50, 1024), atol=1e-6)
+    assert (model.text_decoder.output_bias.asnumpy() == 0).all()
+    assert (model.text_decoder.final_norm.gamma.asnumpy() == 1).all()
