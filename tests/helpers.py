@@ -25,13 +25,23 @@ def model_inputs(model_cfg, batch=2, seed=0, text_len=None, audio_frames=None):
     audio = rng.standard_normal((batch, a.max_frames, audio_dim)).astype(np.float32)
     frame_mask = np.zeros((batch, a.max_frames), np.int32)
     frame_mask[:, :frames] = 1
+    feats = rng.standard_normal((batch, i.max_regions, i.feature_dim)).astype(np.float32)
+    boxes = rng.random((batch, i.max_regions, i.box_dim)).astype(np.float32)
+    if i.mode == "features":  # the packed column the pipelines feed (src.data.regions); the last region is padding
+        from src.data.regions import pack_regions
+        images = np.stack([pack_regions(f[:-1], b[:-1], i.max_regions) for f, b in zip(feats, boxes)])
+    else:
+        images = rng.standard_normal((batch, i.channels, i.image_size, i.image_size)).astype(np.float32)
     return {
-        "text_ids": ids, "text_mask": text_mask,
-        "images": rng.standard_normal((batch, i.channels, i.image_size, i.image_size)).astype(np.float32),
-        "feats": rng.standard_normal((batch, i.max_regions, i.feature_dim)).astype(np.float32),
-        "boxes": rng.random((batch, i.max_regions, i.box_dim)).astype(np.float32),
+        "text_ids": ids, "text_mask": text_mask, "images": images, "feats": feats, "boxes": boxes,
         "audio": audio, "frame_mask": frame_mask,
     }
+
+
+def image_token_count(model_cfg):
+    """Patches (pixels mode) or regions (features mode) per image."""
+    i = model_cfg.image
+    return i.max_regions if i.mode == "features" else (i.image_size // i.patch_size) ** 2
 
 
 def task_batch(task, model_cfg, pretrain_cfg, batch=4, seed=0, has_audio=True):
@@ -39,8 +49,8 @@ def task_batch(task, model_cfg, pretrain_cfg, batch=4, seed=0, has_audio=True):
     rng = np.random.default_rng(seed)
     x = model_inputs(model_cfg, batch=batch, seed=seed, text_len=model_cfg.text.max_len - 3,
                      audio_frames=model_cfg.audio.max_frames - 5)
-    n_patches = (model_cfg.image.image_size // model_cfg.image.patch_size) ** 2
-    n_audio = model_cfg.audio.max_frames // model_cfg.audio.subsample
+    n_patches = image_token_count(model_cfg)
+    n_audio = model_cfg.audio.max_frames // (model_cfg.audio.subsample if model_cfg.audio.mode == "mel" else 1)
     p, ld = pretrain_cfg.max_predictions, model_cfg.text_decoder.max_len
     cols = {"text_ids": x["text_ids"], "text_mask": x["text_mask"], "image": x["images"]}
     if has_audio:

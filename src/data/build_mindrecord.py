@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from src.data.manifest import _resolved, captions_of, check_sample
+from src.data.regions import read_regions
 from src.data.tokenizer import Tokenizer, tokenizer_fingerprint
 from src.data.transforms import load_audio
 from src.errors import UserError
@@ -50,6 +51,8 @@ REASONS = {
     "bad_image": "the image cannot be decoded or is truncated",
     "bad_audio": "the audio cannot be read",
     "bad_image_tokens": "the image-token file cannot be read",
+    "missing_regions": "no region-feature file while other samples have one",
+    "bad_regions": "the region-feature file cannot be read or has the wrong shapes",
 }
 
 
@@ -62,9 +65,11 @@ class Rejected(Exception):
         self.sample_id = sample_id
 
 
-def record_schema(audio_dim):
-    """The MindRecord schema of one sample (see the module docstring of src/data/pretrain_data.py for the meaning)."""
-    return {
+def record_schema(audio_dim, region_width=0):
+    """The MindRecord schema of one sample (see the module docstring of src/data/pretrain_data.py for the meaning).
+    `region_width` > 0 adds `regions` (K, feature_dim + box_dim) float32: the image's region features and boxes."""
+    regions = {"regions": {"type": "float32", "shape": [-1, region_width]}} if region_width else {}
+    return {**regions,
         "index": {"type": "int64"},
         "id": {"type": "string"},
         "image_id": {"type": "string"},
@@ -180,6 +185,23 @@ def _reject_entry(line_no, err):
     return {"line": line_no, "id": err.sample_id, "reason": err.reason, "message": str(err)}
 
 
+def _region_dims(jobs):
+    """(feature_dim, box_dim) of the first readable region-feature file, or (0, 0) when no sample has one."""
+    for _, sample in jobs:
+        path = sample.get("regions_path")
+        if path is None:
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                feat = data["feat"]
+                boxes = data["boxes"] if "boxes" in data.files else np.zeros((len(feat), 7))
+        except (OSError, ValueError, KeyError):
+            continue
+        if feat.ndim == 2 and boxes.ndim == 2:
+            return int(feat.shape[1]), int(boxes.shape[1])
+    return 0, 0
+
+
 def _audio_dim(jobs):
     """Width D of the stored audio frames: N_MELS for .wav files, else that of the first readable .npy file."""
     for _, sample in jobs:
@@ -234,10 +256,21 @@ def _record(sample, where, settings):
     audio = _empty((0, settings["audio_dim"]), np.float32)
     if "audio_path" in sample:
         audio = _audio_frames(sample["audio_path"], where, settings)
+    regions = {}
+    if settings["region_dim"]:
+        if "regions_path" not in sample:
+            raise Rejected("missing_regions", f"{where}: no 'regions' field while other samples have one; add the "
+                                              f"image's region-feature .npz")
+        try:
+            feats, boxes = read_regions(sample["regions_path"], settings["region_dim"], settings["region_box_dim"])
+        except UserError as err:
+            raise Rejected("bad_regions", f"{where}: {err}") from None
+        regions = {"regions": np.concatenate([feats, boxes], 1)}
     tokens = _empty((0,), np.int32)
     if "image_tokens_path" in sample:
         tokens = _image_tokens(sample["image_tokens_path"], where)
     return {
+        **regions,
         "id": sample["id"],
         "image_id": sample["image_id"],
         "image": image,
@@ -334,6 +367,7 @@ def build_mindrecord(manifest, out, vocab, shards=1, workers=2, strict=False, ma
     scanned = len(jobs) + len(rejects)
     settings = {"vocab": vocab, "lower_case": lower_case, "max_frames": max_frames, "image_size": image_size,
                 "audio_dim": _audio_dim(jobs), "require_image": any("image_path" in s for _, s in jobs)}
+    settings["region_dim"], settings["region_box_dim"] = _region_dims(jobs)
     out = os.path.abspath(out)
     folder, name = os.path.split(out)
     os.makedirs(folder, exist_ok=True)
@@ -360,7 +394,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
     from mindspore.mindrecord import FileWriter  # heavy import, only where records are written
 
     writer = FileWriter(tmp_out, shard_num=shards, overwrite=True)
-    writer.add_schema(record_schema(settings["audio_dim"]), "OPT manifest samples")
+    writer.add_schema(record_schema(settings["audio_dim"], _region_width(settings)), "OPT manifest samples")
     flags = {"has_audio": False, "has_vqa": False, "has_image_tokens": False, "has_captions": True,
              "has_rationales": True, "has_image": settings["require_image"]}
     pending, accepted = [], 0
@@ -418,6 +452,10 @@ def _move_into_place(tmp_dir, folder, files):
         os.replace(os.path.join(tmp_dir, f), os.path.join(folder, f))
 
 
+def _region_width(settings):
+    return settings["region_dim"] + settings["region_box_dim"] if settings["region_dim"] else 0
+
+
 def _report(manifest, out, vocab, settings, summary, rejects, strict):
     return {
         "manifest": os.path.abspath(manifest),
@@ -430,8 +468,9 @@ def _report(manifest, out, vocab, settings, summary, rejects, strict):
         "reasons": REASONS,
         "vocab": os.path.abspath(vocab),
         "vocab_sha256": vocab_sha256(vocab),
-        "settings": {key: settings[key] for key in ("lower_case", "max_frames", "image_size", "audio_dim")},
-        "schema": record_schema(settings["audio_dim"]),
+        "settings": {key: settings[key] for key in ("lower_case", "max_frames", "image_size", "audio_dim",
+                                                    "region_dim", "region_box_dim")},
+        "schema": record_schema(settings["audio_dim"], _region_width(settings)),
     }
 
 
@@ -450,6 +489,9 @@ def _meta(report, summary):
         "audio_dim": report["settings"]["audio_dim"],
         "has_vqa": summary["has_vqa"],
         "has_image_tokens": summary["has_image_tokens"],
+        "has_regions": report["settings"]["region_dim"] > 0 and summary["accepted"] > 0,
+        "region_dim": report["settings"]["region_dim"],
+        "region_box_dim": report["settings"]["region_box_dim"],
         "has_rationales": summary["has_rationales"] and summary["accepted"] > 0,
         "manifest": report["manifest"],
         "rejected": report["rejected"],

@@ -6,6 +6,8 @@ Fields (paths are relative to the manifest's folder):
   text      str, one caption; or
   captions  list of str, one or more captions
   audio     str, a .wav file or a .npy of frame features (T, D) float32
+  regions   str, a .npz of pre-extracted region features and boxes of the image (model.image.mode: features;
+            src/data/regions.py, docs/data_format.md)
   question  str, and answers: list of str (VQA; one line per question)
   answer_scores  list of numbers, one per answer (optional, e.g. VQA soft scores)
   rationales  list of str: explanations of the answer (optional; A-OKVQA style), for vqa.rationale training
@@ -21,10 +23,10 @@ from src.errors import UserError
 from src.utils.files import atomic_write
 
 LANGS = ("zh", "en")
-STRING_FIELDS = ("id", "image", "text", "audio", "question", "image_id", "lang")
+STRING_FIELDS = ("id", "image", "text", "audio", "question", "image_id", "lang", "regions")
 STRING_LIST_FIELDS = ("captions", "answers", "rationales")
-DERIVED_FIELDS = ("image_path", "audio_path")
-REQUIRABLE_FIELDS = ("image", "captions", "audio", "question", "answers")
+DERIVED_FIELDS = ("image_path", "audio_path", "regions_path")
+REQUIRABLE_FIELDS = ("image", "captions", "audio", "question", "answers", "regions")
 
 
 def captions_of(sample):
@@ -114,7 +116,7 @@ def _resolved(sample, folder):
         sample["captions"] = [sample.pop("text")]
     sample.setdefault("image_id", sample["id"])
     sample.setdefault("lang", LANGS[0])
-    for key in ("image", "audio"):
+    for key in ("image", "audio", "regions"):
         if key in sample:
             sample[f"{key}_path"] = os.path.normpath(os.path.join(folder, sample[key]))
     return sample

@@ -9,7 +9,8 @@ The optional augmentations data.random_crop / data.hflip are C++ ops drawing fro
 with them on, the image crop is the one thing not fixed by (seed, epoch, index).
 
 A stored record (see `record_schema` in build_mindrecord): `index` (row in accepted order), `id`, `image_id`, `image`
-(encoded bytes), `caption_ids` (every caption as [CLS] .. [SEP], concatenated) with `caption_lens`, `captions` (JSON),
+(encoded bytes), `regions` (region features | boxes, when the manifest gave region files; model.image.mode features),
+`caption_ids` (every caption as [CLS] .. [SEP], concatenated) with `caption_lens`, `captions` (JSON),
 `audio` (frames, D) with `audio_frames`, `question_ids`, `answers` (JSON), `lang`, `image_tokens` (VQ codes).
 MindRecord gives an empty array column back as a 0-d array; `stored_array` turns that into an empty array again.
 """
@@ -26,6 +27,7 @@ from src.data.labels import ITM_IMAGE_SWAPPED, ITM_MATCHED
 from src.data.masking import (image_token_targets, itm_batch, mask_positions, mask_tokens, mask_whole_text,
                               modality_schedule, pair_match_batch, sample_rng, text_generation_targets)
 from src.data.tokenizer import tokenizer_fingerprint
+from src.data.regions import pack_regions
 from src.data.transforms import image_transforms, pad_or_truncate
 from src.errors import UserError
 
@@ -150,9 +152,17 @@ def _check_data(info, cfg, task=None):
     if meta["lower_case"] != cfg.data.lower_case:
         raise UserError(f"MindRecord {info.path} was built with lower_case={meta['lower_case']} but data.lower_case "
                         f"is {cfg.data.lower_case}; make them agree or rebuild")
-    if not meta["has_image"] or model.image.mode != "pixels":
-        raise UserError(f"these pipelines feed images as pixels: MindRecord {info.path} has images "
-                        f"{meta['has_image']}, model.image.mode is {model.image.mode!r}")
+    if model.image.mode == "pixels" and not meta["has_image"]:
+        raise UserError(f"model.image.mode is pixels but MindRecord {info.path} has no images; build it from a "
+                        f"manifest with 'image' paths, or use region features (model.image.mode features)")
+    if model.image.mode == "features":
+        if not meta.get("has_regions"):
+            raise UserError(f"model.image.mode is features but MindRecord {info.path} has no region features; give "
+                            f"every manifest line a 'regions' .npz (docs/data_format.md) and rebuild it")
+        if (meta["region_dim"], meta["region_box_dim"]) != (model.image.feature_dim, model.image.box_dim):
+            raise UserError(f"MindRecord {info.path} holds regions of {meta['region_dim']}-d features and "
+                            f"{meta['region_box_dim']}-d boxes but the model expects {model.image.feature_dim} and "
+                            f"{model.image.box_dim} (model.image.feature_dim / box_dim)")
     has_audio = meta["has_audio"] and cfg.data.use_audio
     audio_dim = model.audio.n_mels if model.audio.mode == "mel" else model.audio.feature_dim
     if has_audio and meta["audio_dim"] != audio_dim:
@@ -187,13 +197,43 @@ def training_positions(info, cfg, batch_size, epoch, rank, world, start_batch):
     return positions[start_batch * batch_size:]
 
 
-def training_samples(info, cfg, samples, positions):
-    """Records at `positions` -> training image transform -> the per-sample `samples` map (unbatched)."""
+class _RegionColumn:
+    """Vision map of model.image.mode features: stored `regions` (K, D + box_dim) -> the packed `image` column
+    (max_regions, D + box_dim + 1) of src.data.regions.pack_regions."""
+
+    def __init__(self, image_cfg):
+        self.dim, self.max_regions = image_cfg.feature_dim, image_cfg.max_regions
+
+    def __call__(self, regions):
+        regions = np.asarray(regions, np.float32)
+        return pack_regions(regions[:, :self.dim], regions[:, self.dim:], self.max_regions)
+
+
+def vision_column(cfg):
+    """The stored column the image comes from: `image` (pixels mode) or `regions` (features mode)."""
+    return "image" if cfg.model.image.mode == "pixels" else "regions"
+
+
+def map_vision(data, cfg, train):
+    """Turn the stored vision column into the model's `image` column: the image transforms (pixels) or the packed
+    regions (features)."""
     workers = cfg.data.workers
-    data = _reader(info, ["index", "image"] + samples.input_columns[1:], positions, workers)
-    data = data.map(image_transforms(cfg.model.image.image_size, train=True,
-                                     random_resized_crop=cfg.data.random_crop, crop_scale=cfg.data.crop_scale,
-                                     hflip=cfg.data.hflip), input_columns=["image"], num_parallel_workers=workers)
+    if cfg.model.image.mode == "features":
+        return data.map(_RegionColumn(cfg.model.image), input_columns=["regions"], output_columns=["image"],
+                        num_parallel_workers=workers)
+    if train:
+        transform = image_transforms(cfg.model.image.image_size, train=True, random_resized_crop=cfg.data.random_crop,
+                                     crop_scale=cfg.data.crop_scale, hflip=cfg.data.hflip)
+    else:
+        transform = image_transforms(cfg.model.image.image_size, train=False)
+    return data.map(transform, input_columns=["image"], num_parallel_workers=workers)
+
+
+def training_samples(info, cfg, samples, positions):
+    """Records at `positions` -> training image transform (or packed regions) -> the per-sample `samples` map."""
+    workers = cfg.data.workers
+    columns = ["index", vision_column(cfg)] + list(samples.input_columns[1:])
+    data = map_vision(_reader(info, columns, positions, workers), cfg, train=True)
     return data.map(samples, input_columns=samples.input_columns, output_columns=samples.output_columns,
                     num_parallel_workers=workers)
 
@@ -242,7 +282,7 @@ def build_eval_dataset(data_path, cfg, tokenizer, batch_size, rank=0, world=1, c
     batches = math.ceil(math.ceil(info.count / world) / batch_size)
     samples = _EvalSample(cfg, tokenizer, has_audio, has_vqa)
     workers = cfg.data.workers
-    read_columns = ["index", "image"] + samples.input_columns[1:]
+    read_columns = ["index", vision_column(cfg)] + samples.input_columns[1:]
     # filler rows repeat one record; a sampler may not list more indices than the file has, so they are a separate
     # one-record reader repeated and appended
     extra = batches * batch_size - len(positions)
@@ -253,8 +293,7 @@ def build_eval_dataset(data_path, cfg, tokenizer, batch_size, rank=0, world=1, c
         data = data + filler if filler is not None else data
     else:
         data = filler
-    data = data.map(image_transforms(cfg.model.image.image_size, train=False), input_columns=["image"],
-                    num_parallel_workers=workers)
+    data = map_vision(data, cfg, train=False)
     data = data.map(samples, input_columns=samples.input_columns, output_columns=samples.output_columns,
                     num_parallel_workers=workers)
     flags = _ValidFlags(batch_size, len(positions))
@@ -330,7 +369,8 @@ class _PretrainSample(_SampleArrays):
         self.task, self.seed, self.epoch = task, cfg.run.seed, epoch
         self.pretrain = cfg.pretrain
         image = cfg.model.image
-        self.patches = (image.image_size // image.patch_size) ** 2
+        # masked vision modelling slots: patches, or region slots (MVMTask drops padded regions from its loss)
+        self.patches = (image.max_regions if image.mode == "features" else (image.image_size // image.patch_size) ** 2)
         audio = cfg.model.audio
         self.subsample = audio.subsample if audio.mode == "mel" else 1
         self.audio_tokens = audio.max_frames // self.subsample

@@ -152,14 +152,17 @@ def evaluate_split(captioner, split, out_dir, batch_size):
 def main(argv=None):
     parser = docstring_parser(__doc__, "eval.py --task caption")
     add_common_arguments(parser)
-    parser.add_argument("--image", default=None, help="caption this image file, or every image of this folder")
+    parser.add_argument("--image", default=None, help="caption this image file, or every image of this folder "
+                                                      "(region-feature .npz files for a model.image.mode features "
+                                                      "model, e.g. the converted model-zoo caption checkpoint)")
     parser.add_argument("--out", default=None, help="with --image: JSONL file for the captions "
                                                     "(default <out_dir>/captions.jsonl)")
     args = parser.parse_args(argv)
-    from src.inference.pipeline import Captioner, image_files
-    files = image_files(args.image) if args.image else None
+    from src.inference.pipeline import IMAGE_EXTENSIONS, REGION_EXTENSIONS, Captioner, image_files
     captioner = Captioner(args.ckpt, args.config or None, args.overrides, args.batch_size, args.mindir,
                           **decoding_overrides(args))
+    features = captioner.cfg.model.image.mode == "features"
+    files = image_files(args.image, REGION_EXTENSIONS if features else IMAGE_EXTENSIONS) if args.image else None
     out_dir = args.out_dir or os.path.join(captioner.cfg.run.output_dir, "eval")
     if files:
         captions = captioner.caption(files)

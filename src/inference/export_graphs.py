@@ -87,7 +87,11 @@ def model_inputs(cfg, with_question=False, with_audio=False):
     if with_question:
         inputs["question_ids"] = np.ones((n, m.text.max_len), np.int32)
         inputs["question_mask"] = np.ones((n, m.text.max_len), np.int32)
-    inputs["image"] = np.zeros((n, m.image.channels, m.image.image_size, m.image.image_size), np.float32)
+    if m.image.mode == "features":  # the packed region column (src.data.regions)
+        width = m.image.feature_dim + m.image.box_dim + 1
+        inputs["image"] = np.zeros((n, m.image.max_regions, width), np.float32)
+    else:
+        inputs["image"] = np.zeros((n, m.image.channels, m.image.image_size, m.image.image_size), np.float32)
     if with_audio:
         width = m.audio.n_mels if m.audio.mode == "mel" else m.audio.feature_dim
         inputs["audio"] = np.zeros((n, m.audio.max_frames, width), np.float32)

@@ -12,7 +12,11 @@ from src.weights.checkpoint import init_from_checkpoint
 
 
 def run_config_for(ckpt_path):
-    """The config.yaml of the run that wrote `ckpt_path` (a step directory), or None."""
+    """The config.yaml of the run that wrote `ckpt_path` (a step directory), the model_config.yaml inside a
+    converted released checkpoint (python -m src.weights.convert), or None."""
+    converted = os.path.join(os.path.abspath(ckpt_path), "model_config.yaml")
+    if os.path.isfile(converted):
+        return converted
     candidate = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt_path))), "config.yaml")
     return candidate if os.path.isfile(candidate) else None
 

@@ -13,6 +13,7 @@ import mindspore as ms
 import numpy as np
 
 from src.data.tokenizer import Tokenizer
+from src.data.regions import pack_regions, read_regions
 from src.data.transforms import load_audio, load_image
 from src.inference.retrieval import ImageTower, TextTower
 from src.errors import UserError
@@ -20,6 +21,7 @@ from src.inference.loading import load_trained_model, resolve_config
 from src.inference.text_generator import Answerer, TextGenerator, decoding_settings
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+REGION_EXTENSIONS = (".npz",)   # model.image.mode features: one region-feature file per image (src.data.regions)
 
 
 class _Loaded:
@@ -49,8 +51,14 @@ class _Loaded:
         return TextGenerator(self.model, self.tokenizer, settings)
 
     def images(self, images):
-        size = self.cfg.model.image.image_size
-        return np.stack([np.asarray(x, np.float32) if isinstance(x, np.ndarray) else load_image(x, size)
+        """Image files (pixels mode: resized, centre-cropped and normalised as the config says) or region-feature
+        .npz files (features mode: packed as src.data.regions.pack_regions), or arrays already in that form."""
+        image = self.cfg.model.image
+        if image.mode == "features":
+            def packed(x):
+                return pack_regions(*read_regions(x, image.feature_dim, image.box_dim), image.max_regions)
+            return np.stack([np.asarray(x, np.float32) if isinstance(x, np.ndarray) else packed(x) for x in images])
+        return np.stack([np.asarray(x, np.float32) if isinstance(x, np.ndarray) else load_image(x, image.image_size)
                          for x in images])
 
     def audio(self, paths):
@@ -163,13 +171,14 @@ class Retriever(_Loaded):
         return order, sims[order]
 
 
-def image_files(path):
-    """An image file, or the image files of a folder (sorted by name)."""
+def image_files(path, extensions=IMAGE_EXTENSIONS):
+    """An image file, or the image files of a folder (sorted by name); `extensions` REGION_EXTENSIONS lists the
+    region-feature files of a features-mode model."""
     if os.path.isdir(path):
         files = sorted(os.path.join(path, name) for name in os.listdir(path)
-                       if name.lower().endswith(IMAGE_EXTENSIONS))
+                       if name.lower().endswith(extensions))
         if not files:
-            raise UserError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+            raise UserError(f"{path}: no images ({', '.join(extensions)}) in this folder")
         return files
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such image file or folder")

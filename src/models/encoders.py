@@ -92,8 +92,9 @@ class ImageEncoder(nn.Cell):
 
     Pixels: image (B, C, S, S) -> patches (B, Np, C*p*p) -> linear -> [global | patches] + positions -> blocks;
     with `stem: conv` a ConvStem replaces the patch split and the linear layer.
-    Features: feats (B, R, D) + boxes (B, R, box_dim) -> linear -> [global | regions] -> blocks; the global token is a
-    learned vector plus the masked mean of the regions.
+    Features: feats (B, R, D) + boxes (B, R, box_dim) -> LN(linear + linear) (or, region_embedding two_norms, the
+    sum of two LNs) -> [global | regions] -> blocks; the global token is a learned vector plus the masked mean of the
+    regions.
     `pre_norm` adds a LayerNorm before the blocks (CLIP's pre_layrnorm); `activation` and `layer_norm_eps` as in
     model.image.
     `masked` (B, Np or R) marks tokens replaced by a learned mask embedding (masked vision modelling).
@@ -127,6 +128,12 @@ class ImageEncoder(nn.Cell):
             self.feature_embed = dense(c.feature_dim, c.hidden, init)
             self.box_embed = dense(c.box_dim, c.hidden, init)
             self.feature_norm = layer_norm(c.hidden, eps)
+            if c.region_embedding not in ("fused", "two_norms"):
+                raise ValueError(f"model.image.region_embedding must be 'fused' or 'two_norms', got "
+                                 f"{c.region_embedding!r}")
+            self.two_norms = c.region_embedding == "two_norms"
+            if self.two_norms:
+                self.box_norm = layer_norm(c.hidden, eps)
         self.global_token = Parameter(initializer(Normal(init), (1, 1, c.hidden)), name="global_token")
         self.mask_token = Parameter(initializer(Normal(init), (1, 1, c.hidden)), name="mask_token")
         if c.position_init not in ("sincos", "normal"):
@@ -163,7 +170,10 @@ class ImageEncoder(nn.Cell):
             glob = ops.tile(self.global_token, (x.shape[0], 1, 1))
         else:
             token_mask = ops.cast(region_mask, ms.float32)
-            x = self.feature_norm(self.feature_embed(feats) + self.box_embed(boxes))
+            if self.two_norms:
+                x = self.feature_norm(self.feature_embed(feats)) + self.box_norm(self.box_embed(boxes))
+            else:
+                x = self.feature_norm(self.feature_embed(feats) + self.box_embed(boxes))
             weights = ops.expand_dims(token_mask, -1)
             mean = (x * weights).sum(1, keepdims=True) / ops.maximum(weights.sum(1, keepdims=True), 1.0)
             glob = self.global_token + mean

@@ -9,12 +9,15 @@ from .layers import TiedProjection, dense, layer_norm
 
 
 class MLMHead(nn.Cell):
-    """Dense -> GELU -> LayerNorm to the text width, then logits through the (tied) word-embedding table."""
+    """Dense -> GELU (or ReLU, model.heads.mlm_activation, as the released OPT was trained) -> LayerNorm to the text
+    width, then logits through the (tied) word-embedding table."""
 
-    def __init__(self, width, text_width, vocab_size, eps=1e-5, init_range=0.02):
+    def __init__(self, width, text_width, vocab_size, eps=1e-5, init_range=0.02, activation="gelu"):
         super().__init__()
+        if activation not in ("gelu", "relu"):
+            raise ValueError(f"model.heads.mlm_activation must be 'gelu' or 'relu', got {activation!r}")
         self.transform = dense(width, text_width, init_range)
-        self.act = nn.GELU(approximate=True)
+        self.act = nn.GELU(approximate=True) if activation == "gelu" else nn.ReLU()
         self.layer_norm = layer_norm(text_width, eps)
         self.project = TiedProjection()
         self.bias = Parameter(ms.Tensor(np.zeros(vocab_size, np.float32)), name="bias")

@@ -43,6 +43,16 @@ def sincos_2d(grid, width):
     return np.concatenate([encode(rows), encode(cols)], axis=1).astype(np.float32)
 
 
+def sinusoid_table(length, width, min_timescale=1.0, max_timescale=1.0e4):
+    """The original OPT decoders' fixed position table (length, width): sines in the first half of the channels,
+    cosines in the second, at timescales spaced geometrically from `min_timescale` to `max_timescale`."""
+    half = width // 2
+    increment = math.log(max_timescale / min_timescale) / max(half - 1, 1)
+    inv = min_timescale * np.exp(np.arange(half, dtype=np.float64) * -increment)
+    angle = np.arange(length, dtype=np.float64)[:, None] * inv[None]
+    return np.concatenate([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
+
+
 def grid_position_embedding(grid, width, leading=1, rows=None):
     """A learned position embedding whose rows `leading` .. `leading + grid*grid - 1` start from sincos_2d (one per
     patch or image token, row-major) and whose other rows (global token before, end-of-image after; `rows` in all,
@@ -234,14 +244,15 @@ class EncoderStack(nn.Cell):
 class DecoderBlock(nn.Cell):
     """Pre-LN decoder block: causal self-attention, cross-attention to the memory, feed-forward."""
 
-    def __init__(self, width, heads, ffn, dropout=0.0, attention_dropout=0.0, eps=1e-5, init_range=0.02):
+    def __init__(self, width, heads, ffn, dropout=0.0, attention_dropout=0.0, eps=1e-5, init_range=0.02,
+                 activation="gelu"):
         super().__init__()
         self.ln1 = layer_norm(width, eps)
         self.self_attn = Attention(width, heads, attention_dropout, init_range)
         self.ln2 = layer_norm(width, eps)
         self.cross_attn = Attention(width, heads, attention_dropout, init_range)
         self.ln3 = layer_norm(width, eps)
-        self.ffn = FeedForward(width, ffn, dropout, init_range)
+        self.ffn = FeedForward(width, ffn, dropout, init_range, activation)
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
 
     def construct(self, x, self_bias, memory, memory_bias):

@@ -37,12 +37,19 @@ class ModalityEmbedding(nn.Cell):
     """Single-modal tokens -> cross-modal width: LN(Dense(x)) + position + type, LayerNorm, dropout.
 
     `grid`: the tokens are one global token and a grid x grid patch grid, whose positions start from sincos_2d.
+    `project` False: x + position + type (the tokens are already as wide as the cross-modal encoder; the model-zoo OPT's
+    region embedding, model.image.region_embedding two_norms).
     """
 
-    def __init__(self, in_width, width, length, eps, dropout, init_range, grid=None):
+    def __init__(self, in_width, width, length, eps, dropout, init_range, grid=None, project=True):
         super().__init__()
-        self.proj = dense(in_width, width, init_range)
-        self.proj_norm = layer_norm(width, eps)
+        if not project and in_width != width:
+            raise ValueError(f"tokens {in_width} wide cannot enter a {width}-wide cross-modal embedding without a "
+                             f"projection")
+        self.project = project
+        if project:
+            self.proj = dense(in_width, width, init_range)
+            self.proj_norm = layer_norm(width, eps)
         self.position_embeddings = (grid_position_embedding(grid, width) if grid else
                                     embedding(length, width, init_range))
         self.type_embedding = Parameter(initializer(Normal(init_range), (1, 1, width)), name="type_embedding")
@@ -50,7 +57,9 @@ class ModalityEmbedding(nn.Cell):
         self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
 
     def construct(self, x):
-        x = self.proj_norm(self.proj(x)) + self.position_embeddings(positions(x.shape[1])) + self.type_embedding
+        if self.project:
+            x = self.proj_norm(self.proj(x))
+        x = x + self.position_embeddings(positions(x.shape[1])) + self.type_embedding
         return self.dropout(self.layer_norm(x))
 
 
@@ -75,8 +84,12 @@ class OPTModel(nn.Cell):
         self.image_encoder = ImageEncoder(cfg, cfg.image)
         self.audio_encoder = AudioEncoder(cfg, cfg.audio)
         self.text_embed = ModalityEmbedding(cfg.text.hidden, width, cfg.text.max_len, eps, drop, init)
+        two_norms = cfg.image.mode == "features" and cfg.image.region_embedding == "two_norms"
+        if two_norms and cfg.image.layers:
+            raise ValueError("model.image.region_embedding two_norms feeds the region embedding straight to the "
+                             "cross-modal encoder: set model.image.layers 0")
         self.image_embed = ModalityEmbedding(cfg.image.hidden, width, self.image_encoder.num_tokens + 1, eps, drop,
-                                             init, grid=self.image_encoder.position_grid)
+                                             init, grid=self.image_encoder.position_grid, project=not two_norms)
         self.audio_embed = ModalityEmbedding(cfg.audio.hidden, width, self.audio_encoder.num_tokens, eps, drop, init)
         self.cross_encoder = EncoderStack(width, cfg.cross.layers, cfg.cross.heads, cfg.cross.ffn, drop,
                                           cfg.attention_dropout, eps, init, final_norm=cfg.cross.final_layer_norm)
@@ -86,7 +99,7 @@ class OPTModel(nn.Cell):
                                      width, grid=image_token_grid(cfg))
         image_target = cfg.image.hidden if cfg.image.mode == "pixels" else cfg.image.feature_dim
         audio_target = cfg.audio.hidden if cfg.audio.mode == "mel" else cfg.audio.feature_dim
-        self.mlm_head = MLMHead(width, cfg.text.hidden, cfg.text.vocab_size, eps, init)
+        self.mlm_head = MLMHead(width, cfg.text.hidden, cfg.text.vocab_size, eps, init, cfg.heads.mlm_activation)
         self.image_regression_head = RegressionHead(width, image_target, eps, init)
         self.audio_regression_head = RegressionHead(width, audio_target, eps, init)
         for key, value, allowed in (("text_pool", cfg.heads.text_pool, ("mean", "cls")),
@@ -105,8 +118,37 @@ class OPTModel(nn.Cell):
     def encode_text(self, ids, mask):
         return self.text_encoder(ids, mask)
 
+    def split_regions(self, packed):
+        """Features mode: the packed image column (B, R, feature_dim + box_dim + 1) = [features | boxes | region mask]
+        (src.data.regions.pack_regions) -> (feats, boxes, region_mask)."""
+        d, b = self.cfg.image.feature_dim, self.cfg.image.box_dim
+        return packed[:, :, :d], packed[:, :, d:d + b], packed[:, :, d + b]
+
     def encode_image(self, images=None, masked=None, feats=None, boxes=None, region_mask=None):
-        return self.image_encoder(images, masked, feats, boxes, region_mask)
+        """Image tokens (B, 1 + N, hidden) and their mask for the cross-modal encoder. In features mode `images` may be
+        the packed region column (split_regions). With model.image.fuse_global_token false the global token's mask
+        entry is 0, so the cross-modal encoder sees only the patches / regions (the original's gather order)."""
+        if self.image_encoder.mode == "features" and feats is None:
+            feats, boxes, region_mask = self.split_regions(images)
+            images = None
+        tokens, mask = self.image_encoder(images, masked, feats, boxes, region_mask)
+        if not self.cfg.image.fuse_global_token:
+            mask = ops.concat((ops.zeros_like(mask[:, :1]), mask[:, 1:]), 1)
+        return tokens, mask
+
+    def image_regression_target(self, images):
+        """Masked vision modelling target: standardised stop-gradient image-encoder outputs of the patches (pixels
+        mode), or the standardised input region features (features mode; what the regression head is sized to)."""
+        if self.image_encoder.mode == "features":
+            return self.split_regions(images)[0]
+        return self.encode_image(images)[0][:, 1:]
+
+    def audio_regression_target(self, audio, frame_mask):
+        """Masked audio modelling target: the audio encoder's outputs (mel mode) or the input frame features
+        (features mode; what the regression head is sized to)."""
+        if self.audio_encoder.mode == "features":
+            return audio
+        return self.encode_audio(audio, frame_mask)[0]
 
     def encode_audio(self, audio, frame_mask, masked=None):
         return self.audio_encoder(audio, frame_mask, masked)

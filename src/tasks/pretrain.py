@@ -7,8 +7,10 @@ audio columns come last and only when the data has audio). The cross-modal seque
 |------|--------------------------------------------------|-------------------------------------------------------|
 | mlm  | masked text, image, audio                        | cross-entropy at the masked text positions            |
 | mvm  | text, image with masked patches, audio           | MSE to the standardised stop-gradient image-encoder    |
-|      |                                                  | output at masked patches (+ optional contrastive)     |
-| mam  | text, image, audio with masked tokens            | MSE as for mvm + contrastive (cosine / T)              |
+|      |                                                  | output at masked patches (features mode: to the        |
+|      |                                                  | standardised input region features) (+ contrastive)   |
+| mam  | text, image, audio with masked tokens            | MSE as for mvm (features mode: to the standardised     |
+|      |                                                  | input frame features) + contrastive (cosine / T)       |
 | itm  | text, image and audio, some swapped in-batch     | 5-way cross-entropy (which was swapped) + 2-way        |
 |      | (text, image) pairs                              | text-image matching; the heads also read the towers'   |
 |      |                                                  | agreement (models.heads.MatchingHead)                  |
@@ -84,8 +86,9 @@ class MVMTask(PretrainTask):
     extra_inputs = ("image_masked",)
 
     def construct(self, text_ids, text_mask, image, image_masked, audio=None, frame_mask=None):
-        target, _ = self.model.encode_image(image)
-        target = standardize(ops.stop_gradient(target[:, 1:]))
+        target = standardize(ops.stop_gradient(self.model.image_regression_target(image)))
+        if self.model.image_encoder.mode == "features":  # padded region slots never count
+            image_masked = image_masked * ops.cast(self.model.split_regions(image)[2], image_masked.dtype)
         seq, _ = self.encode(text_ids, text_mask, image, image_masked, audio, frame_mask)
         pred = self.model.image_regression_head(self.image_part(seq))
         return self.masked_feature_loss(pred, target, image_masked, self.cfg.mvm_contrastive_weight)
@@ -96,8 +99,7 @@ class MAMTask(PretrainTask):
     needs_audio = True
 
     def construct(self, text_ids, text_mask, image, audio_masked, audio, frame_mask):
-        target, _ = self.model.encode_audio(audio, frame_mask)
-        target = standardize(ops.stop_gradient(target))
+        target = standardize(ops.stop_gradient(self.model.audio_regression_target(audio, frame_mask)))
         seq, _ = self.encode(text_ids, text_mask, image, None, audio, frame_mask, audio_masked)
         pred = self.model.audio_regression_head(self.audio_part(seq))
         return self.masked_feature_loss(pred, target, audio_masked, self.cfg.mam_contrastive_weight)
@@ -158,6 +160,9 @@ class IDTask(PretrainTask):
 
 TASKS = {"mlm": MLMTask, "mvm": MVMTask, "mam": MAMTask, "itm": ITMTask, "itc": ITCTask, "td": TDTask,
          "id": IDTask}
+
+
+PRETRAIN_TASK_NAMES = tuple(TASKS)
 
 
 def build_task(name, model, pretrain_cfg, has_audio):

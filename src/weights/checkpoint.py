@@ -33,8 +33,14 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_MARK = ".tmp-"
 _MAX_LISTED = 10
 _LOG = logging.getLogger(__name__)
+# Training state a checkpoint may carry besides the model: our optimizer and loss scale, and what MindSpore's own
+# training cells write (AdamWeightDecay moments, the dynamic loss-scale cell's scale_sense and overflow counters, the
+# gradient accumulators of pipeline parallelism), which the released OPT checkpoints may hold.
 OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "global_step", "learning_rate", "beta1_power", "beta2_power",
-                            "loss_scale")
+                            "loss_scale", "scale_sense", "current_iterator_step", "last_overflow_iterator_step",
+                            "accu_grads.")
+# Top-level names only the original OPT networks use (src.weights.released_opt converts them).
+RELEASED_OPT_PREFIXES = ("uniter.", "txt_output.", "img_output.", "cls.predictions.", "itm_output.", "feat_regress.")
 
 
 def step_dir_name(step):
@@ -156,6 +162,11 @@ def init_from_checkpoint(model, path, allow_missing=False):
     """Load model weights only (no optimizer state) from a checkpoint directory or file; returns the missing keys."""
     tensors, _ = load_checkpoint(path)
     tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_STATE_PREFIXES)}
+    if any(k.startswith(RELEASED_OPT_PREFIXES) for k in tensors):
+        source = "zidongtaichu" if any(k.startswith("uniter.img_embeddings.vit.") for k in tensors) else "modelzoo"
+        raise UserError(f"{path} is an original OPT checkpoint (keys such as 'uniter.*', 'txt_output.*'); convert it "
+                        f"first: python -m src.weights.convert --source {source} {path} --config <model config> "
+                        f"--out <dir>, then init from <dir>")
     missing, unexpected = load_into(model, tensors, strict=False, source=path)
     if unexpected or (missing and not allow_missing):
         load_into(model, tensors, strict=True, source=path)  # raises with the full report

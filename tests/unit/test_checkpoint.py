@@ -221,6 +221,27 @@ def test_load_into_strict_missing_and_unexpected_load_nothing():
     np.testing.assert_array_equal(net.scale.asnumpy(), [1.0])
 
 
+def test_init_skips_the_training_state_mindspore_cells_write(tmp_path):
+    """adam moments, global_step, the dynamic loss-scale cell's keys and pipeline accumulators are not model keys."""
+    tensors = net_tensors()
+    for key in ("adam_m.proj.weight", "adam_v.proj.weight", "accu_grads.proj.weight"):
+        tensors[key] = np.zeros((2, 3), np.float32)
+    for key in ("global_step", "scale_sense", "current_iterator_step", "last_overflow_iterator_step"):
+        tensors[key] = np.array([1], np.int32)
+    save_checkpoint(str(tmp_path / "c"), tensors)
+    net = TinyNet()
+    assert ckpt.init_from_checkpoint(net, str(tmp_path / "c")) == []
+    np.testing.assert_array_equal(net.proj.bias.asnumpy(), [7.0, 8.0])
+
+
+def test_init_of_an_original_opt_file_says_to_convert_it(tmp_path):
+    path = str(tmp_path / "OPT_1-38_136.ckpt")
+    ms.save_checkpoint([{"name": "uniter.img_embeddings.vit.norm.gamma", "data": ms.Tensor(np.ones(3, np.float32))},
+                        {"name": "txt_output.LinearEmbedding.bias", "data": ms.Tensor(np.ones(3, np.float32))}], path)
+    with pytest.raises(UserError, match=r"convert it first: python -m src.weights.convert --source zidongtaichu"):
+        ckpt.init_from_checkpoint(TinyNet(), path)
+
+
 def test_load_into_ignore_prefixes_skip_both_sides():
     net = TinyNet()
     tensors = net_tensors()
