@@ -14,15 +14,26 @@ from src.engine.distributed import init_distributed, is_distributed
 from src.errors import UserError
 
 
-def setup_context(run_cfg):
-    """Apply `run.device`, `run.mode` and `run.seed`; initialise communication when a launcher started us.
+def setup_context(cfg):
+    """Apply `run.device`, `run.mode` and `run.seed`, initialise communication when a launcher started us, and apply
+    the `parallel:` section (src.engine.parallel.set_parallel_context); call before building any model.
 
-    Every rank uses the same seed, so every rank builds identical initial weights; data and masking randomness is
-    keyed by (seed, epoch, sample index) in the pipelines, not by the global generators.
+    `cfg` is a whole run config; a bare `run:` section is accepted too (then nothing parallel is applied: tools that
+    never train or shard). Settings the device cannot run (tensor parallelism or optimizer sharding on CPU) are
+    refused before anything is initialised. Every rank uses the same seed, so every rank builds identical initial
+    weights; data and masking randomness is keyed by (seed, epoch, sample index) in the pipelines, not by the global
+    generators.
     """
+    from src.engine.parallel import check_device_support, set_parallel_context
+    full = "run" in cfg
+    run_cfg = cfg.run if full else cfg
     if run_cfg.mode not in ("graph", "pynative"):
         raise UserError(f"run.mode must be graph or pynative, got {run_cfg.mode!r}")
+    if full:
+        check_device_support(cfg.parallel, run_cfg.device)
     dist = init_distributed(run_cfg.device)
+    if full:
+        set_parallel_context(cfg, run_cfg.device)
     ms.set_context(mode=ms.GRAPH_MODE if run_cfg.mode == "graph" else ms.PYNATIVE_MODE)
     if run_cfg.mode == "pynative":
         ms.runtime.launch_blocking()  # eager mode is 3-10x faster on a small CPU without the async pipeline

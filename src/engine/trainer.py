@@ -16,6 +16,7 @@ from mindspore import nn
 from tqdm import tqdm
 
 from src.config import save_config
+from src.engine.parallel import prepare_model
 from src.engine.optim import build_optimizer, current_lr, select_trainable
 from src.engine.run_log import LossTracker, MetricsLog
 from src.engine.train_step import LossScale, TrainStep
@@ -89,6 +90,7 @@ class Trainer:
         if t.batch_size % t.grad_accumulation:
             raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accumulation "
                             f"{t.grad_accumulation}")
+        prepare_model(cfg, model)  # shard strategies and recompute of cfg.parallel, before the optimizer exists
         self.optimizer = build_optimizer(select_trainable(model.trainable_params(), t.freeze), cfg.optim, t.steps)
         self.loss_scale = LossScale(t.loss_scale, t.loss_scale_init, t.loss_scale_factor, t.loss_scale_window)
         self.steps = {}

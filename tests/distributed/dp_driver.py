@@ -26,7 +26,7 @@ def main(argv=None):
 
     cfg = load_config(os.path.join(ROOT, "config", "pretrain", "tiny.yaml"),
                       [*overrides, f"run.output_dir={os.path.join(out_dir, 'run')}"])
-    dist = setup_context(cfg.run)
+    dist = setup_context(cfg)
     cfg, trainer = build_pretraining(cfg, dist)
     trainer.run()
     (task,) = trainer.steps
