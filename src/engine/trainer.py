@@ -7,8 +7,10 @@ LR position), the loss scale, each task's data position and the loss statistics;
 are pure functions of (seed, step) and (seed, epoch, sample index), so the resumed run continues exactly as the
 uninterrupted one would have.
 """
+import errno
 import math
 import os
+import shutil
 import time
 
 import mindspore as ms
@@ -64,6 +66,50 @@ class DataStream:
         return {"epoch": self.epoch, "batch": self.batch}
 
 
+# (key, smallest valid value) of the integer counts a training run uses
+COUNTS = (("train.steps", 1), ("train.batch_size", 1), ("train.grad_accumulation", 1), ("train.eval_every", 0),
+          ("train.loss_scale_window", 1), ("checkpoint.every", 1), ("checkpoint.keep_last", 1),
+          ("run.log_every", 1), ("data.workers", 1))
+
+
+def check_counts(cfg):
+    """UserError naming the first count of `cfg` (COUNTS) that is not an integer at least its minimum."""
+    for key, smallest in COUNTS:
+        section, name = key.split(".")
+        if section not in cfg or name not in cfg[section]:
+            continue
+        value = cfg[section][name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            raise UserError(f"{key}={value!r} must be an integer >= {smallest}")
+
+
+def check_writable(folder, needed_bytes=0):
+    """UserError (one line) when `folder` cannot be created or written, or its disk has less than `needed_bytes`
+    free; called before anything is compiled, so a bad output folder costs seconds, not a compile."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as err:
+        raise UserError(f"cannot write to the output folder {folder}: {err.strerror or err}; choose another "
+                        "run.output_dir (or checkpoint.dir) or fix its permissions") from None
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise UserError(f"the disk of {folder} has {free / 2 ** 20:.0f} MiB free but one checkpoint needs about "
+                        f"{needed_bytes / 2 ** 20:.0f} MiB; free some space or choose another run.output_dir")
+
+
+def write_error(what, path, err):
+    """A UserError for an OSError met while writing `what` to `path` (disk full, permissions, ...)."""
+    reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return UserError(f"cannot write {what} to {path}: {reason}; free space or fix the folder, then resume with "
+                     "checkpoint.resume=auto")
+
+
 def resolve_resume(ckpt_cfg, manager):
     if not ckpt_cfg.resume:
         return None
@@ -86,6 +132,7 @@ class Trainer:
 
     def __init__(self, cfg, dist, model, tasks, mixer, datasets, samples_per_step, evaluator=None):
         self.cfg, self.dist, self.model, self.mixer = cfg, dist, model, mixer
+        check_counts(cfg)
         t = cfg.train
         if t.batch_size % t.grad_accumulation:
             raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accumulation "
@@ -127,6 +174,8 @@ class Trainer:
             self.tracker.restore(meta.get("losses", {}))
             self.skipped = int(meta.get("skipped_steps", 0))
             restore_rng_state(meta.get("rng", {}))
+            self.best_score = meta.get("best_score")
+            self.evaluations = list(meta.get("evaluations", []))
             notice = f"resumed from {path} at step {self.start_step}"
         elif ckpt.resume == "auto":
             notice = "checkpoint.resume=auto: no checkpoint yet, starting from scratch"
@@ -140,6 +189,10 @@ class Trainer:
             pos = positions.get(name, {"epoch": 0, "batch": 0})
             self.streams[name] = DataStream(self.datasets[name], pos["epoch"], pos["batch"])
         return notice
+
+    def checkpoint_bytes(self):
+        """Bytes of one training checkpoint (every tensor of the training state)."""
+        return sum(p.size * p.itemsize for p in self.state.get_parameters())
 
     def compile_steps(self):
         """Compile every task's train step, in the fixed order of `tasks`, on a batch of its data.
@@ -156,16 +209,22 @@ class Trainer:
         if not self.dist.is_main:
             return None
         meta = {"data": {n: s.state() for n, s in self.streams.items()}, "losses": self.tracker.state(),
-                "skipped_steps": self.skipped, "rng": capture_rng_state()}
-        return self.manager.save(step, self.state.tensors(), meta)
+                "skipped_steps": self.skipped, "rng": capture_rng_state(), "best_score": self.best_score,
+                "evaluations": self.evaluations}
+        try:
+            return self.manager.save(step, self.state.tensors(), meta)
+        except OSError as err:
+            raise write_error(f"the checkpoint of step {step}", self.manager.directory, err) from None
 
     def run(self):
         cfg, main = self.cfg, self.dist.is_main
         notice = self.restore()
-        self.compile_steps()
-        if main:
+        if main:  # a bad output folder or a full disk: one line now, not a traceback after compiling
+            check_writable(self.out_dir)
+            check_writable(self.manager.directory, self.checkpoint_bytes())
             save_config(cfg, self.out_dir)
-        log = MetricsLog(self.out_dir, main, resume=self.start_step > 0)
+        self.compile_steps()
+        log = MetricsLog(self.out_dir, main, resume_step=self.start_step)
         total, every = cfg.train.steps, cfg.checkpoint.every
         bar = tqdm(range(self.start_step, total), initial=self.start_step, total=total, disable=not main or None,
                    desc="train", dynamic_ncols=True)
@@ -196,11 +255,12 @@ class Trainer:
                            "loss_scale": float(scale.asnumpy()), "grad_norm": float(grad_norm.asnumpy()),
                            "samples_per_s": rate, "data_s": data_time / done, "step_s": step_time / done,
                            **{f"loss/{t}": self.tracker.recent_mean(t) for t in self.steps}})
-            if (step + 1) % every == 0 or step + 1 == total:
-                self.save(step + 1)
+            # evaluate first, so that the checkpoint of this step holds the best score so far
             if self.evaluator and ((cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0)
                                    or step + 1 == total):
                 self.evaluate(step + 1, log)
+            if (step + 1) % every == 0 or step + 1 == total:
+                self.save(step + 1)
         bar.close()
         log.close()
         elapsed = time.time() - started
@@ -221,7 +281,11 @@ class Trainer:
             if self.dist.is_main:
                 path = os.path.join(self.out_dir, "best")
                 model_tensors = {p.name: p for p in self.model.get_parameters()}
-                CheckpointManager(path, keep_last=1, fmt=self.cfg.checkpoint.format).save(step, model_tensors, record)
+                try:
+                    CheckpointManager(path, keep_last=1, fmt=self.cfg.checkpoint.format).save(step, model_tensors,
+                                                                                              record)
+                except OSError as err:
+                    raise write_error(f"the best model of step {step}", path, err) from None
         if self.dist.is_main:
             tqdm.write(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                                                           if isinstance(v, (int, float)))
