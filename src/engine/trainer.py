@@ -8,16 +8,19 @@ are pure functions of (seed, step) and (seed, epoch, sample index), so the resum
 uninterrupted one would have.
 """
 import errno
+import json
 import math
 import os
 import shutil
 import time
 
 import mindspore as ms
-from mindspore import nn
+import numpy as np
+from mindspore import Parameter, nn, ops
 from tqdm import tqdm
 
 from src.config import save_config
+from src.engine.distributed import all_gather_numpy
 from src.engine.parallel import prepare_model
 from src.engine.optim import build_optimizer, current_lr, select_trainable
 from src.engine.run_log import LossTracker, MetricsLog
@@ -28,6 +31,50 @@ from src.weights.checkpoint import (CheckpointManager, capture_rng_state, init_f
                                     load_into, restore_rng_state)
 
 
+DROPOUT_STEP = "dropout_step"   # the step counter the dropout masks are drawn from; set every step, never saved
+
+
+class StepDropout(nn.Cell):
+    """Drop-in for the kernel of an `nn.Dropout` (returns (output, mask)) whose mask is a pure function of
+    (salt, training step, element index): a 32-bit integer hash (xor-shift-multiply rounds) of those, compared with
+    keep_prob. MindSpore's own Dropout kernel keeps its generator state inside the kernel, where no checkpoint can reach
+    it, so a resumed run would draw other masks; with this one a resumed run draws exactly the masks of the
+    uninterrupted run. The micro-batches of one step (train.grad_accumulation) share their masks."""
+
+    def __init__(self, keep_prob, salt, counter):
+        super().__init__()
+        self.keep_prob, self.salt, self.counter = float(keep_prob), int(salt), counter
+
+    def construct(self, x):
+        index = ops.arange(0, x.size, dtype=ms.int32).reshape(x.shape)
+        h = index * 747796405 + (self.counter * 1013904223 + self.salt)
+        h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
+        h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
+        h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16))
+        uniform = ops.bitwise_and(h, 16777215).astype(ms.float32) / 16777216.0
+        mask = uniform < self.keep_prob
+        return x * mask.astype(x.dtype) / self.keep_prob, mask
+
+
+def use_step_dropout(cells, seed, rank):
+    """Give every `nn.Dropout` (p > 0) inside `cells` a StepDropout kernel; returns the shared step counter (a
+    Parameter the trainer sets to the step before running it), or None when there is no dropout. The salt differs per
+    dropout layer, seed and rank (the ranks see other samples, so they draw other masks)."""
+    counter = Parameter(ms.Tensor(np.array(0, np.int32)), name=DROPOUT_STEP, requires_grad=False)
+    seen, found = set(), 0
+    for cell in cells:
+        for _, sub in cell.cells_and_names():
+            if not isinstance(sub, nn.Dropout) or id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            drop = sub.p if sub.p is not None else 1.0 - sub.keep_prob
+            if drop > 0:
+                found += 1
+                salt = (seed * 1000003 + rank * 7919 + found * 104729) % (2 ** 31)
+                sub.dropout = StepDropout(1.0 - drop, salt, counter)
+    return counter if found else None
+
+
 class TrainingState(nn.Cell):
     """Everything a checkpoint holds: model, optimizer state, loss-scale state (parameter names unchanged)."""
 
@@ -36,7 +83,7 @@ class TrainingState(nn.Cell):
         self.model, self.optimizer, self.loss_scale = model, optimizer, loss_scale
 
     def tensors(self):
-        return {p.name: p for p in self.get_parameters()}
+        return {p.name: p for p in self.get_parameters() if p.name != DROPOUT_STEP}
 
 
 class DataStream:
@@ -110,6 +157,46 @@ def write_error(what, path, err):
                      "checkpoint.resume=auto")
 
 
+def checkpoint_dir(cfg):
+    """The run's one checkpoint folder: `checkpoint.dir`, else `<run.output_dir>/checkpoints`."""
+    return cfg.checkpoint.dir or os.path.join(cfg.run.output_dir, "checkpoints")
+
+
+def agreed_resume(ckpt_cfg, manager, gather=all_gather_numpy):
+    """`resolve_resume` on every rank, checked to give the same step everywhere (one collective).
+
+    A rank that resolves another step (e.g. its own, unshared checkpoint folder) or fails to resolve makes every rank
+    raise a UserError naming the ranks and their steps, instead of some ranks resuming and others starting over while
+    they average gradients together.
+    """
+    problem, path, step = None, None, 0
+    try:
+        path = resolve_resume(ckpt_cfg, manager)
+        step = _checkpoint_step(path) if path else 0
+    except (UserError, OSError, ValueError, KeyError) as err:
+        problem = err if isinstance(err, UserError) else UserError(f"checkpoint.resume: cannot read {path}: {err}")
+        step = -1
+    steps = [int(s[0]) for s in gather(np.array([step], np.int64))]
+    if problem is not None:
+        raise problem
+    if len(set(steps)) > 1:
+        listed = ", ".join(f"rank {r}: " + ("error" if s < 0 else f"step {s}" if s else "no checkpoint")
+                           for r, s in enumerate(steps))
+        raise UserError(f"checkpoint.resume={ckpt_cfg.resume}: the ranks disagree on where to resume ({listed}); "
+                        f"every rank must see the same checkpoint folder ({manager.directory}): put checkpoint.dir "
+                        "(or run.output_dir) on storage all servers share, or copy the checkpoint to every server")
+    return path
+
+
+def _checkpoint_step(path):
+    """The step recorded in a checkpoint directory's state.json (0 for a plain weights file)."""
+    state = os.path.join(path, "state.json")
+    if not os.path.isfile(state):
+        return 0
+    with open(state, encoding="utf-8") as f:
+        return int(json.load(f)["step"])
+
+
 def resolve_resume(ckpt_cfg, manager):
     if not ckpt_cfg.resume:
         return None
@@ -138,6 +225,7 @@ class Trainer:
             raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accumulation "
                             f"{t.grad_accumulation}")
         prepare_model(cfg, model)  # shard strategies and recompute of cfg.parallel, before the optimizer exists
+        self.dropout_step = use_step_dropout([model, *tasks.values()], cfg.run.seed, dist.rank)
         self.optimizer = build_optimizer(select_trainable(model.trainable_params(), t.freeze), cfg.optim, t.steps)
         self.loss_scale = LossScale(t.loss_scale, t.loss_scale_init, t.loss_scale_factor, t.loss_scale_window)
         self.steps = {}
@@ -150,8 +238,7 @@ class Trainer:
         self.datasets = datasets
         self.samples_per_step = samples_per_step
         self.out_dir = cfg.run.output_dir
-        self.manager = CheckpointManager(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint.keep_last,
-                                         cfg.checkpoint.format)
+        self.manager = CheckpointManager(checkpoint_dir(cfg), cfg.checkpoint.keep_last, cfg.checkpoint.format)
         self.tracker = LossTracker()
         self.start_step, self.streams = 0, {}
         self.skipped = 0
@@ -164,11 +251,11 @@ class Trainer:
     def restore(self):
         """Resume from checkpoint.resume or initialise the model from checkpoint.init; returns a notice or None."""
         ckpt = self.cfg.checkpoint
-        path = resolve_resume(ckpt, self.manager)
+        path = agreed_resume(ckpt, self.manager)
         positions = {}
         if path:
             tensors, meta = load_checkpoint(path)
-            load_into(self.state, tensors, strict=not ckpt.allow_missing_keys, source=path)
+            load_into(self.state, tensors, strict=not ckpt.allow_missing_keys, ignore=(DROPOUT_STEP,), source=path)
             self.start_step = int(meta["step"])
             positions = meta.get("data", {})
             self.tracker.restore(meta.get("losses", {}))
@@ -238,6 +325,8 @@ class Trainer:
             inputs = [ms.Tensor(batch[n]) for n in self.input_names[task]]
             t1 = time.time()
             lr = current_lr(self.optimizer)
+            if self.dropout_step is not None:
+                self.dropout_step.set_data(ms.Tensor(np.array(step, np.int32)))
             loss, finite, scale, grad_norm = self.steps[task](*inputs)
             loss = float(loss.asnumpy())
             t2 = time.time()
@@ -280,7 +369,7 @@ class Trainer:
             self.best_score = score
             if self.dist.is_main:
                 path = os.path.join(self.out_dir, "best")
-                model_tensors = {p.name: p for p in self.model.get_parameters()}
+                model_tensors = {p.name: p for p in self.model.get_parameters() if p.name != DROPOUT_STEP}
                 try:
                     CheckpointManager(path, keep_last=1, fmt=self.cfg.checkpoint.format).save(step, model_tensors,
                                                                                               record)

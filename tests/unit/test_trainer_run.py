@@ -50,16 +50,27 @@ def make_dataset(epoch, start_batch):
 
 
 def config(tmp_path, *overrides):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "run.yaml"
     path.write_text("run:\n  mode: graph\n  compile_cache: false\n", encoding="utf-8")
     return load_config(str(path), [f"run.output_dir={tmp_path / 'out'}", "train.batch_size=2", "run.log_every=1",
                                    "optim.warmup_steps=1", *overrides])
 
 
-def make_trainer(cfg, evaluator=None):
+class DroppedDense(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(p=0.5)
+        self.dense = nn.Dense(4, 1)
+
+    def construct(self, x):
+        return self.dense(self.drop(x))
+
+
+def make_trainer(cfg, evaluator=None, dropout=False):
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)
-    model = nn.Dense(4, 1)
+    model = DroppedDense() if dropout else nn.Dense(4, 1)
     return Trainer(cfg, DIST, model, {"reg": Regression(model)}, TaskMixer({"reg": 1.0}, 0), {"reg": make_dataset},
                    2, evaluator)
 
@@ -140,3 +151,24 @@ def test_disk_full_while_saving_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.manager, "save", full)
     with pytest.raises(UserError, match=r"^cannot write the checkpoint of step 2 to .*: the disk is full; "):
         trainer.save(2)
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_dropout(tmp_path):
+    """Dropout 0.5: a run stopped after its step-3 checkpoint and resumed logs the losses of an uninterrupted run."""
+    settings = ("train.steps=6", "checkpoint.every=3", "optim.lr=0.05")
+    make_trainer(config(tmp_path / "a", *settings), dropout=True).run()
+    expected = [r["loss"] for r in strict_records(tmp_path / "a" / "out" / "metrics.jsonl")]
+    assert len(expected) == 6 and len(set(expected)) == 6
+
+    def stop_at_4(step):
+        raise Crash()
+    stopped = make_trainer(config(tmp_path / "b", *settings, "train.eval_every=4"), stop_at_4, dropout=True)
+    with pytest.raises(Crash):
+        stopped.run()
+    resumed = make_trainer(config(tmp_path / "b", *settings, "checkpoint.resume=auto"), dropout=True)
+    resumed.run()
+    assert resumed.start_step == 3
+    losses = [r["loss"] for r in strict_records(tmp_path / "b" / "out" / "metrics.jsonl")]
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+    assert "dropout_step" not in resumed.state.tensors()
