@@ -364,10 +364,11 @@ def transformer_stacks(model_cfg, text_len, image_len, audio_len):
 
 def _attention_bytes(sq, sk, b, h, a, mp, e):
     """Activations one attention sub-block keeps for backward (Korthikanti et al. 2022, generalised to key length
-    `sk` and element size `e`; dropout masks are 1 byte)."""
+    `sk` and element size `e`; dropout masks are 1 byte). src.models.layers.Attention runs the softmax in fp32, so its
+    output is kept in 4 bytes whatever the compute dtype, plus its cast back to `e` bytes (the dropout input)."""
     replicated = e * 2 * sq * b * h + sq * b * h          # LayerNorm input, q/k/v input; output dropout mask
-    sharded = (e * (2 * sq * b * h + 2 * sk * b * h        # q and the out-projection input; k, v
-                    + 2 * a * sq * sk * b)                 # softmax output, attention-dropout output
+    sharded = (e * (2 * sq * b * h + 2 * sk * b * h)       # q and the out-projection input; k, v
+               + (4 + e) * a * sq * sk * b                 # fp32 softmax output; attention-dropout output
                + a * sq * sk * b)                          # attention-dropout mask
     return replicated + sharded / mp
 
@@ -379,7 +380,7 @@ def _ffn_bytes(s, b, h, f, mp, e):
 
 def layer_activation_bytes(stack, batch, mp, e):
     """Bytes one block of `stack` keeps for backward at `batch` samples per replica. For a plain block at fp16 this
-    is s*b*h*(10 + 24/mp + 5*a*s/(h*mp)) when ffn = 4h."""
+    is s*b*h*(10 + 24/mp + 7*a*s/(h*mp)) when ffn = 4h (Korthikanti's 5*a*s/h, plus 2 for the fp32 softmax)."""
     s, h, a = stack.seq, stack.width, stack.heads
     total = _attention_bytes(s, s, batch, h, a, mp, e) + _ffn_bytes(s, batch, h, stack.ffn, mp, e)
     if stack.memory:
@@ -442,8 +443,11 @@ class MemoryEstimate:
 def estimate_memory(sharded, replicated, stacks, dp, mp, batch_size, grad_accumulation=1, dtype="fp16",
                     optimizer="adamw", optimizer_shard=False):
     """Per-device bytes: weights (fp32 master + a compute-dtype copy when it is not fp32), fp32 gradients (twice with
-    accumulation: the running sum and the current micro-batch), optimizer state (divided by dp when sharded) and
-    activations of one micro-batch (`batch_size / grad_accumulation` per device, times mp per replica)."""
+    accumulation: the running sum and the current micro-batch), optimizer state and activations of one micro-batch
+    (`batch_size / grad_accumulation` per device, times mp per replica).
+
+    Optimizer state is divided by dp only in semi-auto mode (mp > 1): in MindSpore's DATA_PARALLEL mode
+    `enable_parallel_optimizer` splits the update work, but every rank still holds the full AdamW moments."""
     e = ELEMENT_BYTES[dtype]
     params = sharded / mp + replicated
     micro_batch = batch_size // grad_accumulation * mp
@@ -451,7 +455,7 @@ def estimate_memory(sharded, replicated, stacks, dp, mp, batch_size, grad_accumu
         dp=dp, mp=mp, params=params,
         weights=params * (4 + (e if e < 4 else 0)),
         grads=params * 4 * (2 if grad_accumulation > 1 else 1),
-        optimizer=params * OPTIMIZER_STATE_BYTES[optimizer] / (dp if optimizer_shard else 1),
+        optimizer=params * OPTIMIZER_STATE_BYTES[optimizer] / (dp if optimizer_shard and mp > 1 else 1),
         activations=activation_bytes(stacks, micro_batch, mp, e, recompute=False),
         activations_recompute=activation_bytes(stacks, micro_batch, mp, e, recompute=True))
 
