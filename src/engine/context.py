@@ -8,7 +8,7 @@ import random
 import mindspore as ms
 import mindspore.dataset as ds
 import numpy as np
-from mindspore.communication import get_group_size
+from mindspore.communication import get_group_size, get_rank
 
 from src.engine.distributed import init_distributed, is_distributed
 from src.errors import UserError
@@ -51,8 +51,9 @@ def enable_compile_cache(cfg):
     sources hashes only the entry script and its top-level imports (not the models, tasks or engine, which are
     imported inside functions). So a graph compiled for another config (vocabulary size, LR table length, ...) or
     older model code would be reused and crash or compute wrongly. The folder is keyed by the config (minus output,
-    logging and checkpoint settings), the repository's Python sources and, as a precaution, the data-parallel world
-    size (a single-process graph has no gradient all-reduce).
+    logging and checkpoint settings), the repository's Python sources, the data-parallel world size (a
+    single-process graph has no gradient all-reduce) and the rank (the contrastive task's feature gather slices by
+    it).
     """
     if not cfg.run.compile_cache:
         return None
@@ -62,6 +63,7 @@ def enable_compile_cache(cfg):
     keyed["run"] = {k: v for k, v in keyed["run"].items() if k not in ("output_dir", "log_every")}
     keyed["sources"] = _sources_sha256()
     keyed["world_size"] = get_group_size() if is_distributed() else 1
+    keyed["rank"] = get_rank() if is_distributed() else 0  # graphs that gather across ranks embed the rank
     keyed = json.dumps(keyed, sort_keys=True)
     path = os.path.join(cfg.run.compile_cache_dir, hashlib.sha256(keyed.encode("utf-8")).hexdigest()[:16])
     ms.set_context(enable_compile_cache=True, compile_cache_path=path)

@@ -329,6 +329,8 @@ class Trainer:
                 self.dropout_step.set_data(ms.Tensor(np.array(step, np.int32)))
             loss, finite, scale, grad_norm = self.steps[task](*inputs)
             loss = float(loss.asnumpy())
+            if self.dist.world_size > 1:  # log the mean over every rank's batch, not rank 0's own loss
+                loss = float(np.mean(all_gather_numpy(np.array([loss], np.float32))))
             t2 = time.time()
             data_time, step_time, done = data_time + t1 - t0, step_time + t2 - t1, done + 1
             finite = bool(finite.asnumpy())

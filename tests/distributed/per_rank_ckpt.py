@@ -13,4 +13,5 @@ if __name__ == "__main__":
     from src.utils.cli import run_main
     from train_pretrain import main
     base, argv = sys.argv[1], sys.argv[2:]
-    sys.exit(run_main(main, argv + [f"checkpoint.dir={base}_{os.environ['MS_NODE_ID']}"]))
+    rank = os.environ.get("MS_NODE_ID", "scheduler")  # msrun also runs the script as its scheduler
+    sys.exit(run_main(main, argv + [f"checkpoint.dir={base}_{rank}"]))

@@ -57,6 +57,15 @@ def _descendants(pid):
     return found
 
 
+def _gone(pid):
+    """True when `pid` has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" in f.read()
+    except FileNotFoundError:
+        return True
+
+
 def _run(cmd, cwd):
     result = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     logs = "".join(p.read_text()[-2000:] for p in (cwd / "out").glob("msrun_log/*.log")) if result.returncode else ""
@@ -73,15 +82,17 @@ def test_killed_msrun_job_resumes_on_every_rank(job, tmp_path):
 
     out = tmp_path / "out"
     metrics = out / "metrics.jsonl"
-    proc = subprocess.Popen(job(out), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    launcher_log = open(tmp_path / "killed.log", "w")
+    proc = subprocess.Popen(job(out), cwd=tmp_path, env=subprocess_env(), stdout=launcher_log,
+                            stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 900
         while time.time() < deadline and proc.poll() is None:
             if metrics.exists() and metrics.read_bytes().count(b"\n") >= KILL_AFTER:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "the job ended before it could be killed"
+        assert proc.poll() is None, "the job ended before it could be killed:\n" + "".join(
+            p.read_text()[-3000:] for p in [tmp_path / "killed.log", *(out / "msrun_log").glob("*.log")])
     finally:
         job_pids = [proc.pid, *_descendants(proc.pid)]
         for pid in job_pids:  # msrun starts the workers in sessions of their own
@@ -90,8 +101,9 @@ def test_killed_msrun_job_resumes_on_every_rank(job, tmp_path):
             except ProcessLookupError:
                 pass
         proc.wait()
+        launcher_log.close()
     time.sleep(1)
-    assert len(job_pids) >= 3 and not any(os.path.exists(f"/proc/{pid}") for pid in job_pids[1:])
+    assert len(job_pids) >= 3 and all(_gone(pid) for pid in job_pids)
     killed_at = [r["step"] for r in read_metrics(out)][-1]
     assert KILL_AFTER <= killed_at < STEPS
     saved = sorted(int(n[5:]) for n in os.listdir(out / "checkpoints") if re.fullmatch(r"step_\d+", n))
@@ -110,8 +122,8 @@ def test_ranks_that_disagree_on_the_resume_step_stop(job, tmp_path):
     naming the ranks and their steps, instead of rank 1 silently starting over."""
     _run(job(tmp_path / "out", "train.steps=3", "checkpoint.every=3"), tmp_path)   # a real step-3 checkpoint
     os.rename(tmp_path / "out" / "checkpoints", tmp_path / "ckpt_0")                  # rank 0's folder; rank 1's empty
-    env = dict(subprocess_env(), OPT_TRAIN_CMD=f"python {os.path.join(ROOT, 'tests', 'distributed', 'per_rank_ckpt.py')} "
-                                               f"{tmp_path / 'ckpt'}")
+    driver = os.path.join(ROOT, "tests", "distributed", "per_rank_ckpt.py")
+    env = dict(subprocess_env(), OPT_TRAIN_CMD=f"python {driver} {tmp_path / 'ckpt'}")
     result = subprocess.run(job(tmp_path / "out", "checkpoint.resume=auto"), cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
