@@ -45,7 +45,7 @@ def main(argv=None):
         raise UserError(f"--ckpt_file {args.ckpt_file} does not exist; give a checkpoint step directory such as "
                         "<run>/best/step_00000300")
     cfg = resolve_config(args.ckpt_file, args.config, args.overrides)
-    setup_context(cfg.run)
+    setup_context(cfg)
     check_request(args.file_format, batch_size, args.file_name)
     model = load_trained_model(cfg, args.ckpt_file)
     manifest = export_model(cfg, model, args.task, args.file_name, args.file_format, batch_size, args.ckpt_file)

@@ -1,6 +1,7 @@
 """Ascend rank tables (HCCL, schema version "1.0"): generate, merge, check, and list one server's ranks.
 
     python scripts/make_rank_table.py --devices 0-7 --server_ip 10.0.0.1 [--hccn /etc/hccn.conf] [-o table.json]
+    python scripts/make_rank_table.py --visible_devices 0,1,2,3 ...     (hccl_tools.py's spelling of --devices)
     python scripts/make_rank_table.py --merge server0.json server1.json -o cluster.json
     python scripts/make_rank_table.py --check cluster.json
     python scripts/make_rank_table.py --local cluster.json [--server_id 1] [--host_ips "10.0.0.2 ..."]
@@ -8,9 +9,15 @@
 A generated table lists one server (`server_id` = its host IP) and its cards: the physical `device_id`, the card's
 NIC address `device_ip` (the `address_<device>=<ip>` lines of /etc/hccn.conf) and a global `rank_id`. All values are
 strings. `--merge` joins one table per server into a cluster table, numbering ranks 0..N-1 in server order.
-`--check` prints one line per fault and exits 1 when there is any. `--local` is what run_distribute_train.sh uses: it
-checks the table, picks this host's server and prints `rank_size N`, `server INDEX SERVER_ID` and one
-`rank RANK_ID DEVICE_ID` line per card of that server. Only the standard library (and src.errors) is needed.
+`--merge` keeps the servers' `super_pod_list` entries (version 1.2 tables). `--check` prints one line per fault and
+exits 1 when there is any; `device_ip` may be left out of a one-server table (recent CANN versions find the cards
+without it), addresses may be IPv4 or IPv6, and on 8-card Atlas 800 (Ascend 910) servers a server's cards must be 1,
+2, 4 or 8 of them, 2 or 4 within one HCCS group (0-3 or 4-7); `--card_groups none` skips that rule for servers whose
+cards are all connected (Atlas 800T A2 and later). `--local` is what run_distribute_train.sh uses: it checks the table,
+picks this host's server and prints `rank_size N`, `server INDEX SERVER_ID` and one `rank RANK_ID LOGICAL PHYSICAL`
+line per card of that server, where LOGICAL is the card's index among this server's cards in device-id order: the
+DEVICE_ID a rank uses, as in the model zoo's launchers (inside a container that maps the cards of the table to 0..n-1,
+the physical id would be wrong). Only the standard library (and src.errors) is needed.
 """
 import argparse
 import ipaddress
@@ -32,6 +39,9 @@ DEFAULT_HCCN = "/etc/hccn.conf"
 _HCCN_LINE = re.compile(r"^address_(\d+)\s*=\s*(\S+)$")
 _TOP_KEYS = ("version", "server_count", "server_list", "status")
 _DEVICE_KEYS = ("device_id", "device_ip", "rank_id")
+_REQUIRED_DEVICE_KEYS = ("device_id", "rank_id")   # device_ip too when the table has more than one server
+CARD_GROUPS = ("atlas800", "none")
+_ATLAS800_GROUPS = (frozenset(range(4)), frozenset(range(4, 8)))
 
 
 def parse_devices(spec):
@@ -67,8 +77,8 @@ def read_hccn(path):
         if not match:
             continue
         device, ip = int(match.group(1)), match.group(2)
-        if not _is_ipv4(ip):
-            raise UserError(f"{path}:{number}: {ip!r} is not an IPv4 address; fix the address_{device}= line")
+        if not _is_ip(ip):
+            raise UserError(f"{path}:{number}: {ip!r} is not an IP address; fix the address_{device}= line")
         addresses[device] = ip
     return addresses
 
@@ -108,11 +118,23 @@ def merge_tables(tables):
     for server in servers:
         server["device"] = [dict(device, rank_id=str(rank + i)) for i, device in enumerate(server["device"])]
         rank += len(server["device"])
-    return {"version": versions[0], "server_count": str(len(servers)), "server_list": servers, "status": "completed"}
+    merged = {"version": versions[0], "server_count": str(len(servers)), "server_list": servers,
+              "status": "completed"}
+    pods = {}
+    for table in tables:   # version 1.2: super pods, each listing its servers; pods of one id are joined
+        for pod in table.get("super_pod_list", []):
+            entry = pods.setdefault(pod["super_pod_id"], dict(pod, server_list=[]))
+            entry["server_list"].extend(pod.get("server_list", []))
+    if pods:
+        merged["super_pod_list"] = list(pods.values())
+    return merged
 
 
-def check_table(table):
-    """Every fault of a parsed rank table, one readable line each (empty when the table is fine)."""
+def check_table(table, card_groups="atlas800"):
+    """Every fault of a parsed rank table, one readable line each (empty when the table is fine).
+
+    `card_groups` "atlas800" also checks each 8-card server's cards against the Atlas 800 (Ascend 910) HCCS groups;
+    "none" skips that rule."""
     if not isinstance(table, dict):
         return ["the table must be a JSON object with keys " + ", ".join(_TOP_KEYS)]
     faults = [f"missing key {key!r}" for key in _TOP_KEYS if key not in table]
@@ -130,6 +152,8 @@ def check_table(table):
         if count is not None and count != len(servers):
             faults.append(f"server_count is {count} but server_list has {len(servers)} servers")
     ranks = _check_servers(servers, faults)
+    if card_groups == "atlas800":
+        faults.extend(_card_group_faults(servers))
     if ranks:
         faults.extend(_rank_faults(ranks))
     return faults
@@ -144,15 +168,15 @@ def load_table(path):
         raise UserError(f"{path} is not valid JSON: {_json_fault(exc)}") from None
 
 
-def load_valid_table(path):
+def load_valid_table(path, card_groups="atlas800"):
     """The table at `path`, which must pass `check_table` (else a UserError naming its first fault)."""
     table = load_table(path)
-    faults = check_table(table)
+    faults = check_table(table, card_groups)
     if faults:
         raise UserError(
             f"{path} is not a valid rank table: {faults[0]}"
             + (f" (and {len(faults) - 1} more faults)" if len(faults) > 1 else "")
-            + f"; run `python scripts/make_rank_table.py --check {path}` to list them"
+            + f"; run `python scripts/make_rank_table.py --check {path} --card_groups {card_groups}` to list them"
         )
     return table
 
@@ -198,7 +222,8 @@ def main(argv=None):
         prog="make_rank_table.py", description="Generate, merge, check or inspect Ascend rank tables (version 1.0)."
     )
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--devices", metavar="IDS", help="generate a one-server table for these cards, e.g. 0-7 or 0,1")
+    mode.add_argument("--devices", "--visible_devices", dest="devices", metavar="IDS",
+                      help="generate a one-server table for these cards, e.g. 0-7 or 0,1,2,3")
     mode.add_argument("--merge", nargs="+", metavar="TABLE", help="join per-server tables, in this order")
     mode.add_argument("--check", metavar="TABLE", help="list the table's faults; exit 1 when there are any")
     mode.add_argument("--local", metavar="TABLE", help="print this server's ranks (used by run_distribute_train.sh)")
@@ -209,27 +234,31 @@ def main(argv=None):
                         help="with --devices/--merge: where to write (default: a descriptive name in the cwd)")
     parser.add_argument("--server_id", default="", help="with --local: this server's index or server_id")
     parser.add_argument("--host_ips", default="", help="with --local: this host's addresses, space-separated")
+    parser.add_argument("--card_groups", default="atlas800", choices=CARD_GROUPS,
+                        help="with --check/--local/--merge: check Atlas 800 HCCS card groups (default) or not")
     args = parser.parse_args(argv)
     try:
         if args.check:
-            return _run_check(args.check)
+            return _run_check(args.check, args.card_groups)
         if args.local:
-            table = load_valid_table(args.local)
+            table = load_valid_table(args.local, args.card_groups)
             index, server = local_server(table, args.server_id, args.host_ips.split())
             print(f"rank_size {rank_size(table)}")
             print(f"server {index} {server['server_id']}")
+            by_id = sorted(server["device"], key=lambda d: int(d["device_id"]))
+            logical = {d["device_id"]: i for i, d in enumerate(by_id)}
             for device in sorted(server["device"], key=lambda d: int(d["rank_id"])):
-                print(f"rank {device['rank_id']} {device['device_id']}")
+                print(f"rank {device['rank_id']} {logical[device['device_id']]} {device['device_id']}")
             return 0
         if args.devices:
             devices = parse_devices(args.devices)
             server_ip = args.server_ip or _host_ip()
-            if not _is_ipv4(server_ip):
-                raise UserError(f"--server_ip {server_ip!r} is not an IPv4 address")
+            if not _is_ip(server_ip):
+                raise UserError(f"--server_ip {server_ip!r} is not an IP address")
             table = build_table(devices, server_ip, read_hccn(args.hccn), args.hccn)
             default_name = f"rank_table_{len(devices)}p_{server_ip}.json"
         else:
-            table = merge_tables([load_valid_table(path) for path in args.merge])
+            table = merge_tables([load_valid_table(path, args.card_groups) for path in args.merge])
             default_name = f"rank_table_{table['server_count']}s_{rank_size(table)}p.json"
         output = args.output or default_name
         _write_json(table, output)
@@ -240,12 +269,12 @@ def main(argv=None):
         return 2
 
 
-def _run_check(path):
+def _run_check(path, card_groups="atlas800"):
     """Print each fault of the table at `path` (or one "ok" line); 1 when faulty, else 0."""
     text = _read_text(path)
     try:
         table = json.loads(text)
-        faults = check_table(table)
+        faults = check_table(table, card_groups)
     except json.JSONDecodeError as exc:
         faults = [f"not valid JSON: {_json_fault(exc)}"]
     for fault in faults:
@@ -293,7 +322,8 @@ def _check_servers(servers, faults):
             if not isinstance(device, dict):
                 faults.append(f"{at} must be an object with {', '.join(_DEVICE_KEYS)}")
                 continue
-            faults.extend(f"{at} is missing {key!r}" for key in _DEVICE_KEYS if key not in device)
+            required = _DEVICE_KEYS if len(servers) > 1 else _REQUIRED_DEVICE_KEYS
+            faults.extend(f"{at} is missing {key!r}" for key in required if key not in device)
             if "device_id" in device:
                 device_id = _string_int(device["device_id"], f"{at}.device_id", faults)
                 if device_id is None:
@@ -306,8 +336,8 @@ def _check_servers(servers, faults):
                     device_ids[device_id] = d
             if "device_ip" in device:
                 ip = device["device_ip"]
-                if not isinstance(ip, str) or not _is_ipv4(ip):
-                    faults.append(f"{at}.device_ip {ip!r} is not an IPv4 address (see /etc/hccn.conf)")
+                if not isinstance(ip, str) or not _is_ip(ip):
+                    faults.append(f"{at}.device_ip {ip!r} is not an IP address (see /etc/hccn.conf)")
                 elif ip in device_ips:
                     faults.append(f"{at}.device_ip {ip} is also used by {device_ips[ip]}")
                 else:
@@ -317,6 +347,28 @@ def _check_servers(servers, faults):
                 if rank is not None:
                     ranks.append((rank, at))
     return ranks
+
+
+def _card_group_faults(servers):
+    """Atlas 800 (8 x Ascend 910, two HCCS groups 0-3 and 4-7): a server uses 1, 2, 4 or 8 cards, and 2 or 4 cards
+    lie in one group. Servers with a card id above 7 (16-card machines) are not checked."""
+    faults = []
+    for s, server in enumerate(servers):
+        devices = server.get("device") if isinstance(server, dict) else None
+        if not isinstance(devices, list):
+            continue
+        ids = {int(d["device_id"]) for d in devices if isinstance(d, dict) and str(d.get("device_id", "")).isdigit()}
+        if len(ids) != len(devices) or not ids or max(ids) > 7:
+            continue
+        listed = ",".join(str(i) for i in sorted(ids))
+        if len(ids) not in (1, 2, 4, 8):
+            faults.append(f"server_list[{s}] uses {len(ids)} cards ({listed}); an Atlas 800 server takes 1, 2, 4 or "
+                          "8 (or pass --card_groups none for fully connected servers such as Atlas 800T A2)")
+        elif len(ids) in (2, 4) and not any(ids <= group for group in _ATLAS800_GROUPS):
+            faults.append(f"server_list[{s}] uses cards {listed} across the HCCS groups 0-3 and 4-7; on an Atlas 800 "
+                          f"{len(ids)} cards must lie in one group (or pass --card_groups none for fully connected "
+                          "servers such as Atlas 800T A2)")
+    return faults
 
 
 def _rank_faults(ranks):
@@ -349,9 +401,10 @@ def _string_int(value, where, faults):
     return None
 
 
-def _is_ipv4(text):
+def _is_ip(text):
+    """True for an IPv4 or IPv6 address."""
     try:
-        ipaddress.IPv4Address(text)
+        ipaddress.ip_address(text)
     except ValueError:
         return False
     return True

@@ -5,13 +5,21 @@
 #
 # TASK is pretrain | retrieval | caption | vqa (runs train_<TASK>.py). Run the same command on every server of the
 # table. This server is found by SERVER_ID (its index in server_list, or its server_id) or else by matching the
-# addresses of `hostname -I` against the server_ids. RANK_SIZE and the global RANK_IDs come from the table.
-# Rank R works in, writes to and logs to <output>/rank_R/ (train.log, appended), where <output> is a
-# `run.output_dir=...` override, else $OUTPUT_DIR, else ./outputs/<TASK>. Paths are made absolute before anything
-# changes directory, including override values that name an existing relative path.
-# The script waits for its ranks; when one fails it stops the others and exits 1. Ctrl-C stops them all.
+# addresses of `hostname -I` against the server_ids. RANK_SIZE and the global RANK_IDs come from the table; DEVICE_ID is
+# the card's logical index on this server (its place among the server's cards in device-id order), as in the model
+# zoo's launchers: right inside a container that maps the table's cards to 0..n-1, and on a bare server whose table
+# lists all its cards. On a bare server with a table of some cards only (e.g. 4-7), export
+# ASCEND_RT_VISIBLE_DEVICES=4,5,6,7 first so that logical 0..3 are those cards.
+# Every rank runs in the folder the script was started from; rank R writes its outputs and its log to <output>/rank_R/
+# (train.log, appended), where <output> is a `run.output_dir=...` override, else $OUTPUT_DIR, else ./outputs/<TASK>.
+# Checkpoints go to one folder for all ranks, <output>/checkpoints (or a `checkpoint.dir=...` override), so that
+# checkpoint.resume=auto finds the same step on every rank; with several servers it must be on shared storage.
+# Paths are made absolute first, including override values that name an existing relative path.
+# The script waits for its ranks; when one fails it stops the others and exits 1. Ctrl-C, SIGTERM and SIGHUP (a closed
+# terminal or ssh session) stop them all.
 #
-# Environment: DRY_RUN=1 prints each rank's directory, environment and command without starting anything.
+# Environment: CARD_GROUPS=none skips the Atlas 800 card-group check of the table (servers whose cards are all
+# connected, e.g. Atlas 800T A2). DRY_RUN=1 prints each rank's directory, environment and command without starting anything.
 # PYTHON chooses the interpreter (default: the repository's .venv, else python3). GLOG_v (default 3) and
 # HCCL_CONNECT_TIMEOUT (default 600) are passed on. OPT_TRAIN_CMD replaces `$PYTHON train_<TASK>.py` and exists for
 # the launcher tests only.
@@ -53,18 +61,27 @@ for item in "$@"; do
   fi
 done
 OUTPUT="$(realpath -m -- "$OUTPUT")"
+# one checkpoint folder for the whole job (rank 0 writes it, every rank resumes from it): <output>/checkpoints unless
+# checkpoint.dir is given; with several servers <output> (or checkpoint.dir) must be on storage they all share
+CKPT_DIR="$OUTPUT/checkpoints"
+for item in "${OVERRIDES[@]}"; do
+  if [[ "$item" == checkpoint.dir=* ]]; then CKPT_DIR=""; fi
+done
+if [[ -n "$CKPT_DIR" ]]; then OVERRIDES=("checkpoint.dir=$CKPT_DIR" "${OVERRIDES[@]}"); fi
 
 PLAN="$("$PYTHON" "$ROOT/scripts/make_rank_table.py" --local "$RANK_TABLE_FILE" --server_id "${SERVER_ID:-}" \
-  --host_ips "$(hostname -I 2>/dev/null || true)")" || exit 2
+  --host_ips "$(hostname -I 2>/dev/null || true)" --card_groups "${CARD_GROUPS:-atlas800}")" || exit 2
 RANKS=()
 DEVICES=()
-while read -r kind first second; do
+PHYSICAL=()
+while read -r kind first second third; do
   case "$kind" in
     rank_size) RANK_SIZE="$first" ;;
     server) SERVER="$first ($second)" ;;
     rank)
       RANKS+=("$first")
       DEVICES+=("$second")
+      PHYSICAL+=("$third")
       ;;
   esac
 done <<<"$PLAN"
@@ -86,7 +103,7 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then
     rank_env "$i"
     rank_cmd "$i"
     dir="$(rank_dir "$i")"
-    echo "# rank ${RANKS[$i]} on device ${DEVICES[$i]}"
+    echo "# rank ${RANKS[$i]} on device ${DEVICES[$i]} (card ${PHYSICAL[$i]} of the table)"
     printf 'cd %q &&' "$LAUNCH_DIR"
     printf ' %q' "${RANK_ENV[@]}" "${RANK_CMD[@]}"
     printf ' >> %q 2>&1\n' "$dir/train.log"
@@ -113,6 +130,8 @@ stop_ranks() {
   done
 }
 trap 'echo "interrupted: stopping all ranks" >&2; stop_ranks; exit 130' INT TERM
+# after a hang-up the terminal may be gone: stop the ranks first, and let a failed message not stop the script
+trap 'stop_ranks; echo "hang-up: stopped all ranks" >&2 || true; exit 129' HUP
 
 echo "server $SERVER: starting ${#RANKS[@]} of $RANK_SIZE ranks, outputs in $OUTPUT"
 for i in "${!RANKS[@]}"; do
@@ -123,7 +142,7 @@ for i in "${!RANKS[@]}"; do
   # setsid: each rank leads its own process group, so stopping it also stops its children (e.g. data workers).
   (cd "$LAUNCH_DIR" && exec setsid env "${RANK_ENV[@]}" "${RANK_CMD[@]}") >>"$dir/train.log" 2>&1 &
   PIDS+=("$!")
-  echo "rank ${RANKS[$i]} (device ${DEVICES[$i]}, pid $!): log $dir/train.log"
+  echo "rank ${RANKS[$i]} (device ${DEVICES[$i]}, card ${PHYSICAL[$i]} of the table, pid $!): log $dir/train.log"
 done
 
 running=${#PIDS[@]}

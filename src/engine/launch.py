@@ -14,7 +14,7 @@ def run_training(args, build):
     """Load the config of `args`, set up the process, `build(cfg, dist) -> (cfg, trainer)`, then train."""
     from src.engine.context import enable_compile_cache, setup_context   # imports MindSpore: only when training
     cfg = config_from_args(args)
-    dist = setup_context(cfg.run)
+    dist = setup_context(cfg)
     cfg, trainer = build(cfg, dist)
     enable_compile_cache(cfg)
     trainer.run()

@@ -29,6 +29,8 @@ from src.models.opt import IMAGE_TOKEN_OFFSET
 
 MODES = ("data", "semi_auto")
 CPU_MESSAGE = "tensor/semi-auto parallel needs Ascend or GPU; on CPU use parallel.mode=data with mp=1"
+OPTIMIZER_SHARD_CPU_MESSAGE = ("parallel.optimizer_shard needs Ascend or GPU; set parallel.optimizer_shard: false on "
+                               "CPU")
 
 COLUMN, ROW, REPLICATED = "column", "row", "replicated"
 _DENSE_ROLES = {Attention: {"query": COLUMN, "key": COLUMN, "value": COLUMN, "out": ROW},
@@ -231,38 +233,92 @@ def _is_rank0():
     return not GlobalComm.INITED or get_rank() == 0
 
 
-def configure_parallel(cfg, device, model):
-    """Set MindSpore's parallel context for `cfg.parallel`, shard and recompute `model` as asked; return the layout.
+def check_device_support(parallel_cfg, device):
+    """Refuse, with the one-line messages of docs/parallel.md, settings that `device` cannot run (CPU: anything but
+    plain data parallelism). Pure: touches no MindSpore state, so entry points call it before anything else."""
+    if device != "CPU":
+        return
+    if parallel_cfg.mode == "semi_auto" or parallel_cfg.mp > 1:
+        raise UserError(CPU_MESSAGE)
+    if parallel_cfg.optimizer_shard:
+        raise UserError(OPTIMIZER_SHARD_CPU_MESSAGE)
 
-    Call after `init_distributed` and building the model, before building the optimizer (optimizer sharding is
-    decided when the optimizer is created). Data mode on one device changes nothing but recompute.
+
+def parallel_context(cfg, layout):
+    """The keyword arguments `set_parallel_context` passes to `mindspore.set_auto_parallel_context` (None: nothing to
+    set, a single device in data mode)."""
+    p = cfg.parallel
+    if layout.mode == "semi_auto":
+        context = {"parallel_mode": ms.ParallelMode.SEMI_AUTO_PARALLEL, "gradients_mean": False,
+                   "full_batch": False, "enable_parallel_optimizer": bool(p.optimizer_shard)}
+        if _is_rank0():  # the layout of every sliced parameter, to merge per-rank checkpoints later
+            context["strategy_ckpt_config"] = {"save_file": os.path.join(cfg.run.output_dir, "strategy.ckpt"),
+                                               "only_trainable_params": False}
+        return context
+    if layout.devices > 1:
+        return {"parallel_mode": ms.ParallelMode.DATA_PARALLEL, "gradients_mean": True,
+                "enable_parallel_optimizer": bool(p.optimizer_shard)}
+    return None
+
+
+def set_parallel_context(cfg, device):
+    """Check `cfg.parallel` against the device and the job's size, validate a semi-auto split against the model
+    config, and set MindSpore's auto-parallel context; return the ParallelLayout.
+
+    Called by `src.engine.context.setup_context` (every entry point) after communication is initialised and before
+    any model is built.
     """
     p = cfg.parallel
-    if device == "CPU" and (p.mode == "semi_auto" or p.mp > 1):
-        raise UserError(CPU_MESSAGE)
-    if device == "CPU" and p.optimizer_shard:
-        raise UserError("parallel.optimizer_shard needs Ascend or GPU; set parallel.optimizer_shard: false on CPU")
+    check_device_support(p, device)
+    layout = resolve_layout(p, _world_size())
+    if layout.mode == "semi_auto":
+        problems = shape_problems(cfg.model, layout.dp, layout.mp, p.vocab_dp, cfg.train.batch_size,
+                                  cfg.train.grad_accumulation)
+        if problems:
+            raise UserError(f"parallel.dp={layout.dp} parallel.mp={layout.mp} does not fit the model: "
+                            + "; ".join(problems))
+    context = parallel_context(cfg, layout)
+    if context:
+        ms.set_auto_parallel_context(**context)
+    return layout
+
+
+def prepare_model(cfg, model):
+    """Shard `model` (semi-auto mode) and mark its blocks for recompute as `cfg.parallel` asks; return the layout.
+
+    Call after `set_parallel_context` and before building the optimizer (optimizer sharding is decided when the
+    optimizer is created). Every trainer goes through `src.engine.trainer.Trainer`, which calls it.
+    """
+    p = cfg.parallel
     layout = resolve_layout(p, _world_size())
     if layout.mode == "semi_auto":
         strategies = model_strategies(model, layout.dp, layout.mp, p.vocab_dp)
-        problems = shape_problems(cfg.model, layout.dp, layout.mp, p.vocab_dp, cfg.train.batch_size,
+        problems = strategy_problems(strategies)
+        if problems:
+            raise UserError(f"parallel.dp={layout.dp} parallel.mp={layout.mp} does not fit the model: "
+                            + "; ".join(problems))
+        apply_strategies(model, strategies)
+    if p.recompute:
+        apply_recompute(model)
+    return layout
+
+
+def configure_parallel(cfg, device, model):
+    """`set_parallel_context` then `prepare_model`: the whole `parallel:` section for one model; returns the layout.
+
+    A problem of the split raises before the context changes.
+    """
+    check_device_support(cfg.parallel, device)
+    layout = resolve_layout(cfg.parallel, _world_size())
+    if layout.mode == "semi_auto":
+        strategies = model_strategies(model, layout.dp, layout.mp, cfg.parallel.vocab_dp)
+        problems = shape_problems(cfg.model, layout.dp, layout.mp, cfg.parallel.vocab_dp, cfg.train.batch_size,
                                   cfg.train.grad_accumulation) + strategy_problems(strategies)
         if problems:
             raise UserError(f"parallel.dp={layout.dp} parallel.mp={layout.mp} does not fit the model: "
                             + "; ".join(problems))
-        context = {"parallel_mode": ms.ParallelMode.SEMI_AUTO_PARALLEL, "gradients_mean": False,
-                   "full_batch": False, "enable_parallel_optimizer": p.optimizer_shard}
-        if _is_rank0():  # the layout of every sliced parameter, to merge per-rank checkpoints later
-            context["strategy_ckpt_config"] = {"save_file": os.path.join(cfg.run.output_dir, "strategy.ckpt"),
-                                               "only_trainable_params": False}
-        ms.set_auto_parallel_context(**context)
-        apply_strategies(model, strategies)
-    elif layout.devices > 1:
-        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                     enable_parallel_optimizer=p.optimizer_shard)
-    if p.recompute:
-        apply_recompute(model)
-    return layout
+    set_parallel_context(cfg, device)
+    return prepare_model(cfg, model)
 
 
 # ----- memory per device ----------------------------------------------------------------------------------------
@@ -308,10 +364,11 @@ def transformer_stacks(model_cfg, text_len, image_len, audio_len):
 
 def _attention_bytes(sq, sk, b, h, a, mp, e):
     """Activations one attention sub-block keeps for backward (Korthikanti et al. 2022, generalised to key length
-    `sk` and element size `e`; dropout masks are 1 byte)."""
+    `sk` and element size `e`; dropout masks are 1 byte). src.models.layers.Attention runs the softmax in fp32, so its
+    output is kept in 4 bytes whatever the compute dtype, plus its cast back to `e` bytes (the dropout input)."""
     replicated = e * 2 * sq * b * h + sq * b * h          # LayerNorm input, q/k/v input; output dropout mask
-    sharded = (e * (2 * sq * b * h + 2 * sk * b * h        # q and the out-projection input; k, v
-                    + 2 * a * sq * sk * b)                 # softmax output, attention-dropout output
+    sharded = (e * (2 * sq * b * h + 2 * sk * b * h)       # q and the out-projection input; k, v
+               + (4 + e) * a * sq * sk * b                 # fp32 softmax output; attention-dropout output
                + a * sq * sk * b)                          # attention-dropout mask
     return replicated + sharded / mp
 
@@ -323,7 +380,7 @@ def _ffn_bytes(s, b, h, f, mp, e):
 
 def layer_activation_bytes(stack, batch, mp, e):
     """Bytes one block of `stack` keeps for backward at `batch` samples per replica. For a plain block at fp16 this
-    is s*b*h*(10 + 24/mp + 5*a*s/(h*mp)) when ffn = 4h."""
+    is s*b*h*(10 + 24/mp + 7*a*s/(h*mp)) when ffn = 4h (Korthikanti's 5*a*s/h, plus 2 for the fp32 softmax)."""
     s, h, a = stack.seq, stack.width, stack.heads
     total = _attention_bytes(s, s, batch, h, a, mp, e) + _ffn_bytes(s, batch, h, stack.ffn, mp, e)
     if stack.memory:
@@ -386,8 +443,11 @@ class MemoryEstimate:
 def estimate_memory(sharded, replicated, stacks, dp, mp, batch_size, grad_accumulation=1, dtype="fp16",
                     optimizer="adamw", optimizer_shard=False):
     """Per-device bytes: weights (fp32 master + a compute-dtype copy when it is not fp32), fp32 gradients (twice with
-    accumulation: the running sum and the current micro-batch), optimizer state (divided by dp when sharded) and
-    activations of one micro-batch (`batch_size / grad_accumulation` per device, times mp per replica)."""
+    accumulation: the running sum and the current micro-batch), optimizer state and activations of one micro-batch
+    (`batch_size / grad_accumulation` per device, times mp per replica).
+
+    Optimizer state is divided by dp only in semi-auto mode (mp > 1): in MindSpore's DATA_PARALLEL mode
+    `enable_parallel_optimizer` splits the update work, but every rank still holds the full AdamW moments."""
     e = ELEMENT_BYTES[dtype]
     params = sharded / mp + replicated
     micro_batch = batch_size // grad_accumulation * mp
@@ -395,7 +455,7 @@ def estimate_memory(sharded, replicated, stacks, dp, mp, batch_size, grad_accumu
         dp=dp, mp=mp, params=params,
         weights=params * (4 + (e if e < 4 else 0)),
         grads=params * 4 * (2 if grad_accumulation > 1 else 1),
-        optimizer=params * OPTIMIZER_STATE_BYTES[optimizer] / (dp if optimizer_shard else 1),
+        optimizer=params * OPTIMIZER_STATE_BYTES[optimizer] / (dp if optimizer_shard and mp > 1 else 1),
         activations=activation_bytes(stacks, micro_batch, mp, e, recompute=False),
         activations_recompute=activation_bytes(stacks, micro_batch, mp, e, recompute=True))
 

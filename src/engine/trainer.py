@@ -7,15 +7,21 @@ LR position), the loss scale, each task's data position and the loss statistics;
 are pure functions of (seed, step) and (seed, epoch, sample index), so the resumed run continues exactly as the
 uninterrupted one would have.
 """
+import errno
+import json
 import math
 import os
+import shutil
 import time
 
 import mindspore as ms
-from mindspore import nn
+import numpy as np
+from mindspore import Parameter, nn, ops
 from tqdm import tqdm
 
 from src.config import save_config
+from src.engine.distributed import all_gather_numpy
+from src.engine.parallel import prepare_model
 from src.engine.optim import build_optimizer, current_lr, select_trainable
 from src.engine.run_log import LossTracker, MetricsLog
 from src.engine.train_step import LossScale, TrainStep
@@ -26,6 +32,50 @@ from src.weights.checkpoint import (CheckpointManager, capture_rng_state, init_f
 from src.weights.pretrained import init_from_pretrained, pretrained_sources
 
 
+DROPOUT_STEP = "dropout_step"   # the step counter the dropout masks are drawn from; set every step, never saved
+
+
+class StepDropout(nn.Cell):
+    """Drop-in for the kernel of an `nn.Dropout` (returns (output, mask)) whose mask is a pure function of
+    (salt, training step, element index): a 32-bit integer hash (xor-shift-multiply rounds) of those, compared with
+    keep_prob. MindSpore's own Dropout kernel keeps its generator state inside the kernel, where no checkpoint can reach
+    it, so a resumed run would draw other masks; with this one a resumed run draws exactly the masks of the
+    uninterrupted run. The micro-batches of one step (train.grad_accumulation) share their masks."""
+
+    def __init__(self, keep_prob, salt, counter):
+        super().__init__()
+        self.keep_prob, self.salt, self.counter = float(keep_prob), int(salt), counter
+
+    def construct(self, x):
+        index = ops.arange(0, x.size, dtype=ms.int32).reshape(x.shape)
+        h = index * 747796405 + (self.counter * 1013904223 + self.salt)
+        h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
+        h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
+        h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16))
+        uniform = ops.bitwise_and(h, 16777215).astype(ms.float32) / 16777216.0
+        mask = uniform < self.keep_prob
+        return x * mask.astype(x.dtype) / self.keep_prob, mask
+
+
+def use_step_dropout(cells, seed, rank):
+    """Give every `nn.Dropout` (p > 0) inside `cells` a StepDropout kernel; returns the shared step counter (a
+    Parameter the trainer sets to the step before running it), or None when there is no dropout. The salt differs per
+    dropout layer, seed and rank (the ranks see other samples, so they draw other masks)."""
+    counter = Parameter(ms.Tensor(np.array(0, np.int32)), name=DROPOUT_STEP, requires_grad=False)
+    seen, found = set(), 0
+    for cell in cells:
+        for _, sub in cell.cells_and_names():
+            if not isinstance(sub, nn.Dropout) or id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            drop = sub.p if sub.p is not None else 1.0 - sub.keep_prob
+            if drop > 0:
+                found += 1
+                salt = (seed * 1000003 + rank * 7919 + found * 104729) % (2 ** 31)
+                sub.dropout = StepDropout(1.0 - drop, salt, counter)
+    return counter if found else None
+
+
 class TrainingState(nn.Cell):
     """Everything a checkpoint holds: model, optimizer state, loss-scale state (parameter names unchanged)."""
 
@@ -34,7 +84,7 @@ class TrainingState(nn.Cell):
         self.model, self.optimizer, self.loss_scale = model, optimizer, loss_scale
 
     def tensors(self):
-        return {p.name: p for p in self.get_parameters()}
+        return {p.name: p for p in self.get_parameters() if p.name != DROPOUT_STEP}
 
 
 class DataStream:
@@ -64,6 +114,90 @@ class DataStream:
         return {"epoch": self.epoch, "batch": self.batch}
 
 
+# (key, smallest valid value) of the integer counts a training run uses
+COUNTS = (("train.steps", 1), ("train.batch_size", 1), ("train.grad_accumulation", 1), ("train.eval_every", 0),
+          ("train.loss_scale_window", 1), ("checkpoint.every", 1), ("checkpoint.keep_last", 1),
+          ("run.log_every", 1), ("data.workers", 1))
+
+
+def check_counts(cfg):
+    """UserError naming the first count of `cfg` (COUNTS) that is not an integer at least its minimum."""
+    for key, smallest in COUNTS:
+        section, name = key.split(".")
+        if section not in cfg or name not in cfg[section]:
+            continue
+        value = cfg[section][name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            raise UserError(f"{key}={value!r} must be an integer >= {smallest}")
+
+
+def check_writable(folder, needed_bytes=0):
+    """UserError (one line) when `folder` cannot be created or written, or its disk has less than `needed_bytes`
+    free; called before anything is compiled, so a bad output folder costs seconds, not a compile."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as err:
+        raise UserError(f"cannot write to the output folder {folder}: {err.strerror or err}; choose another "
+                        "run.output_dir (or checkpoint.dir) or fix its permissions") from None
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise UserError(f"the disk of {folder} has {free / 2 ** 20:.0f} MiB free but one checkpoint needs about "
+                        f"{needed_bytes / 2 ** 20:.0f} MiB; free some space or choose another run.output_dir")
+
+
+def write_error(what, path, err):
+    """A UserError for an OSError met while writing `what` to `path` (disk full, permissions, ...)."""
+    reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return UserError(f"cannot write {what} to {path}: {reason}; free space or fix the folder, then resume with "
+                     "checkpoint.resume=auto")
+
+
+def checkpoint_dir(cfg):
+    """The run's one checkpoint folder: `checkpoint.dir`, else `<run.output_dir>/checkpoints`."""
+    return cfg.checkpoint.dir or os.path.join(cfg.run.output_dir, "checkpoints")
+
+
+def agreed_resume(ckpt_cfg, manager, gather=all_gather_numpy):
+    """`resolve_resume` on every rank, checked to give the same step everywhere (one collective).
+
+    A rank that resolves another step (e.g. its own, unshared checkpoint folder) or fails to resolve makes every rank
+    raise a UserError naming the ranks and their steps, instead of some ranks resuming and others starting over while
+    they average gradients together.
+    """
+    problem, path, step = None, None, 0
+    try:
+        path = resolve_resume(ckpt_cfg, manager)
+        step = _checkpoint_step(path) if path else 0
+    except (UserError, OSError, ValueError, KeyError) as err:
+        problem = err if isinstance(err, UserError) else UserError(f"checkpoint.resume: cannot read {path}: {err}")
+        step = -1
+    steps = [int(s[0]) for s in gather(np.array([step], np.int64))]
+    if problem is not None:
+        raise problem
+    if len(set(steps)) > 1:
+        listed = ", ".join(f"rank {r}: " + ("error" if s < 0 else f"step {s}" if s else "no checkpoint")
+                           for r, s in enumerate(steps))
+        raise UserError(f"checkpoint.resume={ckpt_cfg.resume}: the ranks disagree on where to resume ({listed}); "
+                        f"every rank must see the same checkpoint folder ({manager.directory}): put checkpoint.dir "
+                        "(or run.output_dir) on storage all servers share, or copy the checkpoint to every server")
+    return path
+
+
+def _checkpoint_step(path):
+    """The step recorded in a checkpoint directory's state.json (0 for a plain weights file)."""
+    state = os.path.join(path, "state.json")
+    if not os.path.isfile(state):
+        return 0
+    with open(state, encoding="utf-8") as f:
+        return int(json.load(f)["step"])
+
+
 def resolve_resume(ckpt_cfg, manager):
     if not ckpt_cfg.resume:
         return None
@@ -86,10 +220,13 @@ class Trainer:
 
     def __init__(self, cfg, dist, model, tasks, mixer, datasets, samples_per_step, evaluator=None):
         self.cfg, self.dist, self.model, self.mixer = cfg, dist, model, mixer
+        check_counts(cfg)
         t = cfg.train
         if t.batch_size % t.grad_accumulation:
             raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accumulation "
                             f"{t.grad_accumulation}")
+        prepare_model(cfg, model)  # shard strategies and recompute of cfg.parallel, before the optimizer exists
+        self.dropout_step = use_step_dropout([model, *tasks.values()], cfg.run.seed, dist.rank)
         self.optimizer = build_optimizer(select_trainable(model.trainable_params(), t.freeze), cfg.optim, t.steps)
         self.loss_scale = LossScale(t.loss_scale, t.loss_scale_init, t.loss_scale_factor, t.loss_scale_window)
         self.steps = {}
@@ -102,8 +239,7 @@ class Trainer:
         self.datasets = datasets
         self.samples_per_step = samples_per_step
         self.out_dir = cfg.run.output_dir
-        self.manager = CheckpointManager(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint.keep_last,
-                                         cfg.checkpoint.format)
+        self.manager = CheckpointManager(checkpoint_dir(cfg), cfg.checkpoint.keep_last, cfg.checkpoint.format)
         self.tracker = LossTracker()
         self.start_step, self.streams = 0, {}
         self.skipped = 0
@@ -118,16 +254,18 @@ class Trainer:
         (checkpoint.init_text / init_image / init_towers; the load report goes to run.output_dir/load_report.*) or
         from checkpoint.init; returns a notice or None."""
         ckpt = self.cfg.checkpoint
-        path = resolve_resume(ckpt, self.manager)
+        path = agreed_resume(ckpt, self.manager)
         positions = {}
         if path:
             tensors, meta = load_checkpoint(path)
-            load_into(self.state, tensors, strict=not ckpt.allow_missing_keys, source=path)
+            load_into(self.state, tensors, strict=not ckpt.allow_missing_keys, ignore=(DROPOUT_STEP,), source=path)
             self.start_step = int(meta["step"])
             positions = meta.get("data", {})
             self.tracker.restore(meta.get("losses", {}))
             self.skipped = int(meta.get("skipped_steps", 0))
             restore_rng_state(meta.get("rng", {}))
+            self.best_score = meta.get("best_score")
+            self.evaluations = list(meta.get("evaluations", []))
             notice = f"resumed from {path} at step {self.start_step}"
         else:
             # resume=auto without a checkpoint yet is a first start: it initialises like one
@@ -147,6 +285,10 @@ class Trainer:
             self.streams[name] = DataStream(self.datasets[name], pos["epoch"], pos["batch"])
         return notice
 
+    def checkpoint_bytes(self):
+        """Bytes of one training checkpoint (every tensor of the training state)."""
+        return sum(p.size * p.itemsize for p in self.state.get_parameters())
+
     def compile_steps(self):
         """Compile every task's train step, in the fixed order of `tasks`, on a batch of its data.
 
@@ -162,16 +304,22 @@ class Trainer:
         if not self.dist.is_main:
             return None
         meta = {"data": {n: s.state() for n, s in self.streams.items()}, "losses": self.tracker.state(),
-                "skipped_steps": self.skipped, "rng": capture_rng_state()}
-        return self.manager.save(step, self.state.tensors(), meta)
+                "skipped_steps": self.skipped, "rng": capture_rng_state(), "best_score": self.best_score,
+                "evaluations": self.evaluations}
+        try:
+            return self.manager.save(step, self.state.tensors(), meta)
+        except OSError as err:
+            raise write_error(f"the checkpoint of step {step}", self.manager.directory, err) from None
 
     def run(self):
         cfg, main = self.cfg, self.dist.is_main
         notice = self.restore()
-        self.compile_steps()
-        if main:
+        if main:  # a bad output folder or a full disk: one line now, not a traceback after compiling
+            check_writable(self.out_dir)
+            check_writable(self.manager.directory, self.checkpoint_bytes())
             save_config(cfg, self.out_dir)
-        log = MetricsLog(self.out_dir, main, resume=self.start_step > 0)
+        self.compile_steps()
+        log = MetricsLog(self.out_dir, main, resume_step=self.start_step)
         total, every = cfg.train.steps, cfg.checkpoint.every
         bar = tqdm(range(self.start_step, total), initial=self.start_step, total=total, disable=not main or None,
                    desc="train", dynamic_ncols=True)
@@ -185,8 +333,12 @@ class Trainer:
             inputs = [ms.Tensor(batch[n]) for n in self.input_names[task]]
             t1 = time.time()
             lr = current_lr(self.optimizer)
+            if self.dropout_step is not None:
+                self.dropout_step.set_data(ms.Tensor(np.array(step, np.int32)))
             loss, finite, scale, grad_norm = self.steps[task](*inputs)
             loss = float(loss.asnumpy())
+            if self.dist.world_size > 1:  # log the mean over every rank's batch, not rank 0's own loss
+                loss = float(np.mean(all_gather_numpy(np.array([loss], np.float32))))
             t2 = time.time()
             data_time, step_time, done = data_time + t1 - t0, step_time + t2 - t1, done + 1
             finite = bool(finite.asnumpy())
@@ -202,11 +354,12 @@ class Trainer:
                            "loss_scale": float(scale.asnumpy()), "grad_norm": float(grad_norm.asnumpy()),
                            "samples_per_s": rate, "data_s": data_time / done, "step_s": step_time / done,
                            **{f"loss/{t}": self.tracker.recent_mean(t) for t in self.steps}})
-            if (step + 1) % every == 0 or step + 1 == total:
-                self.save(step + 1)
+            # evaluate first, so that the checkpoint of this step holds the best score so far
             if self.evaluator and ((cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0)
                                    or step + 1 == total):
                 self.evaluate(step + 1, log)
+            if (step + 1) % every == 0 or step + 1 == total:
+                self.save(step + 1)
         bar.close()
         log.close()
         elapsed = time.time() - started
@@ -226,8 +379,12 @@ class Trainer:
             self.best_score = score
             if self.dist.is_main:
                 path = os.path.join(self.out_dir, "best")
-                model_tensors = {p.name: p for p in self.model.get_parameters()}
-                CheckpointManager(path, keep_last=1, fmt=self.cfg.checkpoint.format).save(step, model_tensors, record)
+                model_tensors = {p.name: p for p in self.model.get_parameters() if p.name != DROPOUT_STEP}
+                try:
+                    CheckpointManager(path, keep_last=1, fmt=self.cfg.checkpoint.format).save(step, model_tensors,
+                                                                                              record)
+                except OSError as err:
+                    raise write_error(f"the best model of step {step}", path, err) from None
         if self.dist.is_main:
             tqdm.write(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                                                           if isinstance(v, (int, float)))

@@ -248,7 +248,7 @@ def main(argv=None):
         cfg = exported.cfg
     else:
         cfg = resolve_config(args.ckpt, args.config, args.overrides)
-    dist = setup_context(cfg.run)
+    dist = setup_context(cfg)
     tokenizer = Tokenizer(cfg.data.vocab, cfg.data.lower_case)
     model = load_trained_model(cfg, args.ckpt) if exported is None else None
     if args.index:

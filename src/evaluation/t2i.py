@@ -254,7 +254,7 @@ def main(argv=None):
                                               "guidance")}
     t2i = TextToImage.from_checkpoints(args.ckpt, args.vq, args.config or None, args.vq_config, args.overrides,
                                        args.batch_size, **settings)
-    setup_context(t2i.cfg.run)
+    setup_context(t2i.cfg)
     out_dir = args.out_dir or os.path.join(t2i.cfg.run.output_dir, "eval")
     if args.text is not None:
         if not args.text.strip():

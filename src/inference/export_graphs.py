@@ -238,6 +238,44 @@ def _graph_record(graph, file_name, batch_size, rows):
     return {"file": file_name, "inputs": inputs, "outputs": list(graph.output_names)}
 
 
+def preprocessing(cfg, tokenizer):
+    """How a serving user turns raw inputs into the graphs' inputs (the manifest's "preprocessing" block); the
+    runner (`src.inference.exported_model.ExportedModel`) takes its sizes from here, not from the config."""
+    from src.data import transforms
+    m = cfg.model
+    if m.image.mode == "pixels":
+        image = {"mode": "pixels", "size": m.image.image_size, "color": "RGB", "decode": "any PIL-readable file",
+                 "resize": "shorter side to size, bilinear without antialiasing (OpenCV INTER_LINEAR, as "
+                           "mindspore.dataset.vision.Resize); then the central size x size square",
+                 "scale": "0-255 float32, then (x - mean) / std per channel",
+                 "mean": [round(255.0 * v, 6) for v in transforms.IMAGENET_MEAN],
+                 "std": [round(255.0 * v, 6) for v in transforms.IMAGENET_STD],
+                 "layout": "CHW (batched: NCHW)", "dtype": "float32"}
+    else:
+        image = {"mode": "features", "regions": m.image.max_regions, "feature_dim": m.image.feature_dim,
+                 "box_dim": m.image.box_dim, "boxes": "[x1, y1, x2, y2, w, h, w*h], normalised to 0-1",
+                 "padding": "zero rows after the last region"}
+    text = {"tokenizer": "BERT WordPiece (mindspore.dataset.text.BertTokenizer, suffix '##', unknown [UNK])",
+            "vocab": "the export's PREFIX_vocab.txt (one token per line; id = line number from 0)",
+            "lower_case": bool(cfg.data.lower_case),
+            "normalisation": ("lower-case, Unicode NFD, accents removed" if cfg.data.lower_case else "none")
+            + "; whitespace and punctuation split; each CJK character its own token",
+            "max_len": m.text.max_len, "format": "[CLS] pieces [SEP], cut to max_len, padded with [PAD]; "
+                                                 "mask 1 on real tokens",
+            "cls_id": tokenizer.cls_id, "sep_id": tokenizer.sep_id, "pad_id": tokenizer.pad_id, "dtype": "int32"}
+    if m.audio.mode == "mel":
+        audio = {"mode": "mel", "sample_rate": transforms.SAMPLE_RATE, "channels": "mono (channels averaged)",
+                 "resample": "to sample_rate", "window_s": transforms.WINDOW_SECONDS,
+                 "hop_s": transforms.HOP_SECONDS, "window": "periodic Hann, frames centred with reflect padding",
+                 "n_mels": m.audio.n_mels, "mel_scale": "htk (mindspore.dataset.audio.melscale_fbanks)",
+                 "features": f"log(mel power + {transforms.LOG_EPS})", "max_frames": m.audio.max_frames,
+                 "padding": "zero frames after the end, frame mask 1 on real frames (int32)", "dtype": "float32"}
+    else:
+        audio = {"mode": "features", "feature_dim": m.audio.feature_dim, "max_frames": m.audio.max_frames,
+                 "padding": "zero frames after the end, frame mask 1 on real frames (int32)", "dtype": "float32"}
+    return {"image": image, "text": text, "audio": audio}
+
+
 def _manifest(cfg, model, task, base, file_format, batch_size, checkpoint, graphs):
     from src.data.tokenizer import Tokenizer
     tokenizer = Tokenizer(cfg.data.vocab, cfg.data.lower_case)
@@ -245,7 +283,7 @@ def _manifest(cfg, model, task, base, file_format, batch_size, checkpoint, graph
                 "batch_size": batch_size or None, "dynamic_batch": not batch_size,
                 "checkpoint": os.path.abspath(checkpoint) if checkpoint else "", "graphs": graphs,
                 "config": f"{base}_config.yaml", "vocab": f"{base}_vocab.txt", "lower_case": cfg.data.lower_case,
-                "has_audio": bool(cfg.data.use_audio)}
+                "has_audio": bool(cfg.data.use_audio), "preprocessing": preprocessing(cfg, tokenizer)}
     if task != "retrieval":
         from src.inference.text_generator import decoding_settings
         manifest.update(bos_id=tokenizer.cls_id, eos_id=tokenizer.sep_id, pad_id=tokenizer.pad_id,

@@ -57,6 +57,28 @@ def _read_json(path):
         raise UserError(f"{path} is not a readable export manifest ({exc}); re-run export.py") from None
 
 
+def preprocessing_settings(manifest):
+    """Config values from the manifest's "preprocessing" block (exports before it had none: {}), so that inputs are
+    prepared as the block says whatever the exported config file holds."""
+    p = manifest.get("preprocessing")
+    if not p:
+        return {}
+    image, text, audio = p["image"], p["text"], p["audio"]
+    settings = {"data.lower_case": bool(text["lower_case"]), "model.text.max_len": int(text["max_len"]),
+                "model.image.mode": image["mode"], "model.audio.mode": audio["mode"],
+                "model.audio.max_frames": int(audio["max_frames"])}
+    if image["mode"] == "pixels":
+        settings["model.image.image_size"] = int(image["size"])
+    else:
+        settings.update({"model.image.max_regions": int(image["regions"]),
+                         "model.image.feature_dim": int(image["feature_dim"])})
+    if audio["mode"] == "mel":
+        settings["model.audio.n_mels"] = int(audio["n_mels"])
+    else:
+        settings["model.audio.feature_dim"] = int(audio["feature_dim"])
+    return settings
+
+
 class _Graph:
     """A loaded graph called like its Cell (numpy arrays or Tensors in, Tensors out)."""
 
@@ -103,7 +125,7 @@ class ExportedModel:
                             "(export.py --file_format MINDIR)")
         self.task = m["task"]
         self.cfg = load_config(os.path.join(folder, m["config"]), list(overrides)).with_updates(
-            {"data.vocab": os.path.join(folder, m["vocab"])})
+            {"data.vocab": os.path.join(folder, m["vocab"]), **preprocessing_settings(m)})
         self.folder, self._loaded = folder, {}
 
     def has(self, name):

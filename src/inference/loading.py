@@ -27,6 +27,8 @@ def resolve_config(ckpt_path=None, config_path=None, overrides=()):
         raise UserError(f"no config for checkpoint {ckpt_path}: pass --config (the run's config.yaml or a run "
                         "config)")
     cfg = load_config(path, list(overrides))
+    from src.engine.parallel import check_device_support  # tensor parallelism on CPU: refused before any model
+    check_device_support(cfg.parallel, cfg.run.device)
     if cfg.model.text.vocab_size <= 0:
         from src.data.tokenizer import Tokenizer
         cfg = cfg.with_updates({"model.text.vocab_size": Tokenizer(cfg.data.vocab, cfg.data.lower_case).vocab_size})

@@ -22,6 +22,7 @@ audio columns come last and only when the data has audio). The cross-modal seque
 Without audio: mam is unavailable, itm keeps only its 2-way text-image part, itc only text-image.
 """
 from mindspore import nn, ops
+from mindspore.communication import GlobalComm, get_group_size, get_rank
 
 from src.data.labels import ITM_AUDIO_SWAPPED, ITM_MATCHED
 
@@ -122,19 +123,72 @@ class ITMTask(PretrainTask):
         return loss
 
 
+class LocalBatch(nn.Cell):
+    """One process: the batch is the global batch."""
+
+    def construct(self, x):
+        return x
+
+    def full_gradient(self, loss):
+        return loss
+
+
+class GlobalBatch(nn.Cell):
+    """The features of every data-parallel rank's batch, in rank order, with gradients through this rank's part only
+    (as open_clip's gather_features without gather_with_grad): the other ranks' rows are constants here, and each
+    rank's gradient reaches its own rows."""
+
+    def __init__(self, world, rank):
+        super().__init__()
+        self.world, self.rank = world, rank
+        self.gather = ops.AllGather()
+
+    def construct(self, x):
+        everyone = ops.stop_gradient(self.gather(x))
+        rows = x.shape[0]
+        parts = []
+        if self.rank > 0:
+            parts.append(everyone[:self.rank * rows])
+        parts.append(x)
+        if self.rank < self.world - 1:
+            parts.append(everyone[(self.rank + 1) * rows:])
+        return ops.concat(parts, 0)
+
+    def full_gradient(self, loss):
+        """`loss` (the same value on every rank) whose gradient is `world` times its own: the data-parallel mean of
+        the ranks' gradients, each through its own rows, is then the gradient of the global-batch loss."""
+        return loss * self.world - ops.stop_gradient(loss * (self.world - 1))
+
+
+def global_batch():
+    """GlobalBatch when communication is initialised with more than one rank, else LocalBatch."""
+    if GlobalComm.INITED and get_group_size() > 1:
+        return GlobalBatch(get_group_size(), get_rank())
+    return LocalBatch()
+
+
 class ITCTask(PretrainTask):
+    """Contrastive alignment over the global batch: under data parallelism the towers' features of every rank are
+    gathered (GlobalBatch), so each sample's negatives are the other samples of all ranks, and the loss equals that of
+    one process over the whole batch."""
+
+    def __init__(self, model, pretrain_cfg, has_audio):
+        super().__init__(model, pretrain_cfg, has_audio)
+        self.everyone = global_batch()
+
     def construct(self, text_ids, text_mask, image, audio=None, frame_mask=None):
         m = self.model
+        g = self.everyone
         text, t_mask = m.encode_text(text_ids, text_mask)
         img, _ = m.encode_image(image)
-        t, i = m.text_features(text, t_mask), m.image_features(img)
+        t, i = g(m.text_features(text, t_mask)), g(m.image_features(img))
         scale = m.contrastive.scale()
         text_image = info_nce(t, i, scale)
         if audio is None:
-            return text_image
+            return g.full_gradient(text_image)
         aud, a_mask = m.encode_audio(audio, frame_mask)
-        a = m.audio_features(aud, a_mask)
-        return (text_image + info_nce(t, a, scale) + info_nce(i, a, scale)) / 3.0
+        a = g(m.audio_features(aud, a_mask))
+        return g.full_gradient((text_image + info_nce(t, a, scale) + info_nce(i, a, scale)) / 3.0)
 
 
 class TDTask(PretrainTask):

@@ -5,7 +5,7 @@
 
 KEY=VALUE items override config/pretrain/tiny.yaml (data paths, tasks, steps, batch size). The trainer comes from
 train_pretrain.build_pretraining under src.engine.context.setup_context (which initialises communication when msrun
-started the process). Writes OUT_DIR/rank_<rank>.npz: `losses` (this rank's loss of each step, on its own batch)
+started the process). Writes OUT_DIR/rank_<rank>.npz: `losses` (the logged loss of each step: the mean over the ranks)
 and every model parameter under its name. The compile cache is left off, so every run compiles its own graphs.
 """
 import os
@@ -26,7 +26,7 @@ def main(argv=None):
 
     cfg = load_config(os.path.join(ROOT, "config", "pretrain", "tiny.yaml"),
                       [*overrides, f"run.output_dir={os.path.join(out_dir, 'run')}"])
-    dist = setup_context(cfg.run)
+    dist = setup_context(cfg)
     cfg, trainer = build_pretraining(cfg, dist)
     trainer.run()
     (task,) = trainer.steps

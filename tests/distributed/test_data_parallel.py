@@ -1,5 +1,6 @@
 """Data parallelism is exact: two msrun workers at batch 2 each train to the same parameters as one process at batch 4
-on the same samples, and the mean of their losses is the single-process loss of every step."""
+on the same samples, and the loss every rank logs (the mean over the ranks) is the single-process loss of every
+step."""
 import os
 import socket
 import subprocess
@@ -83,6 +84,6 @@ def test_two_workers_match_one_process(data, tmp_path):
     for name in names:
         assert np.array_equal(ranks[0][name], ranks[1][name]), name  # the all-reduced update is the same on each
         np.testing.assert_allclose(ranks[0][name], single[name], rtol=0, atol=1e-5, err_msg=name)
-    assert any(not np.allclose(ranks[0]["losses"], r["losses"]) for r in ranks[1:])  # the ranks saw different data
     assert single["losses"].shape == (STEPS,)
-    np.testing.assert_allclose((ranks[0]["losses"] + ranks[1]["losses"]) / 2, single["losses"], rtol=0, atol=1e-5)
+    for rank in ranks:   # every rank logs the mean over the ranks' batches: the single-process loss
+        np.testing.assert_allclose(rank["losses"], single["losses"], rtol=0, atol=1e-5)

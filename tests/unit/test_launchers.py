@@ -2,6 +2,7 @@
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -95,7 +96,8 @@ def test_distribute_dry_run_numbers_ranks_globally(workdir, server):
                        "RANK_TABLE_FILE": str(workdir / "cluster.json")}
         assert cwd == str(workdir) and log == os.path.join(folder, "train.log")
         assert command[1:] == [os.path.join(ROOT, "train_caption.py"), "--config", str(workdir / "cfg.yaml"),
-                               "--set", f"run.output_dir={folder}", "train.epochs=2", f"data.root={workdir / 'data'}"]
+                               "--set", f"run.output_dir={folder}", f"checkpoint.dir={workdir / 'out' / 'checkpoints'}",
+                               "train.epochs=2", f"data.root={workdir / 'data'}"]
     assert not (workdir / "out").exists()
 
 
@@ -106,7 +108,12 @@ def test_distribute_output_dir_override_and_server_id_by_name(workdir):
     ranks = _dry_run_ranks(result.stdout)
     assert [env["RANK_ID"] for _, env, _, _ in ranks] == [str(r) for r in range(8, 16)]
     assert ranks[0][0] == str(workdir)          # ranks run where the job was launched; outputs go per rank
-    assert ranks[0][2][-2:] == ["--set", f"run.output_dir={workdir / 'runs' / 'a' / 'rank_8'}"]
+    assert ranks[0][2][-3:] == ["--set", f"run.output_dir={workdir / 'runs' / 'a' / 'rank_8'}",
+                                f"checkpoint.dir={workdir / 'runs' / 'a' / 'checkpoints'}"]   # one folder for all ranks
+    result = _run("run_distribute_train.sh", ["cluster.json", "vqa", "cfg.yaml", "checkpoint.dir=/shared/ck"],
+                  cwd=workdir, SERVER_ID="1", DRY_RUN="1", OUTPUT_DIR="out")
+    assert _dry_run_ranks(result.stdout)[0][2][-2:] == [f"run.output_dir={workdir / 'out' / 'rank_8'}",
+                                                        "checkpoint.dir=/shared/ck"]
 
 
 @pytest.mark.slow
@@ -289,3 +296,32 @@ def test_rank_table_launch_errors_are_user_errors(monkeypatch):
     monkeypatch.setenv("DEVICE_ID", "first")
     with pytest.raises(UserError, match="DEVICE_ID='first' must be an integer"):
         init_distributed("CPU")
+
+
+def test_distribute_device_id_is_the_logical_index(workdir):
+    """A table of cards 4-7 (e.g. hccl_tools --visible_devices 4,5,6,7 in a container that maps them to 0-3):
+    DEVICE_ID is 0..3, the physical id is only reported."""
+    (workdir / "upper.json").write_text(json.dumps(build_table([4, 5, 6, 7], "10.9.9.8", _hccn(range(4, 8), 8))))
+    result = _run("run_distribute_train.sh", ["upper.json", "pretrain", "cfg.yaml"], cwd=workdir, DRY_RUN="1",
+                  OUTPUT_DIR="out")
+    assert result.returncode == 0, result.stderr
+    ranks = _dry_run_ranks(result.stdout)
+    assert [(env["RANK_ID"], env["DEVICE_ID"]) for _, env, _, _ in ranks] == [(str(r), str(r)) for r in range(4)]
+    assert "# rank 2 on device 2 (card 6 of the table)" in result.stdout
+
+
+def test_distribute_hangup_stops_all_ranks(workdir):
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(OUTPUT_DIR="out", OPT_TRAIN_CMD=f"{sys.executable} {workdir / 'fake_trainer.py'}", FAKE_SLEEP="1")
+    launcher = subprocess.Popen(["bash", os.path.join(SCRIPTS, "run_distribute_train.sh"), "one.json", "pretrain",
+                                 "cfg.yaml"], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    pid_files = [workdir / "out" / f"rank_{r}" / "pids.txt" for r in (0, 1)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(p.exists() and p.read_text() for p in pid_files):
+        time.sleep(0.1)
+    pids = [int(p) for f in pid_files for p in f.read_text().split()]
+    launcher.send_signal(signal.SIGHUP)
+    _, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == 129 and "hang-up: stopped all ranks" in err
+    assert len(pids) == 4 and all(_process_gone(pid) for pid in pids)

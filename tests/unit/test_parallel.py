@@ -267,3 +267,57 @@ def test_recompute_keeps_gradients_on_cpu():
         grads.append([g.asnumpy() for g in grad_fn(x, mask)[1]])
     for plain, recomputed in zip(*grads):
         np.testing.assert_allclose(recomputed, plain, rtol=1e-5, atol=1e-6)
+
+
+def _documented_presets():
+    """{preset file: (ranks, set_auto_parallel_context kwargs, recompute, sharded)} from docs/parallel.md's table."""
+    import ast
+    import re
+    text = open(os.path.join(ROOT, "docs", "parallel.md"), encoding="utf-8").read()
+    section = text[text.index("**What each preset sets.**"):]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        match = re.fullmatch(r"`(\w+\.yaml)`", cells[0]) if len(cells) == 5 else None
+        if match:
+            call = ast.parse(f"f({cells[2].strip('`')})", mode="eval").body
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+            rows[match.group(1)] = (int(cells[1]), kwargs, cells[3] != "no", cells[4] != "no")
+    return rows
+
+
+def test_presets_set_what_the_docs_say(tmp_path, monkeypatch):
+    """Each preset of config/parallel/ on its cluster: the spies on MindSpore's context setters see exactly the
+    documented calls; recompute and sharding happen exactly when documented."""
+    documented = _documented_presets()
+    presets = sorted(f for f in os.listdir(os.path.join(ROOT, "config", "parallel")) if f.endswith(".yaml"))
+    assert sorted(documented) == presets
+    for preset, (ranks, expected, recompute, sharded) in documented.items():
+        calls, flags = [], {"recompute": 0, "sharded": 0}
+        monkeypatch.setattr(ms, "set_auto_parallel_context", lambda **kw: calls.append(("auto_parallel", kw)))
+        monkeypatch.setattr(ms, "set_context", lambda **kw: calls.append(("context", kw)))
+        monkeypatch.setattr(parallel, "_world_size", lambda: ranks)
+        monkeypatch.setattr(parallel, "_is_rank0", lambda: True)
+        monkeypatch.setattr(parallel, "model_strategies", lambda model, dp, mp, vocab_dp: {"dp_mp": (dp, mp)})
+        monkeypatch.setattr(parallel, "apply_strategies", lambda model, s: flags.update(sharded=s["dp_mp"]))
+        monkeypatch.setattr(parallel, "apply_recompute", lambda model: flags.update(recompute=1))
+        cfg = load_config(os.path.join(ROOT, "config", "parallel", preset), [f"run.output_dir={tmp_path}"])
+        layout = parallel.set_parallel_context(cfg, "Ascend")
+        parallel.prepare_model(cfg, object())
+        expected = {k: (v.replace("<run.output_dir>", str(tmp_path)) if isinstance(v, str) else v)
+                    for k, v in expected.items()}
+        if "strategy_ckpt_config" in expected:
+            expected["strategy_ckpt_config"]["save_file"] = expected["strategy_ckpt_config"]["save_file"].replace(
+                "<run.output_dir>", str(tmp_path))
+        assert calls == [("auto_parallel", expected)], preset
+        assert bool(flags["recompute"]) == recompute, preset
+        assert (flags["sharded"] == (layout.dp, layout.mp)) == sharded and layout.devices == ranks, preset
+
+
+def test_cpu_refusal_happens_before_any_context(defaults_path, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ms, "set_auto_parallel_context", lambda **kw: calls.append(kw))
+    cfg = run_config(tmp_path, defaults_path, {"mode": "semi_auto", "mp": 2})
+    with pytest.raises(UserError) as err:
+        parallel.set_parallel_context(cfg, "CPU")
+    assert str(err.value) == CPU_MESSAGE and calls == []

@@ -142,7 +142,7 @@ FAULTS = {
     "duplicate device id": (_set(["server_list", 0, "device", 2, "device_id"], "1"),
                             ["server_list[0].device[2].device_id 1 repeats server_list[0].device[1]"]),
     "malformed device ip": (_set(["server_list", 0, "device", 4, "device_ip"], "192.98.94"),
-                            ["server_list[0].device[4].device_ip '192.98.94' is not an IPv4 address "
+                            ["server_list[0].device[4].device_ip '192.98.94' is not an IP address "
                              "(see /etc/hccn.conf)"]),
     "missing device ip": (_delete(["server_list", 1, "device", 5, "device_ip"]),
                           ["server_list[1].device[5] is missing 'device_ip'"]),
@@ -205,4 +205,70 @@ def test_local_lists_this_servers_ranks(cluster, capsys):
     assert main(["--local", str(path), "--server_id", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == ["rank_size 16", "server 1 10.0.0.2"]
-    assert lines[2:] == [f"rank {8 + d} {d}" for d in range(8)]
+    assert lines[2:] == [f"rank {8 + d} {d} {d}" for d in range(8)]
+
+
+def _one_server(devices, with_ip=True, server_ip="10.0.0.1"):
+    device_list = [{"device_id": str(d), "rank_id": str(r), **({"device_ip": f"192.98.{90 + d}.1"} if with_ip else {})}
+                   for r, d in enumerate(devices)]
+    return {"version": "1.0", "server_count": "1", "status": "completed",
+            "server_list": [{"server_id": server_ip, "device": device_list}]}
+
+
+def test_device_ip_is_optional_in_a_one_server_table(cluster):
+    assert check_table(_one_server(range(8), with_ip=False)) == []
+    table, _ = cluster
+    broken = copy.deepcopy(table)
+    del broken["server_list"][0]["device"][1]["device_ip"]
+    assert check_table(broken) == ["server_list[0].device[1] is missing 'device_ip'"]
+
+
+def test_ipv6_addresses_are_accepted(tmp_path, capsys):
+    table = _one_server(range(2), server_ip="fd00::1")
+    table["server_list"][0]["device"][0]["device_ip"] = "fd00:98::90"
+    assert check_table(table) == []
+    hccn = tmp_path / "hccn.conf"
+    hccn.write_text("address_0=fd00:98::90\naddress_1=fd00:98::91\n")
+    out = tmp_path / "t.json"
+    assert main(["--visible_devices", "0,1", "--server_ip", "fd00::1", "--hccn", str(hccn), "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["server_list"][0]["device"][1]["device_ip"] == "fd00:98::91"
+
+
+@pytest.mark.parametrize("devices, fault", [
+    ([0, 1, 2, 3], None), ([4, 5], None), ([0, 1, 2, 3, 4, 5, 6, 7], None), ([6], None),
+    ([2, 3, 4, 5], "uses cards 2,3,4,5 across the HCCS groups 0-3 and 4-7"),
+    ([3, 4], "uses cards 3,4 across the HCCS groups"),
+    ([0, 1, 2], "uses 3 cards (0,1,2); an Atlas 800 server takes 1, 2, 4 or 8"),
+])
+def test_atlas800_card_groups(devices, fault):
+    faults = check_table(_one_server(devices))
+    if fault is None:
+        assert faults == []
+    else:
+        assert len(faults) == 1 and fault in faults[0] and "--card_groups none" in faults[0]
+        assert check_table(_one_server(devices), card_groups="none") == []
+
+
+def test_merge_keeps_super_pods(tmp_path, capsys):
+    tables = []
+    for s in range(2):
+        table = _one_server(range(8), server_ip=f"10.0.0.{s + 1}")
+        table["version"] = "1.2"
+        table["super_pod_list"] = [{"super_pod_id": "0", "server_list": [{"server_id": f"10.0.0.{s + 1}"}]}]
+        table["server_list"][0]["device"] = [dict(d, device_ip=f"192.98.{90 + i}.{s + 1}")
+                                             for i, d in enumerate(table["server_list"][0]["device"])]
+        path = tmp_path / f"s{s}.json"
+        path.write_text(json.dumps(table))
+        tables.append(str(path))
+    out = tmp_path / "merged.json"
+    assert main(["--merge", *tables, "-o", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert merged["super_pod_list"] == [{"super_pod_id": "0", "server_list": [{"server_id": "10.0.0.1"},
+                                                                              {"server_id": "10.0.0.2"}]}]
+
+
+def test_local_prints_logical_and_physical_ids(tmp_path, capsys):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(_one_server([4, 5, 6, 7])))
+    assert main(["--local", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == [f"rank {r} {r} {4 + r}" for r in range(4)]

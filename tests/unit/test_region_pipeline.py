@@ -9,9 +9,9 @@ from mindspore import Tensor
 
 from src.data.build_mindrecord import build_mindrecord
 from src.data.demo import generate_demo
-from src.data.finetune_pipeline import build_caption_dataset
+from src.data.finetune_data import build_caption_dataset
 from src.data.manifest import read_manifest
-from src.data.pipeline import PRETRAIN_TASKS, build_eval_dataset, build_pretrain_dataset
+from src.data.pretrain_data import PRETRAIN_TASKS, build_eval_dataset, build_pretrain_dataset
 from src.data.regions import box_geometry, pack_regions
 from src.data.tokenizer import Tokenizer
 from src.data.vocab import build_vocab, manifest_texts, write_vocab

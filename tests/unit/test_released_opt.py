@@ -16,7 +16,7 @@ import pytest
 from mindspore import Tensor
 
 from src.errors import UserError
-from src.models import convert
+from src.weights import convert
 from src.models.opt import build_model
 from src.weights.checkpoint import init_from_checkpoint
 from tests.helpers import ROOT, model_config

@@ -1,0 +1,174 @@
+"""The Trainer's bookkeeping around a resume, on a one-layer regression task: the best validation score survives a
+resume, metrics.jsonl holds every step once in strict JSON, counts are validated, and an unwritable output folder or
+a full disk is a one-line UserError before anything is compiled."""
+import json
+import os
+from types import SimpleNamespace
+
+import mindspore as ms
+import mindspore.dataset as ds
+import numpy as np
+import pytest
+from mindspore import nn
+
+from src.config import load_config
+from src.engine import trainer as trainer_module
+from src.engine.distributed import DistInfo
+from src.engine.mixing import TaskMixer
+from src.engine.trainer import Trainer
+from src.errors import UserError
+
+DIST = DistInfo(rank=0, world_size=1, local_rank=0, device_id=0, is_main=True)
+
+
+class Regression(nn.Cell):
+    input_names = ("x", "y")
+
+    def __init__(self, model):
+        super().__init__(auto_prefix=False)
+        self.model = model
+
+    def construct(self, x, y):
+        return ((self.model(x) - y) ** 2).mean()
+
+
+class _Source:
+    def __init__(self, start):
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((64, 4)).astype(np.float32)[start:]
+        self.y = self.x.sum(axis=1, keepdims=True)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+    def __len__(self):
+        return len(self.x)
+
+
+def make_dataset(epoch, start_batch):
+    return ds.GeneratorDataset(_Source(2 * start_batch), ["x", "y"], shuffle=False).batch(2)
+
+
+def config(tmp_path, *overrides):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "run.yaml"
+    path.write_text("run:\n  mode: graph\n  compile_cache: false\n", encoding="utf-8")
+    return load_config(str(path), [f"run.output_dir={tmp_path / 'out'}", "train.batch_size=2", "run.log_every=1",
+                                   "optim.warmup_steps=1", *overrides])
+
+
+class DroppedDense(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(p=0.5)
+        self.dense = nn.Dense(4, 1)
+
+    def construct(self, x):
+        return self.dense(self.drop(x))
+
+
+def make_trainer(cfg, evaluator=None, dropout=False):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(0)
+    model = DroppedDense() if dropout else nn.Dense(4, 1)
+    return Trainer(cfg, DIST, model, {"reg": Regression(model)}, TaskMixer({"reg": 1.0}, 0), {"reg": make_dataset},
+                   2, evaluator)
+
+
+class Crash(Exception):
+    pass
+
+
+def strict_records(path):
+    def refuse(name):
+        raise AssertionError(f"{path} holds the non-JSON constant {name}")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line, parse_constant=refuse) for line in f]
+
+
+@pytest.mark.slow
+def test_resume_keeps_best_score_and_clean_metrics(tmp_path):
+    settings = ("train.steps=4", "checkpoint.every=2", "train.eval_every=2")
+    scores = {2: 5.0, 4: 1.0}
+
+    def crashing(step):
+        if step == 4:
+            raise Crash()   # killed after the step-4 line was logged, before its checkpoint
+        return {"score": scores[step], "spread": float("nan")}
+
+    with pytest.raises(Crash):
+        make_trainer(config(tmp_path, *settings), crashing).run()
+    steps = [r.get("step") for r in strict_records(tmp_path / "out" / "metrics.jsonl")]
+    assert steps == [1, 2, None, 3, 4]   # None: the evaluation line of step 2
+
+    resumed = make_trainer(config(tmp_path, *settings, "checkpoint.resume=auto"),
+                           lambda step: {"score": scores[step], "spread": float("inf")})
+    summary = resumed.run()
+    assert resumed.start_step == 2
+    assert summary["best_score"] == 5.0                                   # the score before the resume still counts
+    assert os.listdir(tmp_path / "out" / "best") == ["step_00000002"]    # and its weights were not overwritten
+    records = strict_records(tmp_path / "out" / "metrics.jsonl")
+    assert [r["step"] if "step" in r else ("eval", r["eval"]["step"]) for r in records] == [
+        1, 2, ("eval", 2), 3, 4, ("eval", 4)]
+    assert records[2]["eval"]["spread"] is None and records[5]["eval"]["spread"] is None
+    assert [e["step"] for e in summary["evaluations"]] == [2, 4]
+
+
+@pytest.mark.parametrize("override, key", [("train.steps=-3", "train.steps"), ("train.steps=0", "train.steps"),
+                                           ("checkpoint.every=0", "checkpoint.every"),
+                                           ("checkpoint.keep_last=0", "checkpoint.keep_last"),
+                                           ("run.log_every=-1", "run.log_every"),
+                                           ("train.grad_accumulation=0", "train.grad_accumulation"),
+                                           ("train.eval_every=-2", "train.eval_every")])
+def test_counts_are_validated(tmp_path, override, key):
+    with pytest.raises(UserError, match=rf"^{key}=-?\d+ must be an integer >= \d$"):
+        make_trainer(config(tmp_path, override))
+
+
+def test_unwritable_output_fails_before_compiling(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    cfg = config(tmp_path, f"run.output_dir={tmp_path / 'file' / 'out'}", "train.steps=2")
+    trainer = make_trainer(cfg)
+    monkeypatch.setattr(trainer, "compile_steps", lambda: pytest.fail("compiled before checking the folder"))
+    with pytest.raises(UserError, match=r"^cannot write to the output folder .*file/out: Not a directory; "):
+        trainer.run()
+
+
+def test_full_disk_fails_before_compiling(tmp_path, monkeypatch):
+    trainer = make_trainer(config(tmp_path, "train.steps=2"))
+    monkeypatch.setattr(trainer, "compile_steps", lambda: pytest.fail("compiled before checking the disk"))
+    monkeypatch.setattr(trainer_module.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    with pytest.raises(UserError, match=r"^the disk of .*checkpoints has 0 MiB free but one checkpoint needs"):
+        trainer.run()
+
+
+def test_disk_full_while_saving_is_one_line(tmp_path, monkeypatch):
+    trainer = make_trainer(config(tmp_path, "train.steps=2"))
+    trainer.restore()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(trainer.manager, "save", full)
+    with pytest.raises(UserError, match=r"^cannot write the checkpoint of step 2 to .*: the disk is full; "):
+        trainer.save(2)
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_dropout(tmp_path):
+    """Dropout 0.5: a run stopped after its step-3 checkpoint and resumed logs the losses of an uninterrupted run."""
+    settings = ("train.steps=6", "checkpoint.every=3", "optim.lr=0.05")
+    make_trainer(config(tmp_path / "a", *settings), dropout=True).run()
+    expected = [r["loss"] for r in strict_records(tmp_path / "a" / "out" / "metrics.jsonl")]
+    assert len(expected) == 6 and len(set(expected)) == 6
+
+    def stop_at_4(step):
+        raise Crash()
+    stopped = make_trainer(config(tmp_path / "b", *settings, "train.eval_every=4"), stop_at_4, dropout=True)
+    with pytest.raises(Crash):
+        stopped.run()
+    resumed = make_trainer(config(tmp_path / "b", *settings, "checkpoint.resume=auto"), dropout=True)
+    resumed.run()
+    assert resumed.start_step == 3
+    losses = [r["loss"] for r in strict_records(tmp_path / "b" / "out" / "metrics.jsonl")]
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+    assert "dropout_step" not in resumed.state.tensors()
