@@ -294,13 +294,13 @@ def test_presets_set_what_the_docs_say(tmp_path, monkeypatch):
     assert sorted(documented) == presets
     for preset, (ranks, expected, recompute, sharded) in documented.items():
         calls, flags = [], {"recompute": 0, "sharded": 0}
-        monkeypatch.setattr(ms, "set_auto_parallel_context", lambda **kw: calls.append(("auto_parallel", kw)))  # noqa: B023 (used within the iteration)
-        monkeypatch.setattr(ms, "set_context", lambda **kw: calls.append(("context", kw)))  # noqa: B023 (used within the iteration)
-        monkeypatch.setattr(parallel, "_world_size", lambda: ranks)  # noqa: B023 (used within the iteration)
+        monkeypatch.setattr(ms, "set_auto_parallel_context", lambda **kw: calls.append(("auto_parallel", kw)))  # noqa: B023
+        monkeypatch.setattr(ms, "set_context", lambda **kw: calls.append(("context", kw)))  # noqa: B023
+        monkeypatch.setattr(parallel, "_world_size", lambda: ranks)  # noqa: B023
         monkeypatch.setattr(parallel, "_is_rank0", lambda: True)
         monkeypatch.setattr(parallel, "model_strategies", lambda model, dp, mp, vocab_dp: {"dp_mp": (dp, mp)})
-        monkeypatch.setattr(parallel, "apply_strategies", lambda model, s: flags.update(sharded=s["dp_mp"]))  # noqa: B023 (used within the iteration)
-        monkeypatch.setattr(parallel, "apply_recompute", lambda model: flags.update(recompute=1))  # noqa: B023 (used within the iteration)
+        monkeypatch.setattr(parallel, "apply_strategies", lambda model, s: flags.update(sharded=s["dp_mp"]))  # noqa: B023
+        monkeypatch.setattr(parallel, "apply_recompute", lambda model: flags.update(recompute=1))  # noqa: B023
         cfg = load_config(os.path.join(ROOT, "config", "parallel", preset), [f"run.output_dir={tmp_path}"])
         layout = parallel.set_parallel_context(cfg, "Ascend")
         parallel.prepare_model(cfg, object())
