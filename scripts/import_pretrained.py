@@ -30,7 +30,7 @@ def main(argv=None):
     cfg = config_from_args(args)
     if cfg.model.text.vocab_size <= 0:
         cfg = cfg.with_updates({"model.text.vocab_size": len(read_vocab(cfg.data.vocab))})
-    setup_context(cfg.run)
+    setup_context(cfg)
     model = build_model(cfg.model)
     report = init_from_pretrained(model, cfg)
     if report is None:

@@ -120,7 +120,7 @@ def test_bad_region_files_are_rejected_and_mismatched_models_refused(data, tmp_p
 def test_features_mode_model_exports_its_caption_graphs_and_they_caption_npz_files(data, tmp_path):
     """MindIR export of a features-mode model takes the packed region column; the exported graphs caption region
     files like the checkpoint does."""
-    from src.inference.exporting import export_model
+    from src.inference.export_graphs import export_model
     from src.inference.pipeline import Captioner
     cfg = data["cfg"].with_updates({"caption.strategy": "greedy", "caption.max_len": 4,
                                     "caption.no_repeat_ngram": 0})
