@@ -41,7 +41,7 @@ newest() { ls -d "$1"/step_* | tail -n 1; }
 if [ "$QUICK" = 1 ]; then LAST=6; else LAST=9; fi
 
 stage "1/$LAST demo data -> $DATA"
-python -m src.data.demo --out "$DATA" "${SIZES[@]}" --audio tones
+python -m demo.data --out "$DATA" "${SIZES[@]}" --audio tones
 python -m src.data.vocab --manifest "$DATA/train.jsonl" "$DATA/train_vqa.jsonl" --out "$DATA/vocab.txt"
 
 stage "2/$LAST image tokenizer: VQ-VAE training, image codes -> $OUT/vq, $DATA/tokens"
@@ -93,9 +93,9 @@ if [ "$QUICK" = 0 ]; then
   python train_pretrain.py --config config/t2i/demo_cycle2.yaml --set run.output_dir="$OUT/t2i_cycle2" \
     checkpoint.init="$(newest "$OUT/t2i/checkpoints")" "${COMMON[@]}"
   python eval.py --task t2i --ckpt "$(newest "$OUT/t2i_cycle2/checkpoints")" --vq "$VQ_CKPT" --split test \
-    --scenes "$DATA/scenes.jsonl" --out_dir "$OUT/t2i/eval"
+    --metrics_hook demo.scene_reader:t2i_metrics --out_dir "$OUT/t2i/eval"
 fi
 
 stage "$LAST/$LAST report -> $OUT/report.md"
-python scripts/demo_report.py "$OUT"
+python demo/report.py "$OUT"
 stage "done"

@@ -37,7 +37,7 @@ def test_run_demo_quick_end_to_end(tmp_path):
 
 
 def test_report_shows_the_tokenizer_and_text_to_image_results(tmp_path):
-    from scripts.demo_report import build_report
+    from demo.report import build_report
     vq = {"step": 900, "images": 100, "psnr": 25.0168, "psnr_of_mean_mse": 24.2885, "perplexity": 145.499,
           "used_fraction": 255 / 256, "used_codes": 255, "codebook_size": 256, "codes_per_image": 64}
     (tmp_path / "vq").mkdir()

@@ -1,4 +1,4 @@
-"""Assemble the demo report: `python scripts/demo_report.py outputs/demo` -> outputs/demo/report.md.
+"""Assemble the demo report: `python demo/report.py outputs/demo` -> outputs/demo/report.md.
 
 Collects what the demo stages wrote, in stage order: the image tokenizer's reconstruction quality (vq/results.json),
 the pre-training loss table (summary.md), each evaluation's markdown results and the text-to-image results
@@ -69,7 +69,7 @@ def t2i_section(out_dir, rel=T2I_RESULTS):
                   + " / ".join(f"{r.get(f'likelihood_r{k}', float('nan')):.1f}" for k in (1, 5, 10))
                   + " % of the images.", ""]
     if "scene_exact" in r:
-        lines += [f"What the images show, read back by the demo's shape reader (src/metrics/scene_reader.py): the "
+        lines += [f"What the images show, read back by the demo's shape reader (demo/scene_reader.py): the "
                   f"percentage of the prompts' {r['scene_objects']} objects drawn on the right side with the right "
                   "colour / shape / both, and of the images with every object right and nothing more (exact).", "",
                   "| images | colour | shape | colour and shape | exact images |", "|---|---:|---:|---:|---:|"]
