@@ -127,6 +127,6 @@ if [ "$MODE" != quick ]; then
 fi
 
 stage "$LAST/$LAST report -> $OUT/report.md"
-python -m demo.report "$OUT"
+python -m demo.report "$OUT" --data "$DATA"
 stage "done"
 echo "stage times: $OUT/stages.jsonl; total $(( $(date +%s) - start ))s"
