@@ -32,7 +32,7 @@ def test_run_demo_quick_end_to_end(tmp_path):
             "text-to-image fine-tune + generation, MindIR export + run.") in report
     assert "| demo data + vocabulary | python -m demo.data: train 96 images" in report
     stages = [json.loads(line)["stage"] for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
-    assert [s.split()[0] for s in stages] == ["1/6", "2/6", "3/6", "4/6", "5/6"]
+    assert [s.split()[0] for s in stages] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]
     assert (tmp_path / "out" / "report" / "retrieval_examples.png").is_file()
     assert (tmp_path / "out" / "pretrain" / "checkpoints").is_dir()
     assert len(list((tmp_path / "data" / "mindrecord").glob("*.report.json"))) == 6
