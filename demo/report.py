@@ -118,7 +118,7 @@ def summary_rows(out_dir, data_dir):
     row("image tokenizer (VQ-VAE) + image codes", [VQ_RESULTS], vq_row)
 
     def mindrecord_row():
-        folder = os.path.join(data_dir, "mindrecord")
+        folder = os.path.join(os.path.abspath(data_dir), "mindrecord")
         reports = [_read_json(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".report.json")]
         accepted, rejected = sum(r["accepted"] for r in reports), sum(r["rejected"] for r in reports)
         return {"capability": "MindRecords", "what ran": f"{len(reports)} files built with --strict "

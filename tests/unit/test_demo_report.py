@@ -119,6 +119,7 @@ def test_quick_run_report_names_every_stage_that_did_not_run(tmp_path, data_dir)
     assert "validation PSNR 20.50 dB, 64 / 256 codes used" in report
     assert "16 images encoded to 64 codes each" in report
     assert "| MindRecords | 6 files built with --strict" in report and "32 records, 0 rejected" in report
+    assert f"[mindrecord]({os.path.relpath(data_dir / 'mindrecord', out)})" in report   # links from out/report.md
     assert "loss change mlm -25 %, itc -50 %" in summary_line(report, "pre-training (small model)")
     line = summary_line(report, "zero-shot retrieval")
     assert "IR R@1/5/10 25.0 / 75.0 / 100.0" in line and "IR 25.0 / 100.0 / 100.0" in line   # recall, chance
