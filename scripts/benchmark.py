@@ -1,6 +1,6 @@
 """Benchmarks: `python scripts/benchmark.py <name> [options] [--out results.json]`.
 
-Each subcommand is a module src/bench/<name>.py (`add_arguments(parser)`, `run(args) -> dict`); add one by listing
+Each subcommand is a module bench/<name>.py (`add_arguments(parser)`, `run(args) -> dict`); add one by listing
 it in BENCHMARKS. `--out FILE` writes the returned results as JSON.
 """
 import argparse
@@ -29,11 +29,11 @@ def main(argv=None):
     subparsers = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, summary in BENCHMARKS.items():
         sub = subparsers.add_parser(name, help=summary, description=summary)
-        importlib.import_module(f"src.bench.{name}").add_arguments(sub)
+        importlib.import_module(f"bench.{name}").add_arguments(sub)
         sub.add_argument("--out", default=None, metavar="FILE", help="write the results as JSON to FILE")
     args = parser.parse_args(argv)
     try:
-        results = importlib.import_module(f"src.bench.{args.benchmark}").run(args)
+        results = importlib.import_module(f"bench.{args.benchmark}").run(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -128,8 +128,10 @@ def write_jsonl(path, rows):
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def evaluate_split(captioner, split, out_dir, batch_size):
-    """Caption data.<split>, score it and write the report; returns the metrics."""
+def evaluate_split(captioner, split, out_dir, batch_size, metrics_hooks=()):
+    """Caption data.<split>, score it (plus the extra metrics of `metrics_hooks`, src.evaluation.hooks) and write
+    the report; returns the metrics."""
+    from src.evaluation.hooks import Evaluation, run_hooks
     from src.data.pretrain_data import read_references
     cfg = captioner.cfg
     path = split_path(cfg, split)
@@ -142,6 +144,9 @@ def evaluate_split(captioner, split, out_dir, batch_size):
     results = {"split": split, "data": path, "lang": lang, **metrics, "decoding": captioner.generator.settings}
     rows = [{"id": key, "image_id": references[i]["image_id"], "caption": predictions[i],
              "references": references[i]["captions"]} for key, i in zip(preds, predictions)]
+    extra = run_hooks(metrics_hooks, Evaluation("caption", split, path, out_dir, dict(results), rows))
+    metrics.update(extra)
+    results.update(extra)
     write_jsonl(os.path.join(out_dir, f"caption_{split}_predictions.jsonl"), rows)
     examples = [{"id": r["id"], "generated": r["caption"], "reference": r["references"][0]} for r in rows[:EXAMPLES]]
     write_report(out_dir, f"caption_{split}", f"Captioning on {split} ({path})", results, examples,
@@ -149,7 +154,7 @@ def evaluate_split(captioner, split, out_dir, batch_size):
     return metrics
 
 
-def main(argv=None):
+def main(argv=None, metrics_hooks=()):
     parser = docstring_parser(__doc__, "eval.py --task caption")
     add_common_arguments(parser)
     parser.add_argument("--image", default=None, help="caption this image file, or every image of this folder "
@@ -172,8 +177,8 @@ def main(argv=None):
         write_jsonl(out, [{"image": p, "caption": c} for p, c in zip(files, captions)])
         print(f"captions written to {out}")
         return 0
-    metrics = evaluate_split(captioner, args.split, out_dir, args.batch_size)
-    print(markdown_table([{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, float)],
+    metrics = evaluate_split(captioner, args.split, out_dir, args.batch_size, metrics_hooks)
+    print(markdown_table([{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, (int, float))],
                          ["metric", "value"], floatfmt=".4f"))
     print(f"results written to {out_dir}/caption_{args.split}.json and .md")
     return 0

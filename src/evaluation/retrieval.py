@@ -7,7 +7,9 @@ ranking ("chance"). With audio in the data, text -> audio, audio -> text, image 
 the towers' contrastive embeddings (itc) are added whatever the mode: the cross-encoder heads are not used for audio.
 
 Results go to <out>/retrieval.json and retrieval.md (default out: <run of the checkpoint>/eval_retrieval, or
-<export folder>/eval_retrieval with --mindir). Under a distributed launcher every rank embeds and scores its share
+<export folder>/eval_retrieval with --mindir); retrieval.json also holds `examples`: the first caption of each of the
+first 8 records as a query, with its best 5 images (id, image source) by the IR scores. Under a distributed launcher
+every rank embeds and scores its share
 (r::world) and rank 0 writes.
 
     python eval.py --task retrieval --ckpt RUN/best/step_00000100 --mode itc_itm --k 16
@@ -29,6 +31,9 @@ from src.inference.retrieval import (MODES, RetrievalRunner, cosine_scores, gath
 from src.metrics.retrieval import chance_retrieval_recall, retrieval_recall
 
 KS = (1, 5, 10)
+EXAMPLES = 8        # example queries kept in the results
+EXAMPLE_TOP = 5     # images per example query
+HOOK_TOP = 10       # best images per caption handed to metrics hooks
 TABLE_COLUMNS = ["retrieval", "scoring"] + [f"R@{k}" for k in KS] + ["mean"]
 # (result section, recall prefix, row label)
 DIRECTIONS = (("text_image", "ir", "text→image (IR)"), ("text_image", "tr", "image→text (TR)"),
@@ -76,14 +81,33 @@ class StageClock:
         self._last = now
 
 
+def top_images(ir, top):
+    """Record indices (n_texts, top) of each text's best `top` images by the IR matrix, best first."""
+    top = min(top, ir.shape[1])
+    best = np.argpartition(-ir, top - 1, axis=1)[:, :top]
+    order = np.argsort(-np.take_along_axis(ir, best, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(best, order, axis=1)
+
+
+def retrieval_examples(captions, text_to_image, references, sources, ir, count=EXAMPLES, top=EXAMPLE_TOP):
+    """The first caption of each of the first `count` records as a query: its text, its record's id, and its best
+    `top` images (id, image source, whether it is the query's own image)."""
+    first = [int(np.flatnonzero(text_to_image == record)[0]) for record in range(min(count, len(references)))]
+    best = top_images(ir[first], top)
+    return [{"query": captions[t], "target": references[text_to_image[t]]["id"],
+             "top": [{"id": references[i]["id"], "source": sources[i], "hit": bool(i == text_to_image[t])}
+                     for i in row]} for t, row in zip(first, best.tolist())]
+
+
 def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=32, rank=0, world=1,
-             gather=all_gather_numpy, retriever=None, return_features=False):
+             gather=all_gather_numpy, retriever=None, return_features=False, return_ranking=False):
     """Retrieval recalls of `model` on the MindRecord `data_path`; the same dict on every rank.
 
     Keys: mode, k, data, n_texts, n_images, pairs_scored, text_image, chance, text_audio / image_audio when the data
-    has audio, and seconds / cpu_seconds: wall and process CPU time of this rank per stage (embed_texts,
-    embed_images, shortlist and score when pairs are scored, rank; see `StageClock`). With `return_features`, also
-    "image_features" (n_images, D) for an index.
+    has audio, examples (`retrieval_examples`), and seconds / cpu_seconds: wall and process CPU time of this rank
+    per stage (embed_texts, embed_images, shortlist and score when pairs are scored, rank; see `StageClock`). With
+    `return_features`, also "image_features" (n_images, D) for an index; with `return_ranking`, "records": one
+    {caption, target, top} per caption for metrics hooks (src.evaluation.hooks).
     """
     from src.data.pretrain_data import build_eval_dataset, open_mindrecord, read_references
 
@@ -94,7 +118,8 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
     retriever = retriever or RetrievalRunner(model, batch_size)
     info = open_mindrecord(data_path, cfg.data.vocab)
     has_audio = bool(info.meta["has_audio"]) and cfg.data.use_audio
-    captions, text_to_image = caption_items(read_references(data_path))
+    references = read_references(data_path)
+    captions, text_to_image = caption_items(references)
     n_texts, n_images = len(captions), info.count
     keep_tokens = mode != "itc"
     clock = StageClock()
@@ -129,7 +154,14 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
         "n_images": n_images, "pairs_scored": 0 if pairs is None else int(len(pairs)),
         "text_image": directional_recall(ir, tr, text_to_image),
         "chance": chance_retrieval_recall(text_to_image, n_images, KS),
+        "examples": retrieval_examples(captions, text_to_image, references, image_sources(data_path, references),
+                                       ir),
     }
+    if return_ranking:
+        ids = [ref["id"] for ref in references]
+        results["records"] = [{"caption": caption, "target": ids[target], "top": [ids[i] for i in row]}
+                              for caption, target, row in zip(captions, text_to_image.tolist(),
+                                                              top_images(ir, HOOK_TOP).tolist())]
     if has_audio:
         audio = images["audio_features"]
         results["text_audio"] = retrieval_recall(cosine_scores(texts["features"], audio), text_to_image, KS)
@@ -232,8 +264,9 @@ def setting(args, cfg, name):
     return value if value is not None else cfg.retrieval[name]
 
 
-def main(argv=None):
+def main(argv=None, metrics_hooks=()):
     from src.data.tokenizer import Tokenizer
+    from src.evaluation.hooks import Evaluation, run_hooks
     from src.engine.context import setup_context
     from src.inference.loading import load_trained_model, resolve_config
     from src.utils.results import markdown_table, write_results
@@ -263,8 +296,9 @@ def main(argv=None):
     mode, k, batch_size = (setting(args, cfg, name) for name in ("mode", "k", "batch_size"))
     results = evaluate(model, cfg, tokenizer, data, mode, k, batch_size, dist.rank, dist.world_size,
                        retriever=exported.retriever(batch_size) if exported else None,
-                       return_features=bool(args.index_out))
+                       return_features=bool(args.index_out), return_ranking=bool(metrics_hooks))
     features = results.pop("image_features", None)
+    records = results.pop("records", [])
     if not dist.is_main:
         return 0
     source = args.ckpt or exported.path
@@ -272,6 +306,10 @@ def main(argv=None):
     rows = table_rows(results)
     out = args.out or (default_out_dir(args.ckpt) if args.ckpt else
                        os.path.join(os.path.dirname(os.path.abspath(exported.path)), "eval_retrieval"))
+    extra = run_hooks(metrics_hooks, Evaluation("retrieval", os.path.basename(data), data, out, dict(results),
+                                                records))
+    results.update(extra)
+    rows += [{"retrieval": name, "scoring": "metrics hook", "mean": value} for name, value in extra.items()]
     json_path, _ = write_results(out, "retrieval", results, rows, TABLE_COLUMNS)
     print(markdown_table(rows, TABLE_COLUMNS), end="")
     print(f"{results['n_texts']} captions x {results['n_images']} images, {results['pairs_scored']} pairs through "

@@ -3,7 +3,6 @@
     python eval.py --task t2i --ckpt RUN/checkpoints/step_X --vq VQRUN/checkpoints/step_Y \\
         --text "左边有一个红色的圆" --out out.png [--grid]
     python eval.py --task t2i --ckpt CKPT --vq VQ [--split test | --data FILE.mindrecord|FILE.jsonl] [--out_dir DIR]
-        [--scenes data/demo/scenes.jsonl]
 
 With --text: the best of the sampled candidates (re-ranked by the model's text-image score) is written as a PNG at
 the VQ decoder's resolution; with --grid, all candidates side by side, best first. The candidates' scores are printed.
@@ -22,18 +21,12 @@ prompt, its first caption. Reported (src/metrics/t2i.py):
     prompt (teacher forcing; nats per code), and likelihood_r1 (r5, r10): for each real image, is its own prompt
     among the 1 (5, 10) prompts of its pool under which its codes are most likely? These read the decoder directly,
     without sampling or the towers;
-  * with --scenes (the data's scenes.jsonl, which the demo writes): scene_found / scene_colour / scene_shape /
-    scene_colour_and_shape, the percentage of the prompts' objects that a rule-based reader of the demo's shapes
-    (src/metrics/scene_reader.py) finds on the right side with the right colour / shape, and scene_exact, the
-    percentage of images with every object right and nothing more; for the best and the first sampled candidates
-    and, as the reader's own accuracy, for the real images (same suffixes as R-precision); and what a perfect
-    re-ranking could pick: scene_shape_best_candidate (each prompt's candidate with the most right shapes) and
-    scene_exact_any_candidate (prompts with at least one exact candidate).
+  * with `eval.py --metrics_hook module:function` (src/evaluation/hooks.py), whatever the hook adds; it sees each
+    prompt's real image and its candidates.
 Files in <out_dir> (default <run>/eval): t2i_<split>.json / .md (metrics and examples), t2i_<split>_examples.png
 (one row per example prompt: the real image, then the candidates best first) and t2i_<split>_examples/<k>.png (the
 best image of example k, linked next to its prompt in the markdown).
 """
-import json
 import os
 import time
 
@@ -46,7 +39,6 @@ from src.utils.results import markdown_table
 from src.metrics.t2i import POOL_SIZE, pool_others, r_precision, recall_at_ranks
 
 EXAMPLES = 8
-SCENE_KEYS = {"colour", "shape", "position"}
 
 
 def read_split(path):
@@ -121,58 +113,22 @@ def first_sampled(result):
     return result.image_features[first_index(result)]
 
 
-def read_scenes(path):
-    """{record id: list of objects (colour, shape, position, ...)} from a scenes file such as the demo's
-    data/demo/scenes.jsonl (one JSON object per line with "id" and "objects")."""
-    if not os.path.isfile(path):
-        raise UserError(f"scenes file {path} does not exist; the demo writes it as <demo data>/scenes.jsonl")
-    scenes = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                objects = record["objects"]
-                complete = all(SCENE_KEYS <= set(o) for o in objects)
-                scenes[record["id"]] = objects
-            except (ValueError, KeyError, TypeError):
-                complete = False
-            if not complete:
-                raise UserError(f"{path}, line {number}: not a scene record; each line needs \"id\" and \"objects\", "
-                                "a list of objects with colour, shape and position (as src.data.demo writes them)")
-    return scenes
-
-
-def scene_metrics(results, ids, sources, scenes, size):
-    """`src.metrics.scene_reader` accuracies (percent) of the best and the first sampled candidates and of the real
-    images (the reader's own accuracy) against each record's scene: scene_<measure>[_first_sample|_real_images]."""
+def hook_records(results, ids, prompts, sources, size):
+    """One record per prompt for metrics hooks: id, prompt, image (the real image, uint8 (size, size, 3)),
+    candidates (uint8 (C, size, size, 3), best first) and first_sample (index of the first sampled candidate)."""
     from src.data.transforms import to_uint8
-    from src.metrics.scene_reader import best_candidate_accuracy, scene_accuracy
-    missing = [i for i in ids if i not in scenes]
-    if missing:
-        raise UserError(f"the scenes file has no scene for {len(missing)} of the {len(ids)} records (first: "
-                        f"{missing[0]}); give the scenes.jsonl written together with this data")
-    wanted = [scenes[i] for i in ids]
-    pools = {"": np.stack([r.best for r in results]),
-             "_first_sample": np.stack([r.images[first_index(r)] for r in results]),
-             "_real_images": to_uint8(reference_images(sources, size))}
-    metrics = {}
-    for suffix, images in pools.items():
-        accuracy = scene_accuracy(images, wanted)
-        metrics["scene_objects"] = accuracy.pop("objects")
-        metrics.update({f"scene_{key}{suffix}": value for key, value in accuracy.items()})
-    best = best_candidate_accuracy([r.images for r in results], wanted)
-    metrics.update({"scene_shape_best_candidate": best["shape"], "scene_exact_any_candidate": best["exact"]})
-    return metrics
+    real = to_uint8(reference_images(sources, size))
+    return [{"id": i, "prompt": p, "image": image, "candidates": r.images, "first_sample": first_index(r)}
+            for i, p, image, r in zip(ids, prompts, real, results)]
 
 
-def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examples=EXAMPLES, scenes=None):
-    """Generate for every prompt of `data_path`, compute the metrics, write the report; returns the results.
-    `scenes` ({record id: objects}, `read_scenes`) adds the scene-reader accuracies (`scene_metrics`)."""
+def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examples=EXAMPLES, metrics_hooks=()):
+    """Generate for every prompt of `data_path`, compute the metrics (plus those of `metrics_hooks`,
+    src.evaluation.hooks), write the report; returns the results."""
     from src.data.image_dataset import ImageSource
     from src.data.transforms import to_uint8, write_png
     from src.evaluation.caption import write_report
+    from src.evaluation.hooks import Evaluation, run_hooks
     from src.evaluation.image_tokenizer import evaluate_reconstruction
     start = time.time()
     ids, prompts, sources = read_split(data_path)
@@ -198,8 +154,9 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
                     "codebook_perplexity": reconstruction["perplexity"],
                     "filled_cells": int(sum(r.filled.sum() for r in results)),
                     "settings": dict(t2i.settings)})
-    if scenes is not None:
-        metrics.update(scene_metrics(results, ids, sources, scenes, t2i.vq.image_size))
+    if metrics_hooks:
+        records = hook_records(results, ids, prompts, sources, t2i.vq.image_size)
+        metrics.update(run_hooks(metrics_hooks, Evaluation("t2i", split, data_path, out_dir, dict(metrics), records)))
     metrics["seconds"] = round(time.time() - start, 1)
     name = f"t2i_{split}"
     shown = list(range(min(examples, len(prompts))))
@@ -218,7 +175,7 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
     return metrics
 
 
-def main(argv=None):
+def main(argv=None, metrics_hooks=()):
     parser = docstring_parser(__doc__, "eval.py --task t2i")
     parser.add_argument("--ckpt", required=True, help="OPT checkpoint step directory")
     parser.add_argument("--vq", required=True, help="VQ image tokenizer checkpoint step directory")
@@ -242,9 +199,6 @@ def main(argv=None):
     parser.add_argument("--pool", type=int, default=POOL_SIZE, help="R-precision pool size (default 100)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N records (0 = all)")
     parser.add_argument("--examples", type=int, default=EXAMPLES, help="example prompts in the report")
-    parser.add_argument("--scenes", default=None,
-                        help="the data's scenes.jsonl (demo data): also report how many generated images show the "
-                             "prompt's colours and shapes on the right sides (src/metrics/scene_reader.py)")
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
     from src.data.transforms import write_png
@@ -267,8 +221,7 @@ def main(argv=None):
     if args.data is None:
         from src.evaluation.caption import split_path
         args.data = split_path(t2i.cfg, args.split)
-    scenes = read_scenes(args.scenes) if args.scenes else None
-    metrics = evaluate(t2i, args.data, out_dir, args.split, args.pool, args.limit, args.examples, scenes)
+    metrics = evaluate(t2i, args.data, out_dir, args.split, args.pool, args.limit, args.examples, metrics_hooks)
     print(markdown_table([{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, (int, float))],
                          ["metric", "value"], floatfmt=".2f"))
     print(f"results written to {out_dir}/t2i_{args.split}.json and .md")

@@ -91,9 +91,11 @@ def training_references(cfg):
     return read_references(cfg.data.train) if cfg.data.train else None
 
 
-def evaluate_split(vqa, split, out_dir, batch_size, caption_mode="auto", train_refs=None):
-    """Answer data.<split>, score and write the report; returns the results dict."""
+def evaluate_split(vqa, split, out_dir, batch_size, caption_mode="auto", train_refs=None, metrics_hooks=()):
+    """Answer data.<split>, score (plus the extra metrics of `metrics_hooks`, src.evaluation.hooks) and write the
+    report; returns the results dict."""
     from src.data.pretrain_data import read_references
+    from src.evaluation.hooks import Evaluation, run_hooks
     cfg = vqa.cfg
     path = split_path(cfg, split)
     references = read_references(path)
@@ -114,6 +116,7 @@ def evaluate_split(vqa, split, out_dir, batch_size, caption_mode="auto", train_r
     rows = [{"id": references[i]["id"], "image_id": references[i]["image_id"], "answer": a,
              "answers": references[i]["answers"], **({"rationale": why} if why is not None else {})}
             for i, (a, why) in responses.items()]
+    results.update(run_hooks(metrics_hooks, Evaluation("vqa", split, path, out_dir, dict(results), rows)))
     write_jsonl(os.path.join(out_dir, f"vqa_{split}_predictions.jsonl"), rows)
     columns = ["id", "answer", "reference"] + (["rationale"] if vqa.answerer.rationale else [])
     examples = [{"id": r["id"], "answer": r["answer"], "reference": ", ".join(r["answers"]),
@@ -122,7 +125,7 @@ def evaluate_split(vqa, split, out_dir, batch_size, caption_mode="auto", train_r
     return results
 
 
-def main(argv=None):
+def main(argv=None, metrics_hooks=()):
     parser = docstring_parser(__doc__, "eval.py --task vqa")
     add_common_arguments(parser)
     parser.add_argument("--image", default=None, help="answer a question about this image")
@@ -157,7 +160,8 @@ def main(argv=None):
             print(f"rationale: {rationale}")
         return 0
     out_dir = args.out_dir or os.path.join(cfg.run.output_dir, "eval")
-    results = evaluate_split(vqa, args.split, out_dir, args.batch_size, args.caption_metrics, train_refs)
+    results = evaluate_split(vqa, args.split, out_dir, args.batch_size, args.caption_metrics, train_refs,
+                             metrics_hooks)
     rows = [{"metric": k, "value": v} for k, v in results.items() if isinstance(v, (int, float))]
     print(markdown_table(rows, ["metric", "value"]))
     print(f"results written to {out_dir}/vqa_{args.split}.json and .md")

@@ -19,7 +19,7 @@ def build_tiny_data(root, n_train=32, n_val=8, n_test=8):
     Returns {"root", "vocab", "train", "val", "test"} as absolute path strings (MindRecord paths are the --out names).
     """
     from src.data.build_mindrecord import build_mindrecord
-    from src.data.demo import generate_demo
+    from demo.data import generate_demo
     from src.data.vocab import main as vocab_main
 
     root = os.path.abspath(root)

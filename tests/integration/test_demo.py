@@ -1,5 +1,5 @@
 """The README's main job, in its --quick form: data, a few image-tokenizer steps and image codes, MindRecords,
-pre-training with image decoding, zero-shot retrieval, report."""
+pre-training with image decoding, zero-shot retrieval, report (whose summary says which stages did not run)."""
 import json
 import os
 import re
@@ -24,7 +24,16 @@ def test_run_demo_quick_end_to_end(tmp_path):
     # the image tokenizer section: 10 steps on the 16 validation images, 64 codes per image
     assert re.search(r"^\| training steps \| 10 \|$", report, re.M) and "| codes per image | 64 |" in report
     assert re.search(r"^\| PSNR, mean over images \(dB\) \| \d+\.\d\d \|$", report, re.M)
-    assert "(not produced: t2i/eval/t2i_test.json is missing)" in report  # text-to-image runs in full mode only
+    assert "(not produced: t2i/eval/t2i_test.json is missing)" in report  # text-to-image: not in --quick
+    # the summary: a row per capability; the stages --quick leaves out are named as not run
+    assert re.search(r"^\| zero-shot retrieval \| 80 captions x 16 test images, itc_itm \(k 4\) \| IR R@1/5/10 ",
+                     report, re.M)
+    assert ("Stages that did not run: retrieval fine-tune + eval, captioning fine-tune + eval, VQA fine-tune + eval, "
+            "text-to-image fine-tune + generation, MindIR export + run.") in report
+    assert "| demo data + vocabulary | python -m demo.data: train 96 images" in report
+    stages = [json.loads(line)["stage"] for line in (tmp_path / "out" / "stages.jsonl").read_text().splitlines()]
+    assert [s.split()[0] for s in stages] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]
+    assert (tmp_path / "out" / "report" / "retrieval_examples.png").is_file()
     assert (tmp_path / "out" / "pretrain" / "checkpoints").is_dir()
     assert len(list((tmp_path / "data" / "mindrecord").glob("*.report.json"))) == 6
     # the caption MindRecords were built from the token manifests: every sample has its image's codes
@@ -37,7 +46,7 @@ def test_run_demo_quick_end_to_end(tmp_path):
 
 
 def test_report_shows_the_tokenizer_and_text_to_image_results(tmp_path):
-    from scripts.demo_report import build_report
+    from demo.report import build_report
     vq = {"step": 900, "images": 100, "psnr": 25.0168, "psnr_of_mean_mse": 24.2885, "perplexity": 145.499,
           "used_fraction": 255 / 256, "used_codes": 255, "codebook_size": 256, "codes_per_image": 64}
     (tmp_path / "vq").mkdir()
@@ -51,7 +60,8 @@ def test_report_shows_the_tokenizer_and_text_to_image_results(tmp_path):
                     f"r_precision_r{k}_real_images": 20.0 * k, f"r_precision_chance_r{k}": chance})
     (tmp_path / "t2i" / "eval").mkdir(parents=True)
     (tmp_path / "t2i" / "eval" / "t2i_test.json").write_text(json.dumps(t2i, ensure_ascii=False), encoding="utf-8")
-    assert "shape reader" not in build_report(str(tmp_path))   # written only when eval ran with --scenes
+    no_data = str(tmp_path / "no_data")
+    assert "shape reader" not in build_report(str(tmp_path), no_data)   # only with the scene reader's metrics hook
     t2i["scene_objects"] = 170
     for suffix, base in (("", 40.0), ("_first_sample", 20.0), ("_real_images", 90.0)):
         t2i.update({f"scene_colour{suffix}": base + 4, f"scene_shape{suffix}": base + 3,
@@ -60,7 +70,7 @@ def test_report_shows_the_tokenizer_and_text_to_image_results(tmp_path):
                 "likelihood_r10": 100.0, "scene_shape_best_candidate": 62.35, "scene_exact_any_candidate": 42.0})
     (tmp_path / "t2i" / "eval" / "t2i_test.json").write_text(json.dumps(t2i, ensure_ascii=False), encoding="utf-8")
 
-    report = build_report(str(tmp_path))
+    report = build_report(str(tmp_path), no_data)
     assert "2.013 nats per code (perplexity 7.5)" in report and "for 37.0 / 88.0 / 100.0 % of the images" in report
     assert "the right shape for 62.4 % of the objects, an exact image for 42.0 % of the prompts" in report
     assert "the percentage of the prompts' 170 objects drawn on the right side" in report

@@ -1,4 +1,4 @@
-"""scripts/probe_image_encoder.py: labels from the scenes, the accuracy it reports (hand-computed), and a short run
+"""python -m demo.probe_image_encoder: labels from the scenes, the accuracy it reports (hand-computed), and a short run
 on the session's tiny demo data that writes its config, metrics log and results."""
 import json
 import os
@@ -10,12 +10,10 @@ import pytest
 
 from tests.helpers import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from probe_image_encoder import probe_accuracy, scene_labels  # noqa: E402
+from demo.probe_image_encoder import probe_accuracy, scene_labels
+from src.errors import UserError
 
-from src.errors import UserError  # noqa: E402
-
-PROBE = os.path.join(ROOT, "scripts", "probe_image_encoder.py")
+PROBE = ["-m", "demo.probe_image_encoder"]
 
 
 def test_scene_labels_fill_positions_and_leave_the_rest_empty():
@@ -41,7 +39,7 @@ def test_probe_accuracy_counts_present_objects_and_whole_images():
 @pytest.mark.parametrize("stem", ["linear", "conv"])
 def test_short_probe_run_writes_config_log_and_results(tiny_data, tmp_path, stem):
     out = tmp_path / stem
-    cmd = [sys.executable, PROBE, "--config", os.path.join(ROOT, "config", "model", "tiny.yaml"),
+    cmd = [sys.executable, *PROBE, "--config", os.path.join(ROOT, "config", "model", "tiny.yaml"),
            "--data", tiny_data["root"], "--out", str(out), "--eval_every", "3",
            "--set", "train.steps=6", "train.batch_size=4", f"model.image.stem={stem}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -58,12 +56,12 @@ def test_short_probe_run_writes_config_log_and_results(tiny_data, tmp_path, stem
 
 
 def test_missing_scenes_file_is_a_clear_error(tmp_path):
-    done = subprocess.run([sys.executable, PROBE, "--data", str(tmp_path)], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, *PROBE, "--data", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 2 and "scenes.jsonl not found" in done.stderr
 
 
 def test_eval_every_below_one_is_a_clear_error(tiny_data, tmp_path):
-    done = subprocess.run([sys.executable, PROBE, "--data", tiny_data["root"], "--out", str(tmp_path),
+    done = subprocess.run([sys.executable, *PROBE, "--data", tiny_data["root"], "--out", str(tmp_path),
                            "--eval_every", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--eval_every must be at least 1, got 0" in done.stderr

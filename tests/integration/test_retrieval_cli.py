@@ -6,7 +6,7 @@ import pytest
 import eval as eval_cli
 import train_retrieval
 from src.data.build_mindrecord import build_mindrecord
-from src.data.demo import generate_demo
+from demo.data import generate_demo
 from src.data.manifest import read_manifest
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from tests.helpers import ROOT

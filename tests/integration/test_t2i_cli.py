@@ -72,7 +72,7 @@ def test_prompt_gives_a_png_of_the_vq_resolution(checkpoints, tmp_path):
 def test_split_evaluation_writes_metrics_and_examples(checkpoints, tmp_path):
     from PIL import Image
 
-    from src.data.demo import SceneObject, place_objects, render_scene
+    from demo.data import SceneObject, place_objects, render_scene
     prompts = ["左边有一个红色的圆", "右边有一个蓝色的三角形", "中间有一个绿色的正方形"]
     objects = [("red", "circle", "left"), ("blue", "triangle", "right"), ("green", "square", "middle")]
     with open(tmp_path / "test.jsonl", "w", encoding="utf-8") as f, open(tmp_path / "scenes.jsonl", "w") as s:
@@ -86,7 +86,7 @@ def test_split_evaluation_writes_metrics_and_examples(checkpoints, tmp_path):
                     + "\n")
     out_dir = tmp_path / "eval"
     done = run("--ckpt", checkpoints["opt"], "--vq", checkpoints["vq"], "--data", str(tmp_path / "test.jsonl"),
-               "--out_dir", str(out_dir), "--examples", "2", "--scenes", str(tmp_path / "scenes.jsonl"))
+               "--out_dir", str(out_dir), "--examples", "2", "--metrics_hook", "demo.scene_reader:t2i_metrics")
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.load(open(out_dir / "t2i_test.json", encoding="utf-8"))
     assert results["n_prompts"] == 3 and results["r_precision_pool"] == 3 and results["candidates"] == 2
@@ -98,7 +98,8 @@ def test_split_evaluation_writes_metrics_and_examples(checkpoints, tmp_path):
     assert results["code_nll"] == pytest.approx(np.log(19), abs=0.3)
     assert results["code_perplexity"] == pytest.approx(np.exp(results["code_nll"]), rel=1e-9)
     assert results["likelihood_r1"] in (0.0, pytest.approx(100 / 3), pytest.approx(200 / 3), 100.0)
-    # the scene reader: the real images (resized to the VQ's 32 px) read back as their scenes, in record order
+    # the demo's scene reader through its metrics hook: the real images (resized to the VQ's 32 px) read back as
+    # their scenes, in record order
     assert results["scene_objects"] == 3
     assert results["scene_found_real_images"] == results["scene_colour_real_images"] == 100.0
     for suffix in ("", "_first_sample"):

@@ -1,7 +1,7 @@
 """The retrieval benchmark's arithmetic: pooling the two itm runs and extrapolating itm to the whole set."""
 import pytest
 
-from src.bench.retrieval import _extrapolated_itm, _pair_rate, _pooled
+from bench.retrieval import _extrapolated_itm, _pair_rate, _pooled
 
 
 def run(pairs, score_s, other_s, cpu_factor=2.0):

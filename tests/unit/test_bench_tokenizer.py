@@ -1,7 +1,7 @@
 """The tokenizer benchmark runs on a small vocabulary and counts the texts whose ids MindSpore's NFKC changes."""
 import argparse
 
-from src.bench import tokenizer as bench
+from bench import tokenizer as bench
 
 
 def test_tokenizer_benchmark_rows_and_differing_texts(tmp_path, capsys):

@@ -10,7 +10,7 @@ from PIL import Image
 import mindspore.dataset as ds
 
 from src.data.build_mindrecord import build_mindrecord, main, record_schema, vocab_sha256
-from src.data.demo import generate_demo
+from demo.data import generate_demo
 from src.data.manifest import read_manifest
 from src.data.tokenizer import Tokenizer
 from src.data.transforms import load_audio

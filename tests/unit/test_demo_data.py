@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo dataset generator (src/data/demo.py)."""
+"""Tests for the synthetic demo dataset generator (demo/data.py)."""
 import json
 import re
 import wave
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data import demo
-from src.data.demo import SceneObject
+import demo.data as demo
+from demo.data import SceneObject
 from src.errors import UserError
 
 SIZES = {"n_train": 30, "n_val": 10, "n_test": 10}

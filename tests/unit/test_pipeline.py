@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from src.data.build_mindrecord import build_mindrecord, vocab_sha256
-from src.data.demo import generate_demo
+from demo.data import generate_demo
 from src.data.manifest import read_manifest
 from src.data.labels import (ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT, ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER,
                              IMAGE_BOS_ID, IMAGE_EOS_ID)

@@ -8,7 +8,7 @@ import pytest
 from mindspore import Tensor
 
 from src.data.build_mindrecord import build_mindrecord
-from src.data.demo import generate_demo
+from demo.data import generate_demo
 from src.data.finetune_data import build_caption_dataset
 from src.data.manifest import read_manifest
 from src.data.pretrain_data import PRETRAIN_TASKS, build_eval_dataset, build_pretrain_dataset

@@ -9,7 +9,7 @@ import pytest
 
 from src.config import load_config
 from src.data.build_mindrecord import build_mindrecord
-from src.data.demo import generate_demo
+from demo.data import generate_demo
 from src.data.manifest import read_manifest
 from src.data.pretrain_data import build_pretrain_dataset
 from src.data.tokenizer import Tokenizer

@@ -1,12 +1,12 @@
-"""The demo shape reader (src/metrics/scene_reader.py) and the t2i evaluation's scenes file."""
+"""The demo shape reader (demo/scene_reader.py), its scenes file and its t2i metrics hook."""
 import json
 
 import numpy as np
 import pytest
 
-from src.data.demo import COLOURS, POSITIONS, SHAPES, SceneObject, place_objects, render_scene
-from src.metrics.scene_reader import (best_candidate_accuracy, classify_shape, components, judge, read_objects,
-                                      scene_accuracy)
+from demo.data import COLOURS, POSITIONS, SHAPES, SceneObject, place_objects, render_scene
+from demo.scene_reader import (best_candidate_accuracy, classify_shape, components, judge, read_objects,
+                                scene_accuracy)
 
 BACKGROUND = [236, 235, 238]
 
@@ -117,8 +117,8 @@ def test_best_candidate_takes_each_scenes_candidate_with_most_right_shapes():
 
 
 def test_scenes_file_errors_name_the_line(tmp_path):
+    from demo.scene_reader import read_scenes
     from src.errors import UserError
-    from src.evaluation.t2i import read_scenes
     path = tmp_path / "scenes.jsonl"
     good = {"id": "a", "objects": [{"colour": "red", "shape": "circle", "position": "left", "size": "big"}]}
     path.write_text(json.dumps(good) + "\n\n" + json.dumps({"id": "b", "objects": [{"colour": "red"}]}) + "\n")
@@ -130,8 +130,24 @@ def test_scenes_file_errors_name_the_line(tmp_path):
         read_scenes(str(tmp_path / "none.jsonl"))
 
 
-def test_scene_metrics_need_a_scene_for_every_record():
+def test_t2i_hook_finds_the_scenes_and_needs_one_for_every_record(tmp_path):
+    from demo.scene_reader import t2i_metrics
     from src.errors import UserError
-    from src.evaluation.t2i import scene_metrics
+    from src.evaluation.hooks import Evaluation
+    blank = np.full((32, 32, 3), 235, np.uint8)
+    records = [{"id": key, "image": blank, "candidates": np.stack([blank, blank]), "first_sample": 1}
+               for key in ("a", "b")]
+    (tmp_path / "mindrecord").mkdir()
+    data = str(tmp_path / "mindrecord" / "test.mindrecord")
+    with pytest.raises(UserError, match="found no scenes.jsonl for .*test.mindrecord"):
+        t2i_metrics(Evaluation("t2i", "test", data, str(tmp_path), {}, records))
+    scene = [{"colour": "red", "shape": "circle", "position": "left"}]
+    (tmp_path / "scenes.jsonl").write_text(json.dumps({"id": "a", "objects": scene}) + "\n")
     with pytest.raises(UserError, match=r"no scene for 1 of the 2 records \(first: b\)"):
-        scene_metrics([], ["a", "b"], [], {"a": []}, 32)
+        t2i_metrics(Evaluation("t2i", "test", data, str(tmp_path), {}, records))
+    # found one folder up from a MindRecord; blank images hold no object: nothing found, nothing exact
+    metrics = t2i_metrics(Evaluation("t2i", "test", data, str(tmp_path), {}, records[:1]))
+    assert metrics["scene_objects"] == 1 and metrics["scene_found"] == metrics["scene_found_real_images"] == 0.0
+    assert metrics["scene_exact_any_candidate"] == 0.0
+    with pytest.raises(UserError, match="given a caption evaluation"):
+        t2i_metrics(Evaluation("caption", "test", data, str(tmp_path), {}, []))

@@ -22,16 +22,16 @@ import os
 import tempfile
 import time
 
-from src.bench import print_table
+from bench import print_table
+from demo.data import generate_demo
 from src.config import load_config
 from src.data.build_mindrecord import build_mindrecord
-from src.data.demo import generate_demo
 from src.data.manifest import read_manifest
 from src.data.tokenizer import Tokenizer
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from src.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def add_arguments(parser):

@@ -1,6 +1,6 @@
 """Benchmarks run by `scripts/benchmark.py <name>`.
 
-Each benchmark is a module `src/bench/<name>.py` with `add_arguments(parser)` (its own options) and
+Each benchmark is a module `bench/<name>.py` with `add_arguments(parser)` (its own options) and
 `run(args) -> dict` (runs, prints a small table, returns the results that `--out FILE` saves as JSON). Timings live
 here, never in test asserts.
 """

@@ -9,7 +9,7 @@ lower-casing is NFKC case folding (`，` -> `,`, `Ａ` -> `a`, `①` -> `1`), BE
 import os
 import time
 
-from src.bench import print_table
+from bench import print_table
 from src.data.tokenizer import DEFAULT_VOCAB, Tokenizer
 from src.errors import UserError
 
@@ -72,7 +72,7 @@ def _texts(manifest, limit):
         if not texts:
             raise UserError(f"manifest {manifest} holds no text")
     else:
-        from src.data.demo import all_scenes, describe_scene
+        from demo.data import all_scenes, describe_scene
         singles, pairs = all_scenes()
         texts = [caption for scene in singles + pairs for lang in ("zh", "en")
                  for caption in describe_scene(scene, lang)]

@@ -1,6 +1,6 @@
 """Read the demo's flat-coloured shapes back from pixels and check an image against the scene it should show.
 
-The demo scenes (`src.data.demo`) are one or two saturated shapes on a light grey background, so a simple reader
+The demo scenes (`demo.data`) are one or two saturated shapes on a light grey background, so a simple reader
 suffices: pixels whose chroma (max - min over RGB) exceeds CHROMA_MIN are foreground; 4-connected foreground
 components larger than MIN_AREA_FRACTION of the image are objects. For each object:
 
@@ -12,15 +12,26 @@ components larger than MIN_AREA_FRACTION of the image are objects. For each obje
 
 `scene_accuracy` scores images against their scenes (the `objects` lists of the demo's scenes.jsonl): every scene
 object is looked up on its own side (the largest read object there) and its colour and shape compared; an image is
-exact when every object is right and nothing else was read. Used by `eval.py --task t2i --scenes` to say how many
-generated images show the prompt's colours and shapes; run on the real test images it measures the reader itself.
+exact when every object is right and nothing else was read.
+
+`t2i_metrics` is a metrics hook of the text-to-image evaluation (src/evaluation/hooks.py):
+
+    python eval.py --task t2i --ckpt CKPT --vq VQ --split test --metrics_hook demo.scene_reader:t2i_metrics
+
+says how many generated images show the prompt's colours and shapes on the right sides; run on the real test images
+it measures the reader itself.
 """
+import json
+import os
 from collections import deque
 
 import numpy as np
 
-from src.data.demo import COLOUR_RGB, SHAPES
+from demo.data import COLOUR_RGB, SHAPES
+from src.errors import UserError
 
+SCENES_FILE = "scenes.jsonl"
+SCENE_KEYS = {"colour", "shape", "position"}
 CHROMA_MIN = 60
 MIN_AREA_FRACTION = 0.005
 SIDE_BOUNDS = (3 / 8, 5 / 8)
@@ -136,3 +147,68 @@ def best_candidate_accuracy(candidates, scenes):
 
 def _percent(flags):
     return 100.0 * float(np.mean(flags)) if flags else 0.0
+
+
+def read_scenes(path):
+    """{record id: list of objects (colour, shape, position, ...)} from a scenes file such as the demo's
+    data/demo/scenes.jsonl (one JSON object per line with "id" and "objects")."""
+    if not os.path.isfile(path):
+        raise UserError(f"scenes file {path} does not exist; the demo writes it as <demo data>/{SCENES_FILE}")
+    scenes = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                objects = record["objects"]
+                complete = all(SCENE_KEYS <= set(o) for o in objects)
+                scenes[record["id"]] = objects
+            except (ValueError, KeyError, TypeError):
+                complete = False
+            if not complete:
+                raise UserError(f"{path}, line {number}: not a scene record; each line needs \"id\" and \"objects\", "
+                                "a list of objects with colour, shape and position (as demo.data writes them)")
+    return scenes
+
+
+def find_scenes(data_path):
+    """The scenes.jsonl of the demo data `data_path` belongs to: next to it (a manifest such as data/demo/test.jsonl)
+    or one folder up (a MindRecord such as data/demo/mindrecord/test.mindrecord)."""
+    folder = os.path.dirname(os.path.abspath(data_path))
+    candidates = [os.path.join(folder, SCENES_FILE), os.path.join(os.path.dirname(folder), SCENES_FILE)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise UserError(f"demo.scene_reader:t2i_metrics found no {SCENES_FILE} for {data_path} (looked for "
+                    f"{' and '.join(candidates)}); evaluate demo data (python -m demo.data writes {SCENES_FILE})")
+
+
+def t2i_metrics(evaluation):
+    """Metrics hook of `eval.py --task t2i` (src.evaluation.hooks): the scene reader's accuracies (percent) of the
+    best and the first sampled candidates and of the real images (the reader's own accuracy) against each prompt's
+    scene, scene_<found|colour|shape|colour_and_shape|exact>[_first_sample|_real_images], the number of objects
+    (scene_objects), and what a perfect re-ranking could pick: scene_shape_best_candidate (each prompt's candidate
+    with the most right shapes) and scene_exact_any_candidate (prompts with at least one exact candidate)."""
+    if evaluation.task != "t2i":
+        raise UserError(f"demo.scene_reader:t2i_metrics reads generated images; it was given a {evaluation.task} "
+                        "evaluation (use it with eval.py --task t2i)")
+    path = find_scenes(evaluation.data)
+    scenes = read_scenes(path)
+    records = evaluation.records
+    missing = [r["id"] for r in records if r["id"] not in scenes]
+    if missing:
+        raise UserError(f"{path} has no scene for {len(missing)} of the {len(records)} records (first: "
+                        f"{missing[0]}); give the scenes.jsonl written together with this data")
+    wanted = [scenes[r["id"]] for r in records]
+    pools = {"": np.stack([r["candidates"][0] for r in records]),
+             "_first_sample": np.stack([r["candidates"][r["first_sample"]] for r in records]),
+             "_real_images": np.stack([r["image"] for r in records])}
+    metrics = {}
+    for suffix, images in pools.items():
+        accuracy = scene_accuracy(images, wanted)
+        metrics["scene_objects"] = accuracy.pop("objects")
+        metrics.update({f"scene_{key}{suffix}": value for key, value in accuracy.items()})
+    best = best_candidate_accuracy([r["candidates"] for r in records], wanted)
+    metrics.update({"scene_shape_best_candidate": best["shape"], "scene_exact_any_candidate": best["exact"]})
+    return metrics

@@ -32,11 +32,11 @@ import mindspore.dataset as ds
 import numpy as np
 from mindspore import nn, ops
 
-from src.bench import print_table
+from bench import print_table
 from src.config import load_config
 from src.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_PHASES = ("forward_backward", "optimizer", "train_step")
 
 
@@ -176,8 +176,8 @@ def run(args):
 def time_data(args, cfg, tmp, batch_file):
     """Build demo data, time the task pipeline (seconds per batch), save one batch to `batch_file`; returns
     (seconds, tokenizer vocabulary size)."""
+    from demo.data import generate_demo
     from src.data.build_mindrecord import build_mindrecord
-    from src.data.demo import generate_demo
     from src.data.manifest import read_manifest
     from src.data.pretrain_data import build_pretrain_dataset
     from src.data.tokenizer import Tokenizer

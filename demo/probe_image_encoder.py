@@ -1,12 +1,12 @@
 """How fast an image encoder learns what the demo scenes hold: a supervised probe, trained from scratch.
 
-    python scripts/probe_image_encoder.py --data data/demo --out outputs/probe/conv
-    python scripts/probe_image_encoder.py --data data/demo --out outputs/probe/linear --set model.image.stem=linear
+    python -m demo.probe_image_encoder --data data/demo --out outputs/probe/conv
+    python -m demo.probe_image_encoder --data data/demo --out outputs/probe/linear --set model.image.stem=linear
 
 Builds the image encoder of --config (default config/model/small.yaml, the demo model) with a linear head on its
 global token and trains both on the demo's train images to name, for each of the three positions (left, middle,
 right), the shape there (or "empty") and its colour. The labels come from the data's scenes.jsonl
-(python -m src.data.demo writes it). Every --eval_every steps it reports, on the val + test images, the share of
+(python -m demo.data writes it). Every --eval_every steps it reports, on the val + test images, the share of
 objects whose shape / colour is named right (chance 1/3 and 1/6) and the share of images read exactly.
 This isolates the image encoder: the demo's shape, count and position answers need it to see the objects, and the
 probe says in a minute how quickly a given encoder design can. Writes config.yaml, metrics.jsonl and results.json
@@ -19,15 +19,13 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from demo import data as demo_data
+from src.utils.cli import docstring_parser, run_main
+from src.errors import UserError
 
-from src.utils.cli import docstring_parser, run_main  # noqa: E402
-from src.data import demo  # noqa: E402
-from src.errors import UserError  # noqa: E402
-
-POSITIONS = demo.POSITIONS
-SHAPES = ("empty",) + demo.SHAPES       # label 0: nothing at that position
-COLOURS = ("empty",) + demo.COLOURS
+POSITIONS = demo_data.POSITIONS
+SHAPES = ("empty",) + demo_data.SHAPES       # label 0: nothing at that position
+COLOURS = ("empty",) + demo_data.COLOURS
 DEFAULTS = ("train.steps=600", "train.batch_size=16", "optim.lr=5e-4", "optim.warmup_steps=20")
 
 
@@ -53,7 +51,7 @@ def load_split(data_dir, split, scenes, image_size):
     for record in records:
         if record["id"] not in scenes:
             raise UserError(f"{data_dir}/scenes.jsonl has no scene for '{record['id']}' of the {split} split; "
-                            "regenerate the data with python -m src.data.demo")
+                            "regenerate the data with python -m demo.data")
         images.append(load_image(record["image_path"], image_size))
         s, c = scene_labels(scenes[record["id"]], f"{data_dir}/scenes.jsonl '{record['id']}'")
         shapes.append(s)
@@ -117,7 +115,7 @@ def evaluate(probe, images, batch_size=100):
 
 def main(argv=None):
     from src.config import add_config_arguments, load_config, save_config
-    parser = docstring_parser(__doc__)
+    parser = docstring_parser(__doc__, "python -m demo.probe_image_encoder")
     add_config_arguments(parser, default_config="config/model/small.yaml")
     parser.add_argument("--data", default="data/demo", help="demo data folder (train/val/test.jsonl, scenes.jsonl)")
     parser.add_argument("--out", default="outputs/probe", help="output folder")
@@ -132,15 +130,15 @@ def main(argv=None):
     scenes_path = os.path.join(args.data, "scenes.jsonl")
     if not os.path.isfile(scenes_path):
         raise UserError(f"{scenes_path} not found: the probe needs the demo data's scenes "
-                        "(python -m src.data.demo --out DIR writes it)")
+                        "(python -m demo.data --out DIR writes it)")
 
     import mindspore as ms
     from tqdm import tqdm
 
     from src.engine.optim import build_optimizer
     from src.engine.run_log import MetricsLog
+    from demo.scene_reader import read_scenes
     from src.engine.train_step import LossScale, TrainStep
-    from src.evaluation.t2i import read_scenes
     from src.utils.results import write_results
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -171,7 +169,7 @@ def main(argv=None):
             log.write(record)
             bar.write(json.dumps(record))
     log.close()
-    chance = {"shape": 1 / len(demo.SHAPES), "colour": 1 / len(demo.COLOURS)}
+    chance = {"shape": 1 / len(demo_data.SHAPES), "colour": 1 / len(demo_data.COLOURS)}
     results = {"config": args.config, "stem": cfg.model.image.stem, "train_images": len(train[0]),
                "held_out_images": len(test[0]), "chance": chance, "final": history[-1], "history": history}
     write_results(args.out, "results", results, table_rows=history)

@@ -13,17 +13,17 @@ import time
 import mindspore.dataset as ds
 import numpy as np
 
-from src.bench import print_table
+from bench import print_table
+from demo.data import generate_demo
 from src.config import load_config
 from src.data.build_mindrecord import build_mindrecord
-from src.data.demo import generate_demo
 from src.data.manifest import read_manifest
 from src.data.pretrain_data import PRETRAIN_TASKS, build_pretrain_dataset, open_mindrecord, task_requirements
 from src.data.tokenizer import Tokenizer
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from src.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIX = "mix"
 
 

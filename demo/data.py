@@ -4,7 +4,7 @@ Every image shows one or two coloured shapes on a plain light background. Captio
 generated from the same scene spec, so a small model can learn them. Scene specs (the discrete attributes of the
 objects) never repeat across splits, so validation and test scenes are unseen in training.
 
-    python -m src.data.demo --out data/demo --n_train 2000 --n_val 200 --n_test 200 --audio tones
+    python -m demo.data --out data/demo --n_train 2000 --n_val 200 --n_test 200 --audio tones
 """
 import argparse
 import hashlib
@@ -78,7 +78,8 @@ TONE_MIN_HZ, TONE_MAX_HZ = 300, 3000
 ESPEAK_VOICE = "cmn"
 
 POOL_THRESHOLD = 256
-GENERATOR_NAME = "src.data.demo"
+GENERATOR_NAME = "demo.data"
+EARLIER_GENERATOR_NAMES = ("src.data.demo",)   # the module's name before it moved out of src
 SPLIT_INDEX = {split: k for k, split in enumerate(SPLITS)}
 
 
@@ -406,7 +407,7 @@ def _prepare_out_dir(out_dir):
             earlier = json.loads(meta_path.read_text(encoding="utf-8")).get("generator")
         except (OSError, ValueError):
             earlier = None
-        if earlier != GENERATOR_NAME:
+        if earlier not in (GENERATOR_NAME, *EARLIER_GENERATOR_NAMES):
             raise UserError(f"{out_dir} is not empty and holds no demo dataset; choose an empty or new --out")
         for sub in ("images", "audio"):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
@@ -515,8 +516,8 @@ def generate_demo(out_dir, n_train, n_val, n_test, image_size=64, seed=0, audio=
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Generate the synthetic OPT demo dataset (images, captions, "
-                                                 "audio, VQA).")
+    parser = argparse.ArgumentParser(prog="python -m demo.data", description="Generate the synthetic OPT demo "
+                                     "dataset (images, captions, audio, VQA).")
     parser.add_argument("--out", default="data/demo", help="output folder (new, empty, or an earlier demo)")
     parser.add_argument("--n_train", type=int, default=2000)
     parser.add_argument("--n_val", type=int, default=200)

@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 
-from src.bench import print_table
+from bench import print_table
 from src.config import load_config
 from src.inference.generation import generate
 from src.models.opt import build_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOS, EOS, PAD = 2, 3, 0
 
 
