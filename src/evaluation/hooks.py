@@ -4,8 +4,9 @@ A metrics hook is a function named by its import path, `package.module:function`
 from the working directory or PYTHONPATH). `--metrics_hook` may be given several times. Every evaluator (retrieval,
 caption, vqa, t2i) calls its hooks once per split evaluation (not for single inputs such as --image, --text or
 --query), after computing its own metrics and before writing them, with an `Evaluation`; each hook returns a dict
-{name: value} of extra metrics, which join the evaluator's results (its JSON and markdown) under those names. A hook that cannot be imported, is not callable, returns something other than a dict
-or reuses a name the evaluator (or an earlier hook) already wrote is a user error naming the hook.
+{name: value} of extra metrics, which join the evaluator's results (its JSON and markdown) under those names. A hook
+that cannot be imported, is not callable, returns something other than a dict or reuses a name the evaluator (or an
+earlier hook) already wrote is a user error naming the hook.
 
 What `Evaluation.records` holds, one dict per evaluated item, by task:
   retrieval  one per caption (text query): caption, target (id of its record), top (record ids of the best 10

@@ -9,8 +9,7 @@ the towers' contrastive embeddings (itc) are added whatever the mode: the cross-
 Results go to <out>/retrieval.json and retrieval.md (default out: <run of the checkpoint>/eval_retrieval, or
 <export folder>/eval_retrieval with --mindir); retrieval.json also holds `examples`: the first caption of each of the
 first 8 records as a query, with its best 5 images (id, image source) by the IR scores. Under a distributed launcher
-every rank embeds and scores its share
-(r::world) and rank 0 writes.
+every rank embeds and scores its share (r::world) and rank 0 writes.
 
     python eval.py --task retrieval --ckpt RUN/best/step_00000100 --mode itc_itm --k 16
     python eval.py --task retrieval --ckpt CKPT --index_out images.npz                   # also save an image index
