@@ -23,11 +23,12 @@ done
 
 DATA="${DEMO_DATA:-data/demo}"
 OUT="${DEMO_OUT:-outputs/demo}"
-SIZES=(--n_train 2000 --n_val 100 --n_test 100)
+SIZES=(--n_train 1000 --n_val 100 --n_test 100)
 VQ=()
 PRETRAIN=()
 EVAL=()
 if [ "$MODE" = full ]; then
+  SIZES=(--n_train 2000 --n_val 100 --n_test 100)
   RUN=demo        # config/<task>/demo.yaml
 else
   RUN=demo_short  # config/<task>/demo_short.yaml
