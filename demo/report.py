@@ -415,17 +415,65 @@ def build_report(out_dir, data_dir="data/demo"):
     return "\n".join(parts)
 
 
+def machine_description():
+    """CPU model, cores, memory, MindSpore version and load: what a measured figure needs next to it."""
+    import platform
+
+    import mindspore as ms
+    cpu = platform.processor() or "unknown CPU"
+    if os.path.isfile("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    memory = ""
+    if os.path.isfile("/proc/meminfo"):
+        kib = int(open("/proc/meminfo", encoding="utf-8").readline().split()[1])
+        memory = f", {kib / 2 ** 20:.0f} GiB"
+    load = f", load average at the end {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{os.cpu_count()} x {cpu}{memory}; MindSpore {ms.__version__}, Python {platform.python_version()}{load}"
+
+
+def commit_of(folder="."):
+    import subprocess
+    try:
+        return subprocess.run(["git", "-C", folder, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def results_page(out_dir, data_dir, command):
+    """The measured figures of a demo run as a results page (docs/results/): command, commit, machine, date, the
+    summary table (without links into the run's folder) and the time of every stage."""
+    import datetime
+    rows = summary_rows(out_dir, data_dir)
+    table = [built or {"capability": name, "what ran": "did not run", "headline": "", "chance / baseline": ""}
+             for name, _, built in rows]
+    lines = ["# Demo results", "", f"Written by `{command}` (python -m demo.report --results) on "
+             f"{datetime.date.today().isoformat()}, commit {commit_of()}.", "", f"Machine: {machine_description()}.",
+             "", markdown_table(table, ["capability", "what ran", "headline", "chance / baseline"]).rstrip(), "",
+             "## Time of each stage", "", stage_times_section(out_dir)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m demo.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", nargs="?", default="outputs/demo", help="the demo's output folder (default "
                                                                        "outputs/demo)")
     parser.add_argument("--data", default="data/demo", help="the demo data folder (default data/demo)")
+    parser.add_argument("--results", default=None, metavar="PAGE.md",
+                        help="also write the measured figures as a results page (e.g. docs/results/demo.md)")
+    parser.add_argument("--command", default="bash scripts/run_demo.sh",
+                        help="the command that produced the run, named on the results page")
     args = parser.parse_args(argv)
     report = build_report(args.out, args.data)
     path = os.path.join(args.out, "report.md")
     atomic_write_text(path, report + "\n")
     print(report)
     print(f"\nreport written to {path}")
+    if args.results:
+        atomic_write_text(args.results, results_page(args.out, args.data, args.command))
+        print(f"results page written to {args.results}")
     return 0
 
 

@@ -3,7 +3,8 @@
 # Generates the demo dataset and its vocabulary, trains the image tokenizer (VQ-VAE) and encodes every image into
 # codes, builds the MindRecords, pre-trains the small model (image decoding included), evaluates zero-shot retrieval,
 # fine-tunes and evaluates retrieval, captioning, VQA and text-to-image, exports the captioner as MindIR and evaluates
-# the exported graphs, and writes outputs/demo/report.md (python -m demo.report).
+# the exported graphs, and writes outputs/demo/report.md (python -m demo.report) and, except with --quick, the
+# measured figures to docs/results/demo.md (--full: docs/results/demo_full.md; DEMO_RESULTS= to skip).
 # default: every stage on short schedules (config/*/demo_short.yaml), about 20 minutes on 2 CPU cores.
 # --full:  the long schedules (config/*/demo.yaml, two text-to-image cycles) behind the README's quality figures.
 # --quick: a tiny version used by the tests (few samples, a few steps, zero-shot retrieval only, then the report).
@@ -128,6 +129,11 @@ if [ "$MODE" != quick ]; then
 fi
 
 stage "$LAST/$LAST report -> $OUT/report.md"
-python -m demo.report "$OUT" --data "$DATA"
+case "$MODE" in   # the measured figures as data: docs/results/demo.md (default), demo_full.md (--full)
+  short) RESULTS="${DEMO_RESULTS-docs/results/demo.md}"; COMMAND="bash scripts/run_demo.sh" ;;
+  full) RESULTS="${DEMO_RESULTS-docs/results/demo_full.md}"; COMMAND="bash scripts/run_demo.sh --full" ;;
+  *) RESULTS="${DEMO_RESULTS-}"; COMMAND="bash scripts/run_demo.sh --quick" ;;
+esac
+python -m demo.report "$OUT" --data "$DATA" --command "$COMMAND" ${RESULTS:+--results "$RESULTS"}
 stage "done"
 echo "stage times: $OUT/stages.jsonl; total $(( $(date +%s) - start ))s"

@@ -167,3 +167,17 @@ def test_full_report_has_a_row_and_a_picture_for_every_capability(tmp_path, data
         assert picture.size == (192, 192)
     assert "![text-to-image examples](t2i/eval/t2i_test_examples.png)" in report and "1. 左边有一个红色的圆" in report
     assert "## Captioning with the exported MindIR graphs (demo test split)\n\nexported caption table" in report
+
+
+def test_results_page_holds_command_machine_summary_and_stage_times(tmp_path, data_dir):
+    out = tmp_path / "out"
+    early_stages(str(out), data_dir)
+    page = tmp_path / "results" / "demo.md"
+    assert main([str(out), "--data", str(data_dir), "--results", str(page), "--command", "bash x.sh --y"]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("# Demo results\n\nWritten by `bash x.sh --y` (python -m demo.report --results) on ")
+    assert f"Machine: {os.cpu_count()} x " in text and "MindSpore 2." in text
+    assert "IR R@1/5/10 25.0 / 75.0 / 100.0" in summary_line(text, "zero-shot retrieval")
+    assert "| did not run |" in summary_line(text, "MindIR export + run")
+    assert "](" not in text.split("## Time of each stage")[0]   # no links into the run's folder
+    assert "| total (stages above) | 3.0 |" in text
