@@ -16,7 +16,8 @@ import sys
 
 import numpy as np
 
-from src.utils.files import atomic_write, atomic_write_text
+from src.data.transforms import write_png
+from src.utils.files import atomic_write_text
 from src.utils.results import markdown_table
 
 VQ_RESULTS = "vq/results.json"
@@ -239,20 +240,6 @@ def _thumbnail(path, size=THUMB, frame=None, width=3):
     return pixels
 
 
-def save_png(pixels, path, columns=None, gap=4):
-    """uint8 images (N, H, W, 3) as one PNG grid of `columns` per row, written atomically."""
-    from PIL import Image
-    count, height, width, _ = pixels.shape
-    columns = columns or count
-    rows = -(-count // columns)
-    canvas = np.full((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), 255, np.uint8)
-    for k, image in enumerate(pixels):
-        top, left = (k // columns) * (height + gap), (k % columns) * (width + gap)
-        canvas[top:top + height, left:left + width] = image
-    with atomic_write(path, "wb") as f:
-        Image.fromarray(canvas).save(f, format="PNG")
-
-
 def retrieval_picture(out_dir):
     """Example text queries with their best 5 images (own image framed green) from the fine-tuned retrieval
     evaluation (the zero-shot one when fine-tuning did not run): the markdown, or None without results."""
@@ -269,7 +256,7 @@ def retrieval_picture(out_dir):
     pixels = np.stack([_thumbnail(image["source"], frame=HIT if image["hit"] else MISS)
                        for e in examples for image in e["top"]])
     picture = os.path.join(PICTURES, "retrieval_examples.png")
-    save_png(pixels, os.path.join(out_dir, picture), columns=top)
+    write_png(pixels, os.path.join(out_dir, picture), columns=top, gap=4)
     rows = [{"row": k + 1, "query": e["query"], "own image at": next((f"#{j + 1}" for j, image in
                                                                       enumerate(e["top"]) if image["hit"]),
                                                                      f"not in the top {top}")}
@@ -289,7 +276,7 @@ def caption_picture(out_dir, rel="caption/caption_test.json", name="caption"):
     cells = []
     for k, p in enumerate(shown):
         picture = os.path.join(PICTURES, f"{name}_{k:02d}.png")
-        save_png(_thumbnail(images[p["id"]], size=2 * THUMB)[None], os.path.join(out_dir, picture))
+        write_png(_thumbnail(images[p["id"]], size=2 * THUMB)[None], os.path.join(out_dir, picture))
         cells.append(f"![{p['id']}]({picture})<br>**{p['caption']}**<br>reference: {p['references'][0]}")
     columns = 4
     lines = ["| " + " | ".join([""] * columns) + " |", "|" + "---|" * columns]
