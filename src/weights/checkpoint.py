@@ -266,11 +266,61 @@ def _read_weights(path):
         raise UserError(f"{path}: unknown checkpoint file type; expected a .ckpt or .safetensors file "
                         f"or a step_<n> checkpoint directory")
     try:
-        return ms.load_checkpoint(path, format=fmt)
+        return read_mindspore_file(path, fmt)
+    except UserError:
+        raise
     except Exception as err:  # MindSpore raises ValueError, RuntimeError or protobuf errors
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a {fmt} file "
                         f"({reason})") from err
+
+
+def read_mindspore_file(path, fmt="ckpt"):
+    """`ms.load_checkpoint` of one file, with the memory check below; used by every reader of foreign .ckpt files."""
+    _check_memory_for(path)
+    with _memory_check_uses_available_memory():
+        return ms.load_checkpoint(path, format=fmt)
+
+
+def available_memory_bytes():
+    """MemAvailable of /proc/meminfo (free memory plus the page cache the kernel gives back), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_memory_for(path):
+    """Refuse a file larger than the memory the machine can give, with a message that says so (not "corrupt")."""
+    size, available = os.path.getsize(path), available_memory_bytes()
+    if available is not None and size > available:
+        raise UserError(f"cannot read checkpoint {path}: it holds {size / 2**30:.2f} GiB and is read whole into "
+                        f"memory, but only {available / 2**30:.2f} GiB is available; free memory or use a machine "
+                        f"with more")
+
+
+class _memory_check_uses_available_memory:
+    """MindSpore 2.10's `load_checkpoint` compares a .ckpt file's size with *free* memory (SC_AVPHYS_PAGES), which
+    leaves out the page cache the kernel would give back; after a few large files were written, a file that fits
+    easily is refused ("exceeds current available memory"). While loading, its check reads MemAvailable instead;
+    `_check_memory_for` has already made the same comparison with the right figure."""
+
+    def __enter__(self):
+        from mindspore.train import serialization
+        self._module = serialization
+        self._saved = getattr(serialization, "_get_available_memory", None)
+        if self._saved is not None:
+            serialization._get_available_memory = available_memory_bytes
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            self._module._get_available_memory = self._saved
+        return False
 
 
 def _read_state(path):

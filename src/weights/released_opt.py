@@ -67,9 +67,11 @@ def read_source(path, strategy=None):
 
 
 def _read_file(path):
-    import mindspore as ms
+    from .checkpoint import read_mindspore_file
     try:
-        params = ms.load_checkpoint(path)
+        params = read_mindspore_file(path)
+    except UserError:
+        raise
     except Exception as err:  # MindSpore raises ValueError / RuntimeError on corrupt files
         raise UserError(f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0] if str(err) else err}") \
             from err

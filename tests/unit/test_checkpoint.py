@@ -71,6 +71,35 @@ def test_plain_files_load_with_empty_meta(tmp_path):
     assert meta == {} and sorted(tensors) == ["bias", "weight"] and tuple(tensors["weight"].shape) == (2, 3)
 
 
+def test_page_cache_does_not_count_as_used_memory(tmp_path, monkeypatch):
+    """MindSpore 2.10 compares a .ckpt file with *free* memory (SC_AVPHYS_PAGES); on a machine whose memory is page
+    cache (after writing large files) it refused a 0.9 GB file with 22 GiB available. Free pages are made to read 1
+    here: the file still loads, because the check uses MemAvailable."""
+    ms.save_checkpoint(nn.Dense(64, 64), str(tmp_path / "net.ckpt"))  # 16 KiB, more than one page
+    real_sysconf = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real_sysconf(name))
+    from mindspore.train import serialization
+    with pytest.raises(Exception, match="exceeds current available memory"):
+        ms.load_checkpoint(str(tmp_path / "net.ckpt"))  # the upstream check, as it stands
+    tensors, _ = load_checkpoint(str(tmp_path / "net.ckpt"))
+    assert sorted(tensors) == ["bias", "weight"]
+    assert serialization._get_available_memory() == 1 * real_sysconf("SC_PAGE_SIZE")  # restored after loading
+
+
+def test_a_file_larger_than_available_memory_is_refused_as_such(tmp_path, monkeypatch):
+    ms.save_checkpoint(nn.Dense(3, 2), str(tmp_path / "net.ckpt"))
+    monkeypatch.setattr(ckpt, "available_memory_bytes", lambda: 10)
+    with pytest.raises(UserError, match=r"is read whole into memory, but only 0.00 GiB is available") as err:
+        load_checkpoint(str(tmp_path / "net.ckpt"))
+    assert str(tmp_path / "net.ckpt") in str(err.value) and "corrupt" not in str(err.value)
+
+
+def test_available_memory_is_read_from_meminfo():
+    with open("/proc/meminfo") as f:
+        line = next(x for x in f if x.startswith("MemAvailable:"))
+    assert abs(ckpt.available_memory_bytes() - int(line.split()[1]) * 1024) < 2**30
+
+
 @pytest.mark.parametrize("name", ["junk.ckpt", "junk.safetensors"])
 def test_garbage_plain_file_raises_user_error(tmp_path, name):
     path = tmp_path / name
