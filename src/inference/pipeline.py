@@ -1,8 +1,9 @@
 """One-call inference: `Captioner(ckpt).caption(images)`, `VQA(ckpt).answer(image, question)`, `Retriever(ckpt)`.
 
 Each class reads the run config next to the checkpoint (or `config=`), builds the model in eval mode, loads the
-weights and works in batches of `batch_size`; with `mindir=PREFIX` (and ckpt None) it runs the graphs of an
-`export.py` export instead (src.inference.exported_model). Images are file paths, encoded bytes or float32 arrays
+weights, applies the config's `run.mode` (graph by default: src.engine.context.setup_context) and works in batches of
+`batch_size`; with `mindir=PREFIX` (and ckpt None) it runs the graphs of an `export.py` export instead
+(src.inference.exported_model). Images are file paths, encoded bytes or float32 arrays
 (3, S, S) already transformed; a single item gives a single result, a list gives a list.
 
 Decoding itself is `src.inference.text_generator` (shared with evaluation, SCST and the MindIR runner).
@@ -16,6 +17,7 @@ from src.data.tokenizer import Tokenizer
 from src.data.regions import pack_regions, read_regions
 from src.data.transforms import load_audio, load_image
 from src.inference.retrieval import ImageTower, TextTower
+from src.engine.context import setup_context
 from src.errors import UserError
 from src.inference.loading import load_trained_model, resolve_config
 from src.inference.text_generator import Answerer, TextGenerator, decoding_settings
@@ -40,6 +42,8 @@ class _Loaded:
                                 "<run>/checkpoints/step_00000480 or <run>/best/step_...")
             self.cfg = resolve_config(ckpt, config, overrides)
             self.model = load_trained_model(self.cfg, ckpt)
+        # run.mode applies (graph by default): decoding in PyNative mode ran each step op by op, 3x slower
+        setup_context(self.cfg.run)
         self.tokenizer = Tokenizer(self.cfg.data.vocab, self.cfg.data.lower_case)
         self.batch_size = int(batch_size)
 
