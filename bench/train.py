@@ -4,7 +4,9 @@ Times one pretraining task's step (default MLM over text + image + audio, the fu
 pipeline batch from generated demo data, split into phases, and reports steps/s, samples/s, peak memory (max RSS of the
 train-step process) and achieved GFLOP/s as a fraction of the machine's fp32 matmul throughput measured in the same
 run (2048^3 MatMul in a graph Cell, sampled before and after the phases; the higher sample is the roof, so a moment
-of contention from other processes does not shrink it).
+of contention from other processes does not shrink it). The peak memory of the train step stands next to its analytic
+need, by the parallel planner's formula (parameters + gradients + AdamW moments + the activations the task's stacks
+keep for backward), so the gap shows in every run.
 
 Phases:
 - data: ms per batch of the task's pipeline over `--data_batches` batches after two warm-up ones, with short queues
@@ -162,14 +164,20 @@ def run(args):
         "matmul_roof_samples": roof_samples, "fraction_of_roof": achieved / roof,
         "phases_ms": {"data": data_s * 1e3, **{p: phases[p]["seconds"] * 1e3 for p in MODEL_PHASES}},
         "phase_peak_rss_gb": {p: phases[p]["peak_rss_gb"] for p in MODEL_PHASES},
+        "analytic_need_gb": step["analytic_need_gb"],
         "load_average": os.getloadavg(),
     }
-    rows = [{"phase": k, "ms": v} for k, v in results["phases_ms"].items()]
+    rows = [{"phase": k, "ms": v, "peak_rss_gb": results["phase_peak_rss_gb"].get(k)}
+            for k, v in results["phases_ms"].items()]
+    need = step["analytic_need_gb"]
     print_table(f"{results['config']}, task {args.task}, batch {args.batch_size} in {args.accumulation} "
                 f"micro-batch(es): {results['steps_per_s']:.3f} "
                 f"steps/s, {results['samples_per_s']:.2f} samples/s, {achieved:.0f} GFLOP/s = "
-                f"{100 * results['fraction_of_roof']:.0f}% of the {roof:.0f} GFLOP/s matmul roof, peak RSS "
-                f"{results['peak_rss_gb']:.1f} GB", rows, ["phase", "ms"])
+                f"{100 * results['fraction_of_roof']:.0f}% of the {roof:.0f} GFLOP/s matmul roof; peak RSS "
+                f"{results['peak_rss_gb']:.1f} GB against an analytic need of {need['total']:.1f} GB "
+                f"({results['peak_rss_gb'] / need['total']:.2f}x)", rows, ["phase", "ms", "peak_rss_gb"])
+    print_table("Analytic need of the train step (GB; src.engine.parallel.estimate_memory, fp32, one device)",
+                [need], ["weights", "gradients", "optimizer", "activations", "total"], floatfmt=".2f")
     return results
 
 
@@ -251,7 +259,25 @@ def run_phase(args):
         seconds = timed(lambda: step(*inputs)[0].asnumpy(), args.steps)
     print(f"{args.phase}: {seconds * 1e3:.1f} ms")
     return {"phase": args.phase, "seconds": seconds, "peak_rss_gb": peak_rss_gb(),
-            "parameters": int(sum(p.size for p in model.trainable_params()))}
+            "parameters": int(sum(p.size for p in model.trainable_params())),
+            "analytic_need_gb": analytic_need_gb(model, cfg, args.task, args.batch_size, args.accumulation)}
+
+
+# the decoder a pre-training task trains (the others are not run by its step)
+TASK_DECODER = {"td": "text decoder", "id": "image decoder"}
+
+
+def analytic_need_gb(model, cfg, task, batch_size, accumulation):
+    """What one fp32 training step must hold, by the parallel planner's formula (src.engine.parallel.estimate_memory
+    at dp = mp = 1): weights, gradients, AdamW moments and the activations the task's stacks keep for backward."""
+    from src.engine.parallel import estimate_memory, split_parameter_counts, token_counts, transformer_stacks
+    stacks = [s for s in transformer_stacks(cfg.model, *token_counts(cfg.model))
+              if s.group in ("encoders", TASK_DECODER.get(task))]
+    sharded, replicated = split_parameter_counts(model, {})
+    memory = estimate_memory(sharded, replicated, stacks, 1, 1, batch_size, accumulation, dtype="fp32")
+    parts = {"weights": memory.weights, "gradients": memory.grads, "optimizer": memory.optimizer,
+             "activations": memory.activations}
+    return {**{k: v / 1e9 for k, v in parts.items()}, "total": sum(parts.values()) / 1e9}
 
 
 class _GradOnly(nn.Cell):

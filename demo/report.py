@@ -18,6 +18,7 @@ import numpy as np
 
 from src.data.transforms import write_png
 from src.utils.files import atomic_write_text
+from src.utils.machine import commit_of, machine_description
 from src.utils.results import markdown_table
 
 VQ_RESULTS = "vq/results.json"
@@ -400,33 +401,6 @@ def build_report(out_dir, data_dir="data/demo"):
         parts.append(section(out_dir, rel) if os.path.isfile(os.path.join(out_dir, rel)) else _missing(rel))
         parts.append("")
     return "\n".join(parts)
-
-
-def machine_description():
-    """CPU model, cores, memory, MindSpore version and load: what a measured figure needs next to it."""
-    import platform
-
-    import mindspore as ms
-    cpu = platform.processor() or "unknown CPU"
-    if os.path.isfile("/proc/cpuinfo"):
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    memory = ""
-    if os.path.isfile("/proc/meminfo"):
-        kib = int(open("/proc/meminfo", encoding="utf-8").readline().split()[1])
-        memory = f", {kib / 2 ** 20:.0f} GiB"
-    load = f", load average at the end {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"{os.cpu_count()} x {cpu}{memory}; MindSpore {ms.__version__}, Python {platform.python_version()}{load}"
-
-
-def commit_of(folder="."):
-    import subprocess
-    try:
-        return subprocess.run(["git", "-C", folder, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def results_page(out_dir, data_dir, command):
