@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from src.errors import UserError
+from src.utils.files import write_jsonl
 
 SPLITS = ("train", "val", "test")
 LANGS = ("zh", "en")
@@ -385,12 +386,6 @@ def _render_all(samples, out_dir, image_size, audio_mode, workers):
 
 
 # ------------------------------------------------------------------------------------------------------- output
-def _write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def _manifest_files():
     """Every manifest file name the generator writes."""
     names = ["scenes.jsonl"]
@@ -433,9 +428,9 @@ def _write_manifests(out_dir, samples):
                 vqa += [{"id": f"{s['id']}_q{k}", "image_id": s["id"], "image": image, "question": q,
                          "answers": [a], "rationales": [rationale], "lang": lang}
                         for k, (q, a) in enumerate(s["qa"][lang])]
-            _write_jsonl(out_dir / f"{split}{suffix}.jsonl", captions)
-            _write_jsonl(out_dir / f"{split}_vqa{suffix}.jsonl", vqa)
-    _write_jsonl(out_dir / "scenes.jsonl", [
+            write_jsonl(out_dir / f"{split}{suffix}.jsonl", captions)
+            write_jsonl(out_dir / f"{split}_vqa{suffix}.jsonl", vqa)
+    write_jsonl(out_dir / "scenes.jsonl", [
         {"id": s["id"], "split": s["split"], "spec_hash": scene_hash(s["scene"]), "background": s["background"],
          "objects": [{**dict(zip(("colour", "shape", "size", "position"), spec)), **placed}
                      for spec, placed in zip(scene_spec(s["scene"]), s["placed"])]}

@@ -20,7 +20,7 @@ from src.utils.cli import docstring_parser
 from src.config import add_config_arguments
 from src.metrics.caption import caption_metrics
 from src.utils.results import markdown_table
-from src.utils.files import atomic_write_text
+from src.utils.files import atomic_write_text, write_jsonl
 
 EXAMPLES = 8   # examples shown in the markdown report
 
@@ -121,11 +121,6 @@ def write_report(out_dir, name, title, results, examples, example_columns):
             + "\n## Examples\n\n" + markdown_table(examples, example_columns))
     atomic_write_text(os.path.join(out_dir, f"{name}.md"), text)
     return os.path.join(out_dir, f"{name}.json")
-
-
-def write_jsonl(path, rows):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def evaluate_split(captioner, split, out_dir, batch_size, metrics_hooks=()):

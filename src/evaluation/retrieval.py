@@ -14,6 +14,7 @@ every rank embeds and scores its share (r::world) and rank 0 writes.
     python eval.py --task retrieval --ckpt RUN/best/step_00000100 --mode itc_itm --k 16
     python eval.py --task retrieval --ckpt CKPT --index_out images.npz                   # also save an image index
     python eval.py --task retrieval --ckpt CKPT --index images.npz --query "一只红色的圆" --top 5
+    python eval.py --task retrieval --ckpt CKPT --index images.npz --queries queries.txt   # one per line
     python eval.py --task retrieval --mindir EXPORT_PREFIX --mode itc_itm    # on exported MindIR graphs
 """
 import os
@@ -22,6 +23,7 @@ import time
 import numpy as np
 
 from src.utils.cli import docstring_parser
+from src.utils.files import write_jsonl
 from src.engine.distributed import all_gather_numpy
 from src.errors import UserError
 from src.inference.retrieval import (MODES, RetrievalRunner, cosine_scores, gather_items, gather_pair_scores,
@@ -214,11 +216,28 @@ def query_index(model, cfg, tokenizer, index_path, query, top, retriever=None):
     (e.g. of an export) replaces `model`'s."""
     if not query or not query.strip():
         raise UserError("--index needs a non-empty --query TEXT")
+    return query_index_many(model, cfg, tokenizer, index_path, [query], top, retriever)[0]
+
+
+def query_index_many(model, cfg, tokenizer, index_path, queries, top, retriever=None, batch_size=16):
+    """`query_index` of several texts with one model load: embedded `batch_size` at a time; one hit list each."""
     index = load_index(index_path)
-    ids, mask = tokenizer.encode_padded(query, cfg.model.text.max_len)
-    retriever = retriever or RetrievalRunner(model, 1)
-    features = retriever.embed_texts(ids[None], mask[None], keep_tokens=False, desc="query")["features"]
-    return search_index(index, features, top)[0]
+    pairs = [tokenizer.encode_padded(q, cfg.model.text.max_len) for q in queries]
+    ids, mask = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    retriever = retriever or RetrievalRunner(model, batch_size)
+    features = retriever.embed_texts(ids, mask, keep_tokens=False, desc="queries")["features"]
+    return search_index(index, features, top)
+
+
+def read_queries(path):
+    """The queries of a UTF-8 text file, one per line; blank lines are skipped (and an empty file is an error)."""
+    if not os.path.isfile(path):
+        raise UserError(f"--queries {path}: no such file; give a UTF-8 text file with one query per line")
+    with open(path, encoding="utf-8") as f:
+        queries = [line.strip() for line in f if line.strip()]
+    if not queries:
+        raise UserError(f"--queries {path} holds no query; write one query per line")
+    return queries
 
 
 def image_sources(data_path, references):
@@ -253,6 +272,9 @@ def build_parser():
     parser.add_argument("--index_out", default=None, metavar="FILE", help="also save the image embeddings (npz)")
     parser.add_argument("--index", default=None, metavar="FILE", help="query this index instead of evaluating")
     parser.add_argument("--query", default=None, help="text to search the --index for")
+    parser.add_argument("--queries", default=None, metavar="FILE",
+                        help="search the --index for every line of this UTF-8 file with one model load; the hits "
+                             "go to <out>/query_hits.jsonl")
     parser.add_argument("--top", type=int, default=None, help="images to print for --query (default: retrieval.top)")
     return parser
 
@@ -271,8 +293,11 @@ def main(argv=None, metrics_hooks=()):
     from src.utils.results import markdown_table, write_results
 
     args = build_parser().parse_args(argv)
-    if args.query is not None and args.index is None:
-        raise UserError("--query needs --index FILE (an index written with --index_out)")
+    if (args.query is not None or args.queries is not None) and args.index is None:
+        raise UserError("--query / --queries need --index FILE (an index written with --index_out)")
+    if args.query is not None and args.queries is not None:
+        raise UserError("give --query TEXT or --queries FILE, not both")
+    queries = read_queries(args.queries) if args.queries else None
     exported = None
     if args.mindir:
         from src.inference.exported_model import ExportedModel
@@ -283,6 +308,20 @@ def main(argv=None, metrics_hooks=()):
     dist = setup_context(cfg)
     tokenizer = Tokenizer(cfg.data.vocab, cfg.data.lower_case)
     model = load_trained_model(cfg, args.ckpt) if exported is None else None
+    if args.index and queries:
+        batch_size = setting(args, cfg, "batch_size")
+        hits = query_index_many(model, cfg, tokenizer, args.index, queries, setting(args, cfg, "top"),
+                                exported.retriever(batch_size) if exported else None, batch_size)
+        if dist.is_main:
+            out = args.out or (default_out_dir(args.ckpt) if args.ckpt else
+                               os.path.join(os.path.dirname(os.path.abspath(exported.path)), "eval_retrieval"))
+            path = os.path.join(out, "query_hits.jsonl")
+            write_jsonl(path, [{"query": q, "hits": h} for q, h in zip(queries, hits)])
+            rows = [{"query": q, **hit} for q, h in zip(queries, hits) for hit in h]
+            print(markdown_table(rows, ["query", "rank", "score", "id", "image_id", "source"], floatfmt=".4f"),
+                  end="")
+            print(f"{len(queries)} queries; hits written to {path}")
+        return 0
     if args.index:
         hits = query_index(model, cfg, tokenizer, args.index, args.query, setting(args, cfg, "top"),
                            exported.retriever(1) if exported else None)

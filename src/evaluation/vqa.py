@@ -15,9 +15,10 @@ answer seen in data.train (config vqa.answer_list_size keeps only the most frequ
 import os
 from collections import Counter
 
+from src.utils.files import write_jsonl
 from src.utils.cli import docstring_parser
 from src.evaluation.caption import (EXAMPLES, add_common_arguments, audio_of, decoding_overrides, eval_batches,
-                                    split_path, write_jsonl, write_report)
+                                    split_path, write_report)
 from src.metrics.caption import caption_metrics
 from src.utils.results import markdown_table
 from src.metrics.vqa import majority_baseline, normalize_answer, vqa_metrics

@@ -1,5 +1,6 @@
 """Atomic writes: a file appears whole under its name or not at all, whatever kills the process in between."""
 import contextlib
+import json
 import os
 import tempfile
 
@@ -47,3 +48,10 @@ def fsync_path(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_jsonl(path, rows):
+    """`rows` (JSON-serialisable dicts) as UTF-8 JSON lines (non-ASCII kept readable), written atomically; the
+    folder is created."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -49,6 +49,15 @@ def test_fine_tune_then_evaluate_and_query(data, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 ") or
              line.startswith("| 2 ")]
     assert len(lines) == 2 and str(data / "images") in lines[0]
+    single = [line.split("|")[3].strip() for line in lines]   # the ids of the two hits
+
+    queries = tmp_path / "queries.txt"
+    queries.write_text("一只红色的圆\n\n两个蓝色的方块\n", encoding="utf-8")
+    assert eval_cli.main(["--task", "retrieval", "--ckpt", str(best), "--index", str(index),
+                          "--queries", str(queries), "--top", "2", "--out", str(tmp_path / "q")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "q" / "query_hits.jsonl").read_text().splitlines()]
+    assert [r["query"] for r in rows] == ["一只红色的圆", "两个蓝色的方块"]   # the blank line is skipped
+    assert [h["id"] for h in rows[0]["hits"]] == single and [len(r["hits"]) for r in rows] == [2, 2]
 
 
 def test_user_errors_exit_with_code_2(data, tmp_path, capsys):
@@ -58,6 +67,11 @@ def test_user_errors_exit_with_code_2(data, tmp_path, capsys):
     assert run_main(eval_cli.main, ["--task", "retrieval", "--ckpt", str(tmp_path / "none"), "--config",
                                     str(config), "--index", str(tmp_path / "missing.npz"), "--query", "圆"]) == 2
     assert "error:" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n", encoding="utf-8")
+    assert run_main(eval_cli.main, ["--task", "retrieval", "--ckpt", str(tmp_path / "none"), "--config",
+                                    str(config), "--index", "i.npz", "--queries", str(empty)]) == 2
+    assert "holds no query" in capsys.readouterr().err
     assert run_main(train_retrieval.main, ["--config", str(config), "--set", "train.batch_size=1",
                                            f"data.train={data / 'train.mindrecord'}"]) == 2
     assert "batch_size must be >= 2" in capsys.readouterr().err
