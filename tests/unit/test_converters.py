@@ -187,6 +187,33 @@ def test_cn_chinese_clip_jsonl_with_imgs_tsv(tmp_path, capsys):
     assert_skipped(tmp_path, capsys, 1, "line 3")
 
 
+def test_cn_chinese_clip_repeated_image_id(tmp_path, capsys):
+    """Chinese-CLIP imgs.tsv (image_id<TAB>url-safe base64): a repeated image_id with the same image is written
+    once and counted; with a different image it names the file, both lines and the id instead of replacing it."""
+    red = image_base64("red", "JPEG", urlsafe=True)
+    rows = [f"1000\t{red}", f"1001\t{image_base64('blue', urlsafe=True)}", f"1000\t{red}"]
+    imgs = write_text(tmp_path / "valid_imgs.tsv", rows)
+    texts = write_text(
+        tmp_path / "valid_texts.jsonl",
+        [
+            json.dumps({"text_id": 1, "text": "一只猫", "image_ids": [1000]}, ensure_ascii=False),
+            json.dumps({"text_id": 2, "text": "一只狗", "image_ids": [1001]}, ensure_ascii=False),
+        ],
+    )
+    argv = ["cn-captions", "--texts_jsonl", texts, "--imgs_tsv", imgs, "--image_dir", str(tmp_path / "images")]
+    code, samples = convert(tmp_path, argv)
+    assert code == 0 and [(s["id"], s["captions"]) for s in samples] == [("1000", ["一只猫"]), ("1001", ["一只狗"])]
+    assert "1 repeated lines of" in capsys.readouterr().out
+
+    write_text(tmp_path / "valid_imgs.tsv", rows + [f"1000\t{image_base64('green', 'JPEG', urlsafe=True)}"])
+    code = convert(tmp_path, argv)[0]
+    assert_bad_entry(capsys, code, "valid_imgs.tsv line 4 (image_id '1000')", "also on line 1", "different image")
+    code, samples = convert(tmp_path, argv, skip_bad=True)
+    assert code == 0 and [s["id"] for s in samples] == ["1001"]  # neither image of 1000 is trusted
+    assert_skipped(tmp_path, capsys, 2, "line 4")
+    assert not (tmp_path / "images" / "1000.jpg").exists()
+
+
 # --- opt-textdb -----------------------------------------------------------------------------------------------------
 
 
