@@ -181,10 +181,30 @@ def test_cn_chinese_clip_jsonl_with_imgs_tsv(tmp_path, capsys):
     assert "1 images of" in capsys.readouterr().out
 
     with open(texts, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"text_id": 3, "text": "空", "image_ids": []}) + "\n")
+        f.write(json.dumps({"text_id": 3, "text": "空", "image_id": 1000}) + "\n")
     assert_bad_entry(capsys, convert(tmp_path, argv)[0], "test_texts.jsonl line 3", "image_ids")
     assert convert(tmp_path, argv, skip_bad=True)[0] == 0
     assert_skipped(tmp_path, capsys, 1, "line 3")
+
+
+def test_cn_chinese_clip_texts_without_image(tmp_path, capsys):
+    """Chinese-CLIP test splits (e.g. MUGE test_texts.jsonl) hold texts with "image_ids": []: not an error, but
+    left out and counted with their text_ids, since a sample is an image with its texts."""
+    touch(tmp_path / "images" / "1000.jpg")
+    texts = write_text(
+        tmp_path / "test_texts.jsonl",
+        [
+            json.dumps({"text_id": 248816, "text": "一只猫", "image_ids": []}, ensure_ascii=False),
+            json.dumps({"text_id": 248817, "text": "一只狗", "image_ids": [1000]}, ensure_ascii=False),
+            json.dumps({"text_id": 248818, "text": "猫在跑", "image_ids": []}, ensure_ascii=False),
+        ],
+    )
+    argv = ["cn-captions", "--texts_jsonl", texts, "--image_dir", str(tmp_path / "images")]
+    code, samples = convert(tmp_path, argv)
+    assert code == 0 and [(s["id"], s["captions"]) for s in samples] == [("1000", ["一只狗"])]
+    out = capsys.readouterr().out
+    assert '2 texts of' in out and '"image_ids": [] left out (text_id 248816, 248818)' in out
+    assert not (tmp_path / "out" / "m.jsonl.skipped.tsv").exists()
 
 
 def test_cn_chinese_clip_repeated_image_id(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 Flickr30K-CN / COCO-CN: --image_list (one image name per line: the split) and --captions (lines
 `image_name#k<TAB>caption`, all splits may share one file). Chinese-CLIP: --texts_jsonl (lines
-`{"text_id", "text", "image_ids"}`) with images `<image_id><image_ext>` in --image_dir, or extracted there first from
+`{"text_id", "text", "image_ids"}`; texts with `"image_ids": []`, found in test splits, are counted and left out) with
+images `<image_id><image_ext>` in --image_dir, or extracted there first from
 --imgs_tsv (lines `image_id<TAB>base64`). One sample per image with all its captions.
 """
 
@@ -17,6 +18,7 @@ from src.data.converters.common import decode_base64_image, first_file, stem, wi
 from src.errors import UserError
 
 DEFAULT_LANG = "zh"
+SHOWN_TEXT_IDS = 10
 
 
 def add_arguments(parser):
@@ -123,7 +125,7 @@ def extract_imgs_tsv(imgs_tsv, image_dir, report):
 def convert_texts_jsonl(texts_jsonl, image_dir, report, lang=DEFAULT_LANG, image_ext=".jpg", imgs_tsv=None):
     """Return one sample per image referenced by a Chinese-CLIP `<split>_texts.jsonl`."""
     extracted, conflicts = extract_imgs_tsv(imgs_tsv, image_dir, report) if imgs_tsv else (None, {})
-    captions = defaultdict(list)
+    captions, without_image = defaultdict(list), []
     for line_no, line in _text_lines(texts_jsonl):
         entry = f"{texts_jsonl} line {line_no}"
         try:
@@ -133,8 +135,11 @@ def convert_texts_jsonl(texts_jsonl, image_dir, report, lang=DEFAULT_LANG, image
             continue
         record = record if isinstance(record, dict) else {}
         text, image_ids = record.get("text"), record.get("image_ids")
-        if not isinstance(text, str) or not text.strip() or not isinstance(image_ids, list) or not image_ids:
-            report.bad(entry, "needs a non-empty 'text' and a non-empty list 'image_ids'")
+        if not isinstance(text, str) or not text.strip() or not isinstance(image_ids, list):
+            report.bad(entry, "needs a non-empty 'text' and a list 'image_ids'")
+            continue
+        if not image_ids:
+            without_image.append(str(record.get("text_id", f"line {line_no}")))
             continue
         for image_id in image_ids:
             captions[str(image_id)].append(text.strip())
@@ -150,6 +155,10 @@ def convert_texts_jsonl(texts_jsonl, image_dir, report, lang=DEFAULT_LANG, image
             report.bad(f"{texts_jsonl} image_id {image_id}", f"image not found in {imgs_tsv or image_dir}")
         else:
             samples.append({"id": image_id, "image": os.path.abspath(path), "captions": texts, "lang": lang})
+    if without_image:
+        shown = ", ".join(without_image[:SHOWN_TEXT_IDS]) + (", ..." if len(without_image) > SHOWN_TEXT_IDS else "")
+        report.note(f"{len(without_image)} texts of {texts_jsonl} with \"image_ids\": [] left out (text_id {shown}): "
+                    "a sample is one image with its texts, and a text without its image cannot be scored in retrieval")
     if extracted is not None:
         report.note(f"{len(set(extracted) - set(captions))} images of {imgs_tsv} have no text and are left out")
     return samples
