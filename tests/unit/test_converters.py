@@ -351,6 +351,26 @@ def test_vqa2_question_without_annotation(tmp_path, vqa_files, capsys):
     assert_skipped(tmp_path, capsys, 1, "question_id 51")
 
 
+def test_vqa2_test_dev_uses_test2015_images(tmp_path, capsys):
+    """v2_OpenEnded_mscoco_test-dev2015_questions.json (data_subtype test-dev2015) asks about test2015 images, which
+    are named COCO_test2015_<id>.jpg: there is no COCO_test-dev2015_ file."""
+    touch(tmp_path / "test2015" / "COCO_test2015_000000000001.jpg")
+    questions = {
+        "info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {},
+        "data_subtype": "test-dev2015",
+        "questions": [{"image_id": 1, "question": "Is it raining?", "question_id": 10}],
+    }
+    path = write_json(tmp_path / "v2_OpenEnded_mscoco_test-dev2015_questions.json", questions)
+    for subtype in ([], ["--data_subtype", "test-dev2015"]):
+        argv = ["vqa2", "--questions", path, "--image_dir", str(tmp_path / "test2015")] + subtype
+        code, samples = convert(tmp_path, argv)
+        assert code == 0
+        assert [(s["id"], s["image"], "answers" in s) for s in samples] == [
+            ("10", "../test2015/COCO_test2015_000000000001.jpg", False)
+        ]
+        assert "test-dev2015 questions are about test2015 images" in capsys.readouterr().out
+
+
 # --- ofa-tsv --------------------------------------------------------------------------------------------------------
 
 

@@ -2,7 +2,8 @@
 
 One sample per question with its 10 human answers. Without --annotations (test sets) the samples have no answers.
 Image `<n>` is `--image_dir/COCO_<subtype>_<n:012d>.jpg`; the subtype (e.g. val2014) comes from the questions file's
-`data_subtype` unless --data_subtype is given.
+`data_subtype` unless --data_subtype is given; test-dev2015 questions use the test2015 images
+(`COCO_test2015_<n:012d>.jpg`), of which test-dev is a subset.
 """
 
 import os
@@ -11,6 +12,8 @@ from src.data.converters.common import json_list, load_json
 from src.errors import UserError
 
 DEFAULT_LANG = "en"
+# question subtypes whose images carry another subtype's file names: test-dev is a subset of the test2015 images
+IMAGE_SUBTYPE = {"test-dev2015": "test2015"}
 
 
 def add_arguments(parser):
@@ -46,6 +49,10 @@ def convert_vqa2(questions_json, annotations_json, image_dir, report, lang=DEFAU
     subtype = data_subtype or data.get("data_subtype")
     if not isinstance(subtype, str) or not subtype:
         raise UserError(f"{questions_json} has no 'data_subtype'; pass --data_subtype, e.g. val2014")
+    if subtype in IMAGE_SUBTYPE:
+        report.note(f"{subtype} questions are about {IMAGE_SUBTYPE[subtype]} images: "
+                    f"looking for COCO_{IMAGE_SUBTYPE[subtype]}_<image_id>.jpg")
+        subtype = IMAGE_SUBTYPE[subtype]
     answers = _answers_by_question(annotations_json, report) if annotations_json else None
     samples, answered = [], set()
     for index, question in enumerate(questions):
