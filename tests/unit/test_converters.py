@@ -351,6 +351,23 @@ def test_vqa2_question_without_annotation(tmp_path, vqa_files, capsys):
     assert_skipped(tmp_path, capsys, 1, "question_id 51")
 
 
+def test_vqa2_blank_answer_keeps_question(tmp_path, vqa_files, capsys):
+    """VQA v2 annotations: 10 answers {answer, answer_confidence, answer_id}; one blank among them leaves the
+    question with its 9 others and is counted, only a question with no non-blank answer is a bad entry."""
+    questions, annotations, answers, argv = vqa_files
+    given = [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]
+    given[3]["answer"] = " "
+    annotations["annotations"][0].update(answers=given, multiple_choice_answer="red0", answer_type="other")
+    annotations["annotations"][1]["answers"] = [{"answer": "", "answer_confidence": "no", "answer_id": 1}]
+    argv = argv + ["--questions", write_json(tmp_path / "q.json", questions)]
+    argv += ["--annotations", write_json(tmp_path / "a.json", annotations)]
+    assert_bad_entry(capsys, convert(tmp_path, argv)[0], "a.json annotation [1] (question_id 51)", "non-blank")
+    code, samples = convert(tmp_path, argv, skip_bad=True)
+    assert code == 0 and [(s["id"], s["answers"]) for s in samples] == [("50", answers[:3] + answers[4:])]
+    out = capsys.readouterr().out
+    assert "1 blank answers of 1 questions in" in out and "skipped 2 bad entries" in out  # 51: annotation, question
+
+
 def test_vqa2_test_dev_uses_test2015_images(tmp_path, capsys):
     """v2_OpenEnded_mscoco_test-dev2015_questions.json (data_subtype test-dev2015) asks about test2015 images, which
     are named COCO_test2015_<id>.jpg: there is no COCO_test-dev2015_ file."""
