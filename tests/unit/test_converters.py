@@ -262,6 +262,25 @@ def test_opt_textdb(tmp_path, opt_db):
     ]
 
 
+def test_opt_textdb_cc3m_cc12m_ids_and_unk(tmp_path, opt_db):
+    """The original loader (data_three.py ImgData.get_image) opens cc3m / cc12m ids as they are (their own file
+    names), without `.jpg`; an [UNK] token id stays visible in the decoded caption."""
+    _, argv = opt_db
+    db = tmp_path / "txt"
+    write_json(db / "cc3m" / "training" / "1000001_2.json", {"input_ids": [5, 1, 7]})  # 一 [UNK] 猫
+    write_json(db / "cc12m" / "00000" / "000000001.png.json", {"input_ids": [5, 6, 8]})
+    touch(tmp_path / "img" / "cc3m" / "training" / "1000001_2")
+    touch(tmp_path / "img" / "cc12m" / "00000" / "000000001.png")
+    touch(tmp_path / "img" / "cc3m" / "training" / "1000001_2.jpg")  # must not be picked instead
+    ids = ["cc3m/training/1000001_2", "cc12m/00000/000000001.png"]
+    code, samples = convert(tmp_path, argv + ["--ids", write_json(tmp_path / "ids.json", ids)])
+    assert code == 0
+    assert [(s["id"], s["image"], s["captions"]) for s in samples] == [
+        ("cc3m/training/1000001_2", "../img/cc3m/training/1000001_2", ["一[UNK]猫"]),
+        ("cc12m/00000/000000001", "../img/cc12m/00000/000000001.png", ["一只狗"]),
+    ]
+
+
 def test_opt_textdb_bad_id(tmp_path, opt_db, capsys):
     ids, argv = opt_db
     argv = argv + ["--ids", write_json(tmp_path / "ids.json", ids + ["img_c.jpg0"])]
