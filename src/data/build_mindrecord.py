@@ -8,7 +8,9 @@ One record per accepted manifest sample (fields in `record_schema`). Rejected sa
 the data, `<out>.meta.json` records the vocabulary (path and sha256), the tokenizer's fingerprint (its rules,
 lower_case and vocabulary: `tokenizer_fingerprint`) and what the data holds; the dataset builders
 (`src/data/pretrain_data.py`, `src/data/finetune_data.py`) read it. Output is atomic: files are written in a
-temporary folder, then moved into place, the meta file last.
+temporary folder, then moved into place, the meta file last. A build that fails (`--strict` with rejects, or nothing
+accepted) removes the MindRecord of an earlier build at `<out>`, so that it cannot pass for this manifest's; the
+error and the report's `removed_previous` name the removed files.
 """
 import argparse
 import hashlib
@@ -375,13 +377,22 @@ def build_mindrecord(manifest, out, vocab, shards=1, workers=2, strict=False, ma
     try:
         summary = _write_records(jobs, os.path.join(tmp_dir, name), shards, workers, settings, rejects)
         report = _report(manifest, out, vocab, settings, summary, rejects, strict)
-        atomic_write_text(f"{out}.report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        failure = None
         if rejects and strict:
             shown = "; ".join(entry["message"] for entry in rejects[:SHOWN_IN_ERROR])
-            raise UserError(f"--strict: {len(rejects)} of {scanned} samples rejected, "
-                            f"first: {shown}; see {out}.report.json")
-        if summary["accepted"] == 0:
-            raise UserError(f"no sample of {manifest} was accepted; see {out}.report.json")
+            failure = f"--strict: {len(rejects)} of {scanned} samples rejected, first: {shown}"
+        elif summary["accepted"] == 0:
+            failure = f"no sample of {manifest} was accepted"
+        if failure:
+            # a MindRecord of an earlier build must not pass for this manifest's: remove it, and say so
+            report["removed_previous"] = _remove_previous(folder, name)
+        atomic_write_text(f"{out}.report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        if failure:
+            removed = report["removed_previous"]
+            if removed:
+                failure += (f"; the previous MindRecord at {out} ({', '.join(removed)}) was removed so that it "
+                            "cannot be taken for this manifest's; fix the manifest and rebuild")
+            raise UserError(f"{failure}; see {out}.report.json")
         _move_into_place(tmp_dir, folder, summary["files"])
         atomic_write_text(f"{out}.meta.json", json.dumps(_meta(report, summary), indent=2, ensure_ascii=False))
     finally:
@@ -452,6 +463,21 @@ def _move_into_place(tmp_dir, folder, files):
         os.replace(os.path.join(tmp_dir, f), os.path.join(folder, f))
 
 
+def _remove_previous(folder, name):
+    """Remove the files of an earlier build at `folder/name` (data, shards, .db index files, meta); return their
+    names. The meta goes first: without it no pipeline opens the data."""
+    meta = f"{name}.meta.json"
+    removed = [meta] if os.path.exists(os.path.join(folder, meta)) else []
+    if removed:
+        os.remove(os.path.join(folder, meta))
+    data = re.compile(re.escape(name) + r"\d*(\.db)?")
+    for old in sorted(os.listdir(folder)):
+        if data.fullmatch(old) and os.path.isfile(os.path.join(folder, old)):
+            os.remove(os.path.join(folder, old))
+            removed.append(old)
+    return removed
+
+
 def _region_width(settings):
     return settings["region_dim"] + settings["region_box_dim"] if settings["region_dim"] else 0
 
@@ -503,6 +529,8 @@ def summary_line(report):
     reasons = ", ".join(f"{reason} {count}" for reason, count in report["rejected_by_reason"].items())
     rejected = f"rejected {report['rejected']}" + (f" ({reasons})" if reasons else "")
     where = report["out"] if report["written"] else "nothing written"
+    if report.get("removed_previous"):
+        where += f" (previous MindRecord removed: {', '.join(report['removed_previous'])})"
     return f"accepted {report['accepted']}, {rejected}; {where}; report {report['out']}.report.json"
 
 

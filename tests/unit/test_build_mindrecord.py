@@ -175,6 +175,25 @@ def test_strict_fails_and_writes_no_data(demo, tmp_path, capsys):
         build_mindrecord(str(empty), str(tmp_path / "empty.mindrecord"), vocab, workers=1)
 
 
+def test_failed_rebuild_leaves_no_previous_mindrecord(demo, tmp_path, capsys):
+    """A --strict rebuild that fails must not leave the earlier build's files to pass for the new manifest's."""
+    root, vocab = demo
+    out = tmp_path / "again.mindrecord"
+    assert main(["--manifest", str(root / "train.jsonl"), "--out", str(out), "--vocab", vocab, "--workers", "1",
+                 "--shards", "2", "--max_frames", "8"]) == 0
+    assert (tmp_path / "again.mindrecord.meta.json").exists()
+    capsys.readouterr()
+    code = main(["--manifest", str(root / "mixed.jsonl"), "--out", str(out), "--vocab", vocab, "--workers", "1",
+                 "--strict", "--max_frames", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the previous MindRecord at" in err and "again.mindrecord0" in err and "removed" in err
+    assert sorted(os.listdir(tmp_path)) == ["again.mindrecord.report.json"]
+    report = json.loads((tmp_path / "again.mindrecord.report.json").read_text(encoding="utf-8"))
+    assert report["written"] is False and report["rejected"] == 9
+    assert report["removed_previous"] == ["again.mindrecord.meta.json", "again.mindrecord0", "again.mindrecord0.db",
+                                          "again.mindrecord1", "again.mindrecord1.db"]
+
+
 @pytest.mark.slow
 def test_pool_workers_and_shards_give_the_same_records(demo, tmp_path):
     root, vocab = demo
