@@ -105,7 +105,8 @@ def scan_manifest(path):
     """Read the manifest line by line as bytes; return (jobs, rejects).
 
     jobs: (line_no, sample) with the sample resolved like `read_manifest` does; rejects: dicts (line, id, reason,
-    message) for lines that are not UTF-8, not JSON, break the format, repeat an id or have no usable text.
+    message; a repeated id also first_line, the line that used it first) for lines that are not UTF-8, not JSON, break
+    the format, repeat an id or have no usable text.
     """
     if not os.path.isfile(path):
         raise UserError(f"manifest {path} not found")
@@ -126,6 +127,8 @@ def scan_manifest(path):
                                                f"{line_of_id[sample['id']]}; ids must be unique", sample["id"])
         except Rejected as err:
             rejects.append(_reject_entry(line_no, err))
+            if err.reason == "duplicate_id":
+                rejects[-1]["first_line"] = line_of_id[err.sample_id]
             continue
         line_of_id[sample["id"]] = line_no
         resolved = _resolved(sample, folder)

@@ -73,7 +73,8 @@ def test_rejects_are_counted_per_reason_and_named_by_line(demo, tmp_path):
         (None, "invalid_utf8"), (None, "invalid_json"), ("train_000003", "duplicate_id")]
     assert "line 32: not valid JSON" in by_line[32]["message"]
     assert "line 31: not UTF-8" in by_line[31]["message"]
-    assert "already used on line 4" in by_line[33]["message"]
+    assert "mixed.jsonl line 33: id 'train_000003' already used on line 4" in by_line[33]["message"]
+    assert by_line[33]["first_line"] == 4 and "first_line" not in by_line[32]
     saved = json.loads((tmp_path / "mixed.mindrecord.report.json").read_text(encoding="utf-8"))
     assert saved["rejected_by_reason"] == report["rejected_by_reason"]
     assert saved["vocab_sha256"] == vocab_sha256(vocab) and saved["schema"] == record_schema(80)

@@ -467,7 +467,19 @@ def test_repeated_ids_are_bad_entries(tmp_path, capsys):
     rows = [f"1\t7\tq one?\t1.0|!+a\t\t{image}", f"1\t7\tq two?\t1.0|!+b\t\t{image}"]
     argv = ["ofa-tsv", "--kind", "vqa", "--image_dir", str(tmp_path / "images")]
     argv += ["--tsv", write_text(tmp_path / "vqa.tsv", rows)]
-    assert_bad_entry(capsys, convert(tmp_path, argv)[0], "id '1'", "earlier sample")
+    assert_bad_entry(capsys, convert(tmp_path, argv)[0], "vqa.tsv line 2: id '1'", "from ", "vqa.tsv line 1;")
+    code, samples = convert(tmp_path, argv, skip_bad=True)
+    assert code == 0 and [s["question"] for s in samples] == ["q one?"] and "_source" not in samples[0]
+    assert_skipped(tmp_path, capsys, 1, "vqa.tsv line 2: id '1'")
+
+
+def test_repeated_ids_name_both_entries_vqa2(tmp_path, vqa_files, capsys):
+    """VQA v2 questions: a question_id listed twice names both places of the questions file."""
+    questions, _, _, argv = vqa_files
+    questions["questions"].append({"image_id": 5, "question": "Again?", "question_id": 50})
+    argv = argv + ["--questions", write_json(tmp_path / "q.json", questions)]
+    assert_bad_entry(capsys, convert(tmp_path, argv)[0], "q.json question [2] (question_id 50): id '50'",
+                     "q.json question [0] (question_id 50)")
 
 
 def test_nothing_converted_is_an_error(tmp_path, capsys):

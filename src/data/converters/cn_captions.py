@@ -14,7 +14,8 @@ from collections import defaultdict
 
 from tqdm import tqdm
 
-from src.data.converters.common import decode_base64_image, first_file, stem, with_suffix, write_image_bytes
+from src.data.converters.common import (SOURCE, decode_base64_image, first_file, stem, with_suffix,
+                                        write_image_bytes)
 from src.errors import UserError
 
 DEFAULT_LANG = "zh"
@@ -79,7 +80,8 @@ def convert_caption_lines(image_list, caption_file, image_dirs, report, lang=DEF
         elif path is None:
             report.bad(entry, f"image file not found in {' '.join(image_dirs)}")
         else:
-            samples.append({"id": stem(name), "image": os.path.abspath(path), "captions": captions[name], "lang": lang})
+            sample = {"id": stem(name), "image": os.path.abspath(path), "captions": captions[name], "lang": lang}
+            samples.append({**sample, SOURCE: entry})
     return samples
 
 
@@ -154,7 +156,8 @@ def convert_texts_jsonl(texts_jsonl, image_dir, report, lang=DEFAULT_LANG, image
         elif path is None:
             report.bad(f"{texts_jsonl} image_id {image_id}", f"image not found in {imgs_tsv or image_dir}")
         else:
-            samples.append({"id": image_id, "image": os.path.abspath(path), "captions": texts, "lang": lang})
+            sample = {"id": image_id, "image": os.path.abspath(path), "captions": texts, "lang": lang}
+            samples.append({**sample, SOURCE: f"{texts_jsonl} image_id {image_id}"})
     if without_image:
         shown = ", ".join(without_image[:SHOWN_TEXT_IDS]) + (", ..." if len(without_image) > SHOWN_TEXT_IDS else "")
         report.note(f"{len(without_image)} texts of {texts_jsonl} with \"image_ids\": [] left out (text_id {shown}): "

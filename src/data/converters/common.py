@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from src.errors import UserError
 
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+SOURCE = "_source"  # key of a converted sample: the input entry it comes from (file and line), not written out
 IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
 
 

@@ -15,7 +15,7 @@ import re
 
 from tqdm import tqdm
 
-from src.data.converters.common import first_file, load_json, stem
+from src.data.converters.common import SOURCE, first_file, load_json, stem
 from src.data.tokenizer import Tokenizer
 from src.errors import UserError
 
@@ -117,5 +117,6 @@ def convert_opt_textdb(txt_db, ids_json, image_dir, vocab_path, report, lang=DEF
             report.bad(f"{ids_json} image {name}", f"image file not found in {image_dir}")
             continue
         ordered = [caption for _, caption in sorted(numbered, key=lambda pair: pair[0])]
-        samples.append({"id": stem(name), "image": os.path.abspath(path), "captions": ordered, "lang": lang})
+        sample = {"id": stem(name), "image": os.path.abspath(path), "captions": ordered, "lang": lang}
+        samples.append({**sample, SOURCE: f"{ids_json} image {name}"})
     return samples

@@ -9,7 +9,7 @@ Image `<n>` is `--image_dir/COCO_<subtype>_<n:012d>.jpg`; the subtype (e.g. val2
 
 import os
 
-from src.data.converters.common import json_list, load_json
+from src.data.converters.common import SOURCE, json_list, load_json
 from src.errors import UserError
 
 DEFAULT_LANG = "en"
@@ -84,6 +84,7 @@ def convert_vqa2(questions_json, annotations_json, image_dir, report, lang=DEFAU
             "image_id": str(question["image_id"]),
             "question": text.strip(),
             "lang": lang,
+            SOURCE: entry,
         }
         if answers is not None:
             sample["answers"] = answers[question_id]
