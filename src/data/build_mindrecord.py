@@ -83,6 +83,7 @@ def record_schema(audio_dim, region_width=0):
         "audio_frames": {"type": "int32"},
         "question_ids": {"type": "int32", "shape": [-1]},
         "answers": {"type": "string"},
+        "answer_scores": {"type": "string"},
         "rationales": {"type": "string"},
         "lang": {"type": "string"},
         "image_tokens": {"type": "int32", "shape": [-1]},
@@ -180,6 +181,11 @@ def _check_text(sample, where):
             raise Rejected("empty_text", f"{where}: empty question or answers; write them or remove the line")
         if isinstance(rationales, list) and any(_blank(rationale) for rationale in rationales):
             raise Rejected("empty_text", f"{where}: blank rationale; write it or remove it from 'rationales'")
+        scores = sample.get("answer_scores", [])
+        if isinstance(scores, list) and any(isinstance(score, (int, float)) and not 0 <= score < float("inf")
+                                            for score in scores):
+            raise Rejected("invalid_sample", f"{where}: 'answer_scores' must be finite and >= 0 (confidences); "
+                                             "fix them or remove the field")
         return
     captions = sample.get("captions", [sample["text"]] if "text" in sample else [])
     if isinstance(captions, list) and (not captions or any(_blank(caption) for caption in captions)):
@@ -286,6 +292,7 @@ def _record(sample, where, settings):
         "audio_frames": np.int32(len(audio)),
         "question_ids": tokenizer.encode(question, MAX_TEXT_TOKENS) if question else _empty((0,), np.int32),
         "answers": json.dumps(sample.get("answers", []), ensure_ascii=False),
+        "answer_scores": json.dumps([float(score) for score in sample.get("answer_scores", [])]),
         "rationales": json.dumps(sample.get("rationales", []), ensure_ascii=False),
         "lang": sample["lang"],
         "image_tokens": tokens,
@@ -409,8 +416,8 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
 
     writer = FileWriter(tmp_out, shard_num=shards, overwrite=True)
     writer.add_schema(record_schema(settings["audio_dim"], _region_width(settings)), "OPT manifest samples")
-    flags = {"has_audio": False, "has_vqa": False, "has_image_tokens": False, "has_captions": True,
-             "has_rationales": True, "has_image": settings["require_image"]}
+    flags = {"has_audio": False, "has_vqa": False, "has_answer_scores": False, "has_image_tokens": False,
+             "has_captions": True, "has_rationales": True, "has_image": settings["require_image"]}
     pending, accepted = [], 0
     bar = tqdm(total=len(jobs), desc="mindrecord", unit="sample", disable=None)
     for status, _, result in _processed(jobs, workers, settings):
@@ -422,6 +429,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
         accepted += 1
         flags["has_audio"] |= len(result["audio"]) > 0
         flags["has_vqa"] |= len(result["question_ids"]) > 0
+        flags["has_answer_scores"] |= result["answer_scores"] != "[]"
         flags["has_image_tokens"] |= len(result["image_tokens"]) > 0
         flags["has_captions"] &= len(result["caption_lens"]) > 0
         flags["has_rationales"] &= result["rationales"] != "[]"
@@ -517,6 +525,7 @@ def _meta(report, summary):
         "has_audio": summary["has_audio"],
         "audio_dim": report["settings"]["audio_dim"],
         "has_vqa": summary["has_vqa"],
+        "has_answer_scores": summary["has_answer_scores"],
         "has_image_tokens": summary["has_image_tokens"],
         "has_regions": report["settings"]["region_dim"] > 0 and summary["accepted"] > 0,
         "region_dim": report["settings"]["region_dim"],
