@@ -233,6 +233,11 @@ def test_cn_chinese_clip_repeated_image_id(tmp_path, capsys):
     assert_skipped(tmp_path, capsys, 2, "line 4")
     assert not (tmp_path / "images" / "1000.jpg").exists()
 
+    write_text(tmp_path / "valid_imgs.tsv", [f"a/b\t{red}", f"a_b\t{image_base64('blue', 'JPEG')}"])
+    code = convert(tmp_path, argv)[0]
+    err = capsys.readouterr().err
+    assert code == 2 and "valid_imgs.tsv line 2 (image_id 'a_b')" in err and "'a/b' (line 1)" in err
+
 
 # --- opt-textdb -----------------------------------------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ def extract_imgs_tsv(imgs_tsv, image_dir, report):
     it is a bad entry naming both lines, and (with --skip_bad) the id is left out altogether, `conflicts` mapping it
     to the reason, since neither image can be trusted to be the one its texts describe.
     """
-    paths, first, conflicts, repeats = {}, {}, {}, 0
+    paths, first, conflicts, repeats, owner_of_path = {}, {}, {}, 0, {}
     for line_no, line in tqdm(_text_lines(imgs_tsv), desc="extracting images", unit="image", disable=None):
         image_id, _, data = line.partition("\t")
         entry = f"{imgs_tsv} line {line_no} (image_id {image_id!r})"
@@ -118,7 +118,12 @@ def extract_imgs_tsv(imgs_tsv, image_dir, report):
             report.bad(entry, reason)
             continue
         first[image_id] = (line_no, digest)
-        paths[image_id] = write_image_bytes(raw, suffix, image_dir, image_id)
+        path = write_image_bytes(raw, suffix, image_dir, image_id)
+        if owner_of_path.setdefault(path, image_id) != image_id:
+            other = owner_of_path[path]
+            raise UserError(f"{entry}: image_ids {other!r} (line {first[other][0]}) and {image_id!r} map to one file "
+                            f"{path}; rename one of them")
+        paths[image_id] = path
     if repeats:
         report.note(f"{repeats} repeated lines of {imgs_tsv} (same image_id, same image) counted once")
     return paths, conflicts
