@@ -8,7 +8,9 @@ One record per accepted manifest sample (fields in `record_schema`). Rejected sa
 the data, `<out>.meta.json` records the vocabulary (path and sha256), the tokenizer's fingerprint (its rules,
 lower_case and vocabulary: `tokenizer_fingerprint`) and what the data holds; the dataset builders
 (`src/data/pretrain_data.py`, `src/data/finetune_data.py`) read it. Output is atomic: files are written in a
-temporary folder, then moved into place, the meta file last.
+temporary folder, then moved into place, the meta file last. A build that fails (`--strict` with rejects, or nothing
+accepted) removes the MindRecord of an earlier build at `<out>`, so that it cannot pass for this manifest's; the
+error and the report's `removed_previous` name the removed files.
 """
 import argparse
 import hashlib
@@ -81,6 +83,7 @@ def record_schema(audio_dim, region_width=0):
         "audio_frames": {"type": "int32"},
         "question_ids": {"type": "int32", "shape": [-1]},
         "answers": {"type": "string"},
+        "answer_scores": {"type": "string"},
         "rationales": {"type": "string"},
         "lang": {"type": "string"},
         "image_tokens": {"type": "int32", "shape": [-1]},
@@ -103,7 +106,8 @@ def scan_manifest(path):
     """Read the manifest line by line as bytes; return (jobs, rejects).
 
     jobs: (line_no, sample) with the sample resolved like `read_manifest` does; rejects: dicts (line, id, reason,
-    message) for lines that are not UTF-8, not JSON, break the format, repeat an id or have no usable text.
+    message; a repeated id also first_line, the line that used it first) for lines that are not UTF-8, not JSON, break
+    the format, repeat an id or have no usable text.
     """
     if not os.path.isfile(path):
         raise UserError(f"manifest {path} not found")
@@ -124,6 +128,8 @@ def scan_manifest(path):
                                                f"{line_of_id[sample['id']]}; ids must be unique", sample["id"])
         except Rejected as err:
             rejects.append(_reject_entry(line_no, err))
+            if err.reason == "duplicate_id":
+                rejects[-1]["first_line"] = line_of_id[err.sample_id]
             continue
         line_of_id[sample["id"]] = line_no
         resolved = _resolved(sample, folder)
@@ -175,6 +181,11 @@ def _check_text(sample, where):
             raise Rejected("empty_text", f"{where}: empty question or answers; write them or remove the line")
         if isinstance(rationales, list) and any(_blank(rationale) for rationale in rationales):
             raise Rejected("empty_text", f"{where}: blank rationale; write it or remove it from 'rationales'")
+        scores = sample.get("answer_scores", [])
+        if isinstance(scores, list) and any(isinstance(score, (int, float)) and not 0 <= score < float("inf")
+                                            for score in scores):
+            raise Rejected("invalid_sample", f"{where}: 'answer_scores' must be finite and >= 0 (confidences); "
+                                             "fix them or remove the field")
         return
     captions = sample.get("captions", [sample["text"]] if "text" in sample else [])
     if isinstance(captions, list) and (not captions or any(_blank(caption) for caption in captions)):
@@ -281,6 +292,7 @@ def _record(sample, where, settings):
         "audio_frames": np.int32(len(audio)),
         "question_ids": tokenizer.encode(question, MAX_TEXT_TOKENS) if question else _empty((0,), np.int32),
         "answers": json.dumps(sample.get("answers", []), ensure_ascii=False),
+        "answer_scores": json.dumps([float(score) for score in sample.get("answer_scores", [])]),
         "rationales": json.dumps(sample.get("rationales", []), ensure_ascii=False),
         "lang": sample["lang"],
         "image_tokens": tokens,
@@ -375,13 +387,22 @@ def build_mindrecord(manifest, out, vocab, shards=1, workers=2, strict=False, ma
     try:
         summary = _write_records(jobs, os.path.join(tmp_dir, name), shards, workers, settings, rejects)
         report = _report(manifest, out, vocab, settings, summary, rejects, strict)
-        atomic_write_text(f"{out}.report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        failure = None
         if rejects and strict:
             shown = "; ".join(entry["message"] for entry in rejects[:SHOWN_IN_ERROR])
-            raise UserError(f"--strict: {len(rejects)} of {scanned} samples rejected, "
-                            f"first: {shown}; see {out}.report.json")
-        if summary["accepted"] == 0:
-            raise UserError(f"no sample of {manifest} was accepted; see {out}.report.json")
+            failure = f"--strict: {len(rejects)} of {scanned} samples rejected, first: {shown}"
+        elif summary["accepted"] == 0:
+            failure = f"no sample of {manifest} was accepted"
+        if failure:
+            # a MindRecord of an earlier build must not pass for this manifest's: remove it, and say so
+            report["removed_previous"] = _remove_previous(folder, name)
+        atomic_write_text(f"{out}.report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        if failure:
+            removed = report["removed_previous"]
+            if removed:
+                failure += (f"; the previous MindRecord at {out} ({', '.join(removed)}) was removed so that it "
+                            "cannot be taken for this manifest's; fix the manifest and rebuild")
+            raise UserError(f"{failure}; see {out}.report.json")
         _move_into_place(tmp_dir, folder, summary["files"])
         atomic_write_text(f"{out}.meta.json", json.dumps(_meta(report, summary), indent=2, ensure_ascii=False))
     finally:
@@ -395,8 +416,8 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
 
     writer = FileWriter(tmp_out, shard_num=shards, overwrite=True)
     writer.add_schema(record_schema(settings["audio_dim"], _region_width(settings)), "OPT manifest samples")
-    flags = {"has_audio": False, "has_vqa": False, "has_image_tokens": False, "has_captions": True,
-             "has_rationales": True, "has_image": settings["require_image"]}
+    flags = {"has_audio": False, "has_vqa": False, "has_answer_scores": False, "has_image_tokens": False,
+             "has_captions": True, "has_rationales": True, "has_image": settings["require_image"]}
     pending, accepted = [], 0
     bar = tqdm(total=len(jobs), desc="mindrecord", unit="sample", disable=None)
     for status, _, result in _processed(jobs, workers, settings):
@@ -408,6 +429,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
         accepted += 1
         flags["has_audio"] |= len(result["audio"]) > 0
         flags["has_vqa"] |= len(result["question_ids"]) > 0
+        flags["has_answer_scores"] |= result["answer_scores"] != "[]"
         flags["has_image_tokens"] |= len(result["image_tokens"]) > 0
         flags["has_captions"] &= len(result["caption_lens"]) > 0
         flags["has_rationales"] &= result["rationales"] != "[]"
@@ -452,6 +474,21 @@ def _move_into_place(tmp_dir, folder, files):
         os.replace(os.path.join(tmp_dir, f), os.path.join(folder, f))
 
 
+def _remove_previous(folder, name):
+    """Remove the files of an earlier build at `folder/name` (data, shards, .db index files, meta); return their
+    names. The meta goes first: without it no pipeline opens the data."""
+    meta = f"{name}.meta.json"
+    removed = [meta] if os.path.exists(os.path.join(folder, meta)) else []
+    if removed:
+        os.remove(os.path.join(folder, meta))
+    data = re.compile(re.escape(name) + r"\d*(\.db)?")
+    for old in sorted(os.listdir(folder)):
+        if data.fullmatch(old) and os.path.isfile(os.path.join(folder, old)):
+            os.remove(os.path.join(folder, old))
+            removed.append(old)
+    return removed
+
+
 def _region_width(settings):
     return settings["region_dim"] + settings["region_box_dim"] if settings["region_dim"] else 0
 
@@ -488,6 +525,7 @@ def _meta(report, summary):
         "has_audio": summary["has_audio"],
         "audio_dim": report["settings"]["audio_dim"],
         "has_vqa": summary["has_vqa"],
+        "has_answer_scores": summary["has_answer_scores"],
         "has_image_tokens": summary["has_image_tokens"],
         "has_regions": report["settings"]["region_dim"] > 0 and summary["accepted"] > 0,
         "region_dim": report["settings"]["region_dim"],
@@ -503,6 +541,8 @@ def summary_line(report):
     reasons = ", ".join(f"{reason} {count}" for reason, count in report["rejected_by_reason"].items())
     rejected = f"rejected {report['rejected']}" + (f" ({reasons})" if reasons else "")
     where = report["out"] if report["written"] else "nothing written"
+    if report.get("removed_previous"):
+        where += f" (previous MindRecord removed: {', '.join(report['removed_previous'])})"
     return f"accepted {report['accepted']}, {rejected}; {where}; report {report['out']}.report.json"
 
 

@@ -11,7 +11,8 @@ streams (`sample_rng(seed, epoch, index)`), the same image transforms and text /
 | build_scst_dataset    | index, image [, audio, frame_mask] (references are looked up by `index` on the host)      |
 
 A caption sample decodes one of its captions, drawn per epoch; a VQA sample one of its answers (so answers given by
-several annotators are drawn in proportion to their counts). With vqa.rationale on, a VQA sample decodes
+several annotators are drawn in proportion to their counts; answers with confidences, `answer_scores` such as OFA's,
+in proportion to their confidences: `pick_answer`). With vqa.rationale on, a VQA sample decodes
 `rationale [MASK] answer` (one of the record's `rationales`, drawn per epoch; see `rationale_answer_ids`): the model
 first describes what the answer rests on, then answers, and `src.inference.pipeline.Answerer` keeps what follows
 the separator as the answer.
@@ -55,26 +56,28 @@ def check_finetune_data(data_path, cfg, kind):
 def _build(kind, samples, data_path, cfg, batch_size, epoch, rank, world, start_batch):
     info, has_audio = check_finetune_data(data_path, cfg, kind)
     positions = training_positions(info, cfg, batch_size, epoch, rank, world, start_batch)
-    data = training_samples(info, cfg, samples(has_audio), positions)
+    data = training_samples(info, cfg, samples(has_audio, info.meta), positions)
     data = data.batch(batch_size, drop_remainder=True, num_parallel_workers=cfg.data.workers)
     return data.project(finetune_columns(kind, has_audio))
 
 
 def build_caption_dataset(data_path, cfg, tokenizer, batch_size, epoch, rank=0, world=1, start_batch=0):
     """Caption fine-tuning batches for one epoch on rank `rank` of `world`, from batch `start_batch` on."""
-    return _build("caption", lambda audio: _CaptionSample(cfg, tokenizer, epoch, audio), data_path, cfg, batch_size,
+    return _build("caption", lambda audio, _: _CaptionSample(cfg, tokenizer, epoch, audio), data_path, cfg, batch_size,
                   epoch, rank, world, start_batch)
 
 
 def build_vqa_dataset(data_path, cfg, tokenizer, batch_size, epoch, rank=0, world=1, start_batch=0):
     """VQA fine-tuning batches: the question in the text slot, one of the answers as the decoder target."""
-    return _build("vqa", lambda audio: _VQASample(cfg, tokenizer, epoch, audio), data_path, cfg, batch_size,
+    def samples(audio, meta):
+        return _VQASample(cfg, tokenizer, epoch, audio, scored=bool(meta.get("has_answer_scores", False)))
+    return _build("vqa", samples, data_path, cfg, batch_size,
                   epoch, rank, world, start_batch)
 
 
 def build_scst_dataset(data_path, cfg, tokenizer, batch_size, epoch, rank=0, world=1, start_batch=0):
     """Self-critical batches: images (and audio) with their record index, for sampling on the host."""
-    return _build("scst", lambda audio: _ImageOnlySample(cfg, tokenizer, audio), data_path, cfg, batch_size,
+    return _build("scst", lambda audio, _: _ImageOnlySample(cfg, tokenizer, audio), data_path, cfg, batch_size,
                   epoch, rank, world, start_batch)
 
 
@@ -137,13 +140,14 @@ class _VQASample(_ImageOnlySample):
     """One question: its ids and one of its answers (with vqa.rationale, `rationale [MASK] answer`) as decoder
     arrays."""
 
-    def __init__(self, cfg, tokenizer, epoch, has_audio):
+    def __init__(self, cfg, tokenizer, epoch, has_audio, scored=False):
         self.seed, self.epoch, self.tokenizer = cfg.run.seed, epoch, tokenizer
-        self.rationale = bool(cfg.vqa.rationale)
+        self.rationale, self.scored = bool(cfg.vqa.rationale), scored
         super().__init__(cfg, tokenizer, has_audio)
 
     def extra_inputs(self):
-        return ["question_ids", "answers"] + (["rationales"] if self.rationale else [])
+        return (["question_ids", "answers"] + (["rationales"] if self.rationale else [])
+                + (["answer_scores"] if self.scored else []))
 
     def extra_outputs(self):
         return ["question_ids", "question_mask", "dec_input", "dec_target", "dec_weights"]
@@ -153,7 +157,8 @@ class _VQASample(_ImageOnlySample):
         if not answers:
             raise UserError(f"VQA record {int(index)} has no answer; training needs every question answered")
         rng = sample_rng(self.seed, self.epoch, int(index))
-        answer = answers[int(rng.integers(len(answers)))]
+        scores = json.loads(str(rest[2 + self.rationale])) if self.scored else []
+        answer = pick_answer(answers, scores, rng)
         question = stored_array(rest[0], np.int32)
         answer_ids = self.tokenizer.encode(answer, self.decoder_len + 1)
         if self.rationale:
@@ -164,6 +169,15 @@ class _VQASample(_ImageOnlySample):
             rationale = self.tokenizer.encode(rationales[int(rng.integers(len(rationales)))], self.decoder_len + 1)
             answer_ids = rationale_answer_ids(rationale, answer_ids, self.tokenizer.mask_id, self.decoder_len + 1)
         return self.text(question) + self.targets(answer_ids)
+
+
+def pick_answer(answers, scores, rng):
+    """One of `answers`, drawn with `rng`: in proportion to `scores` (confidences, one per answer) when given and not
+    all zero, else uniformly (repeated answers then weigh by their count)."""
+    total = float(sum(scores)) if scores else 0.0
+    if total <= 0:
+        return answers[int(rng.integers(len(answers)))]
+    return answers[int(rng.choice(len(answers), p=np.asarray(scores, dtype=np.float64) / total))]
 
 
 def rationale_answer_ids(rationale_ids, answer_ids, separator_id, limit):

@@ -132,7 +132,9 @@ def write_manifest(path, samples):
         where = f"sample {index} for {path}"
         check_sample(sample, where)
         if sample["id"] in line_of_id:
-            raise UserError(f"{where}: id {sample['id']!r} repeats sample {line_of_id[sample['id']]}")
+            first = line_of_id[sample["id"]]
+            raise UserError(f"{path}: samples {first} and {index} (lines {first + 1} and {index + 1} of the file to "
+                            f"write) have the same id {sample['id']!r}; ids must be unique")
         line_of_id[sample["id"]] = index
     with atomic_write(path) as f:
         for sample in samples:

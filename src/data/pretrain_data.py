@@ -11,7 +11,8 @@ with them on, the image crop is the one thing not fixed by (seed, epoch, index).
 A stored record (see `record_schema` in build_mindrecord): `index` (row in accepted order), `id`, `image_id`, `image`
 (encoded bytes), `regions` (region features | boxes, when the manifest gave region files; model.image.mode features),
 `caption_ids` (every caption as [CLS] .. [SEP], concatenated) with `caption_lens`, `captions` (JSON),
-`audio` (frames, D) with `audio_frames`, `question_ids`, `answers` (JSON), `lang`, `image_tokens` (VQ codes).
+`audio` (frames, D) with `audio_frames`, `question_ids`, `answers` (JSON), `answer_scores` (JSON: one confidence per
+answer, or empty; only in MindRecords whose meta has `has_answer_scores`), `lang`, `image_tokens` (VQ codes).
 MindRecord gives an empty array column back as a 0-d array; `stored_array` turns that into an empty array again.
 """
 import json
@@ -302,15 +303,18 @@ def build_eval_dataset(data_path, cfg, tokenizer, batch_size, rank=0, world=1, c
 
 
 def read_references(data_path):
-    """The raw text of every record, as a list in `index` order: dicts with id, image_id, captions, answers, lang."""
+    """The raw text of every record, as a list in `index` order: dicts with id, image_id, captions, answers, lang, and
+    answer_scores (one confidence per answer; empty when the record has none, or the MindRecord predates them)."""
     info = open_mindrecord(data_path, None)
-    names = ["index", "id", "image_id", "captions", "answers", "lang"]
+    scored = bool(info.meta.get("has_answer_scores", False))
+    names = ["index", "id", "image_id", "captions", "answers", "lang"] + (["answer_scores"] if scored else [])
     rows = [None] * info.count
     reader = ds.MindDataset(list(info.files), columns_list=names, shuffle=False)
     for row in reader.create_dict_iterator(num_epochs=1, output_numpy=True):
         rows[int(row["index"])] = {
             "id": str(row["id"]), "image_id": str(row["image_id"]), "captions": json.loads(str(row["captions"])),
             "answers": json.loads(str(row["answers"])), "lang": str(row["lang"]),
+            "answer_scores": json.loads(str(row["answer_scores"])) if scored else [],
         }
     return rows
 

@@ -6,7 +6,8 @@
 
 With --image/--question, prints the answer (and, for a model trained with vqa.rationale, its rationale on a second
 line). Without, answers every question of the data.<split> MindRecord and reports exact-match accuracy (after
-answer normalisation), VQA v2 accuracy (when questions have >= 3 answers), the majority-answer baseline of data.train,
+answer normalisation), VQA v2 accuracy (when questions have >= 3 answers), OFA's confidence accuracy (when the
+answers have confidences, `answer_scores`), the majority-answer baseline of data.train,
 and for long free-form answers (FM-IQA style; `--caption_metrics auto`: when the reference answers average more than 3
 tokens) the caption metrics. Writes <out_dir>/vqa_<split>.json and .md
 (with examples) and the predictions as vqa_<split>_predictions.jsonl. --closed_vocab answers with the best-scoring
@@ -58,8 +59,9 @@ def answer_scores(predictions, references):
     `unanswered`: how many answers are empty (a rationale model that reached vqa.max_len before its separator)."""
     preds = {references[i]["id"]: predictions[i] for i in predictions}
     answers = {references[i]["id"]: references[i]["answers"] for i in predictions}
+    scores = {references[i]["id"]: references[i].get("answer_scores", []) for i in predictions}
     unanswered = sum(not answer.strip() for answer in predictions.values())
-    return {**vqa_metrics(preds, answers, references[0]["lang"]), "unanswered": unanswered}
+    return {**vqa_metrics(preds, answers, references[0]["lang"], scores), "unanswered": unanswered}
 
 
 def headline(metrics):

@@ -1,7 +1,8 @@
-"""VQA answer normalisation, exact-match accuracy, VQA v2 (consensus) accuracy and the majority-answer baseline.
+"""VQA answer normalisation, exact-match accuracy, VQA v2 (consensus) accuracy, OFA-style confidence accuracy and the
+majority-answer baseline.
 
 Accuracies returned by ``exact_match_accuracy``, ``vqa_metrics`` and ``majority_baseline`` are percentages; the
-per-question ``vqa_v2_accuracy`` is a fraction in [0, 1].
+per-question ``vqa_v2_accuracy`` and ``confidence_accuracy`` are fractions in [0, 1].
 """
 import re
 import unicodedata
@@ -100,6 +101,17 @@ def vqa_v2_accuracy(pred, gt_answers, lang="zh"):
     return sum(min((total - left_out) / 3.0, 1.0) for left_out in matches) / len(matches)
 
 
+def confidence_accuracy(pred, gt_answers, scores, lang="zh"):
+    """OFA's VQA score of one prediction: the confidence of the ground-truth answer it matches (the highest, if it
+    matches several after normalisation), 0 when it matches none. ``scores`` holds one confidence per answer (the
+    `answer_scores` of OFA VQA files, e.g. ``1.0|!+yes&&0.6|!+no``)."""
+    if len(scores) != len(gt_answers):
+        raise UserError(f"vqa: {len(scores)} answer scores for {len(gt_answers)} answers; give one per answer")
+    target = normalize_answer(pred, lang)
+    return max((float(score) for answer, score in zip(gt_answers, scores) if normalize_answer(answer, lang) == target),
+               default=0.0)
+
+
 def _is_exact_match(pred, gt_answers, lang):
     target = normalize_answer(pred, lang)
     return any(normalize_answer(answer, lang) == target for answer in gt_answers)
@@ -114,14 +126,24 @@ def exact_match_accuracy(preds, answers, lang="zh"):
     return 100.0 * sum(_is_exact_match(preds[key], answers[key], lang) for key in answers) / len(answers)
 
 
-def vqa_metrics(preds, answers, lang="zh"):
+def vqa_metrics(preds, answers, lang="zh", answer_scores=None):
     """``exact_match`` and ``vqa_accuracy`` (percent; the latter only when some question has >= 3 answers) and
-    ``n_questions``, over the ids of ``answers`` (``preds`` must cover the same ids)."""
+    ``n_questions``, over the ids of ``answers`` (``preds`` must cover the same ids).
+
+    ``answer_scores`` ({question id: [confidence per answer]}, e.g. from OFA VQA files) adds
+    ``confidence_accuracy`` (percent, OFA's metric: the mean confidence of the predicted answers, 0 for an answer
+    not among the references) over the questions that have scores, counted in ``n_scored_questions``.
+    """
     _check_ids(preds, answers)
     result = {"exact_match": exact_match_accuracy(preds, answers, lang)}
     if any(len(gt) >= 3 for gt in answers.values()):
         scores = [vqa_v2_accuracy(preds[key], answers[key], lang) for key in answers]
         result["vqa_accuracy"] = 100.0 * sum(scores) / len(scores)
+    scored = [key for key in answers if (answer_scores or {}).get(key)]
+    if scored:
+        values = [confidence_accuracy(preds[key], answers[key], answer_scores[key], lang) for key in scored]
+        result["confidence_accuracy"] = 100.0 * sum(values) / len(values)
+        result["n_scored_questions"] = len(scored)
     result["n_questions"] = len(answers)
     return result
 

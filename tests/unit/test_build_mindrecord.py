@@ -1,4 +1,5 @@
 """build_mindrecord: validation and reject reasons, exact stored values, re-encoding, --strict, shards and workers."""
+import base64
 import io
 import json
 import os
@@ -73,7 +74,8 @@ def test_rejects_are_counted_per_reason_and_named_by_line(demo, tmp_path):
         (None, "invalid_utf8"), (None, "invalid_json"), ("train_000003", "duplicate_id")]
     assert "line 32: not valid JSON" in by_line[32]["message"]
     assert "line 31: not UTF-8" in by_line[31]["message"]
-    assert "already used on line 4" in by_line[33]["message"]
+    assert "mixed.jsonl line 33: id 'train_000003' already used on line 4" in by_line[33]["message"]
+    assert by_line[33]["first_line"] == 4 and "first_line" not in by_line[32]
     saved = json.loads((tmp_path / "mixed.mindrecord.report.json").read_text(encoding="utf-8"))
     assert saved["rejected_by_reason"] == report["rejected_by_reason"]
     assert saved["vocab_sha256"] == vocab_sha256(vocab) and saved["schema"] == record_schema(80)
@@ -173,6 +175,50 @@ def test_strict_fails_and_writes_no_data(demo, tmp_path, capsys):
         empty = tmp_path / "empty.jsonl"
         empty.write_bytes(b"not json\n")
         build_mindrecord(str(empty), str(tmp_path / "empty.mindrecord"), vocab, workers=1)
+
+
+def test_ofa_answer_confidences_reach_the_mindrecord(demo, tmp_path):
+    """An OFA VQA TSV row (uniq_id, image_id, question, `conf|!+answer&&...`, object labels, base64 image) converted
+    to a manifest keeps its confidences in the MindRecord (`answer_scores`), read back by read_references."""
+    from src.data.converters.cli import main as convert
+    from src.data.pretrain_data import open_mindrecord, read_references
+    root, vocab = demo
+    image = base64.urlsafe_b64encode((root / "images" / "train_000001.jpg").read_bytes()).decode("ascii")
+    rows = [f"79459\t7\twhat color is the circle?\t0.6|!+blue&&1.0|!+red\tcircle\t{image}",
+            f"79460\t7\thow many circles?\t1.0|!+1\t\t{image}"]
+    (tmp_path / "vqa.tsv").write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    manifest = tmp_path / "vqa.jsonl"
+    assert convert(["ofa-tsv", "--kind", "vqa", "--tsv", str(tmp_path / "vqa.tsv"), "--image_dir",
+                    str(tmp_path / "images"), "--out", str(manifest), "--lang", "zh"]) == 0
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    negative = {**json.loads(lines[1]), "id": "negative", "answer_scores": [-1.0]}
+    manifest.write_text("\n".join(lines + [json.dumps(negative)]) + "\n", encoding="utf-8")
+    out = str(tmp_path / "vqa.mindrecord")
+    report = build_mindrecord(str(manifest), out, vocab, workers=1)
+    assert report["accepted"] == 2 and report["rejected_by_reason"] == {"invalid_sample": 1}
+    assert "must be finite and >= 0" in report["first_rejected"][0]["message"]
+    assert open_mindrecord(out, None).meta["has_answer_scores"] is True
+    assert [(r["id"], r["answers"], r["answer_scores"]) for r in read_references(out)] == [
+        ("79459", ["red", "blue"], [1.0, 0.6]), ("79460", ["1"], [1.0])]
+
+
+def test_failed_rebuild_leaves_no_previous_mindrecord(demo, tmp_path, capsys):
+    """A --strict rebuild that fails must not leave the earlier build's files to pass for the new manifest's."""
+    root, vocab = demo
+    out = tmp_path / "again.mindrecord"
+    assert main(["--manifest", str(root / "train.jsonl"), "--out", str(out), "--vocab", vocab, "--workers", "1",
+                 "--shards", "2", "--max_frames", "8"]) == 0
+    assert (tmp_path / "again.mindrecord.meta.json").exists()
+    capsys.readouterr()
+    code = main(["--manifest", str(root / "mixed.jsonl"), "--out", str(out), "--vocab", vocab, "--workers", "1",
+                 "--strict", "--max_frames", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the previous MindRecord at" in err and "again.mindrecord0" in err and "removed" in err
+    assert sorted(os.listdir(tmp_path)) == ["again.mindrecord.report.json"]
+    report = json.loads((tmp_path / "again.mindrecord.report.json").read_text(encoding="utf-8"))
+    assert report["written"] is False and report["rejected"] == 9
+    assert report["removed_previous"] == ["again.mindrecord.meta.json", "again.mindrecord0", "again.mindrecord0.db",
+                                          "again.mindrecord1", "again.mindrecord1.db"]
 
 
 @pytest.mark.slow

@@ -238,6 +238,15 @@ def test_answer_scores_count_the_questions_left_unanswered():
     assert scores == {"exact_match": pytest.approx(100 / 3), "n_questions": 3, "unanswered": 1}
 
 
+def test_answer_scores_report_ofa_confidence_accuracy():
+    """Records read from an OFA VQA MindRecord carry answer_scores: evaluation reports their confidence accuracy."""
+    refs = [{"id": "q0", "answers": ["red", "blue"], "answer_scores": [1.0, 0.6], "lang": "en"},
+            {"id": "q1", "answers": ["2"], "answer_scores": [1.0], "lang": "en"}]
+    scores = answer_scores({0: "blue", 1: "3"}, refs)
+    assert scores["confidence_accuracy"] == pytest.approx(100 * 0.6 / 2) and scores["n_scored_questions"] == 2
+    assert scores["exact_match"] == pytest.approx(50)
+
+
 def test_answer_list_ranks_normalised_answers_by_frequency():
     refs = [{"answers": ["红色", "红色。"]}, {"answers": ["两"]}, {"answers": ["2", "蓝色"]}, {"answers": ["红色"]}]
     assert answer_list(refs, "zh") == ["红色", "两", "蓝色"]   # 红色 x3, 两 = 2 x2, 蓝色 x1

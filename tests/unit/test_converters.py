@@ -181,10 +181,62 @@ def test_cn_chinese_clip_jsonl_with_imgs_tsv(tmp_path, capsys):
     assert "1 images of" in capsys.readouterr().out
 
     with open(texts, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"text_id": 3, "text": "空", "image_ids": []}) + "\n")
+        f.write(json.dumps({"text_id": 3, "text": "空", "image_id": 1000}) + "\n")
     assert_bad_entry(capsys, convert(tmp_path, argv)[0], "test_texts.jsonl line 3", "image_ids")
     assert convert(tmp_path, argv, skip_bad=True)[0] == 0
     assert_skipped(tmp_path, capsys, 1, "line 3")
+
+
+def test_cn_chinese_clip_texts_without_image(tmp_path, capsys):
+    """Chinese-CLIP test splits (e.g. MUGE test_texts.jsonl) hold texts with "image_ids": []: not an error, but
+    left out and counted with their text_ids, since a sample is an image with its texts."""
+    touch(tmp_path / "images" / "1000.jpg")
+    texts = write_text(
+        tmp_path / "test_texts.jsonl",
+        [
+            json.dumps({"text_id": 248816, "text": "一只猫", "image_ids": []}, ensure_ascii=False),
+            json.dumps({"text_id": 248817, "text": "一只狗", "image_ids": [1000]}, ensure_ascii=False),
+            json.dumps({"text_id": 248818, "text": "猫在跑", "image_ids": []}, ensure_ascii=False),
+        ],
+    )
+    argv = ["cn-captions", "--texts_jsonl", texts, "--image_dir", str(tmp_path / "images")]
+    code, samples = convert(tmp_path, argv)
+    assert code == 0 and [(s["id"], s["captions"]) for s in samples] == [("1000", ["一只狗"])]
+    out = capsys.readouterr().out
+    assert '2 texts of' in out and '"image_ids": [] left out (text_id 248816, 248818)' in out
+    assert not (tmp_path / "out" / "m.jsonl.skipped.tsv").exists()
+
+
+def test_cn_chinese_clip_repeated_image_id(tmp_path, capsys):
+    """Chinese-CLIP imgs.tsv (image_id<TAB>url-safe base64): a repeated image_id with the same image is written
+    once and counted; with a different image it names the file, both lines and the id instead of replacing it."""
+    red = image_base64("red", "JPEG", urlsafe=True)
+    rows = [f"1000\t{red}", f"1001\t{image_base64('blue', urlsafe=True)}", f"1000\t{red}"]
+    imgs = write_text(tmp_path / "valid_imgs.tsv", rows)
+    texts = write_text(
+        tmp_path / "valid_texts.jsonl",
+        [
+            json.dumps({"text_id": 1, "text": "一只猫", "image_ids": [1000]}, ensure_ascii=False),
+            json.dumps({"text_id": 2, "text": "一只狗", "image_ids": [1001]}, ensure_ascii=False),
+        ],
+    )
+    argv = ["cn-captions", "--texts_jsonl", texts, "--imgs_tsv", imgs, "--image_dir", str(tmp_path / "images")]
+    code, samples = convert(tmp_path, argv)
+    assert code == 0 and [(s["id"], s["captions"]) for s in samples] == [("1000", ["一只猫"]), ("1001", ["一只狗"])]
+    assert "1 repeated lines of" in capsys.readouterr().out
+
+    write_text(tmp_path / "valid_imgs.tsv", rows + [f"1000\t{image_base64('green', 'JPEG', urlsafe=True)}"])
+    code = convert(tmp_path, argv)[0]
+    assert_bad_entry(capsys, code, "valid_imgs.tsv line 4 (image_id '1000')", "also on line 1", "different image")
+    code, samples = convert(tmp_path, argv, skip_bad=True)
+    assert code == 0 and [s["id"] for s in samples] == ["1001"]  # neither image of 1000 is trusted
+    assert_skipped(tmp_path, capsys, 2, "line 4")
+    assert not (tmp_path / "images" / "1000.jpg").exists()
+
+    write_text(tmp_path / "valid_imgs.tsv", [f"a/b\t{red}", f"a_b\t{image_base64('blue', 'JPEG')}"])
+    code = convert(tmp_path, argv)[0]
+    err = capsys.readouterr().err
+    assert code == 2 and "valid_imgs.tsv line 2 (image_id 'a_b')" in err and "'a/b' (line 1)" in err
 
 
 # --- opt-textdb -----------------------------------------------------------------------------------------------------
@@ -212,6 +264,25 @@ def test_opt_textdb(tmp_path, opt_db):
     assert [(s["id"], s["image"], s["captions"]) for s in samples] == [
         ("img_a", "../img/img_a.jpg", ["一只猫", "猫在跑"]),
         ("sub/img_b", "../img/img_b.jpg", ["一只狗"]),
+    ]
+
+
+def test_opt_textdb_cc3m_cc12m_ids_and_unk(tmp_path, opt_db):
+    """The original loader (data_three.py ImgData.get_image) opens cc3m / cc12m ids as they are (their own file
+    names), without `.jpg`; an [UNK] token id stays visible in the decoded caption."""
+    _, argv = opt_db
+    db = tmp_path / "txt"
+    write_json(db / "cc3m" / "training" / "1000001_2.json", {"input_ids": [5, 1, 7]})  # 一 [UNK] 猫
+    write_json(db / "cc12m" / "00000" / "000000001.png.json", {"input_ids": [5, 6, 8]})
+    touch(tmp_path / "img" / "cc3m" / "training" / "1000001_2")
+    touch(tmp_path / "img" / "cc12m" / "00000" / "000000001.png")
+    touch(tmp_path / "img" / "cc3m" / "training" / "1000001_2.jpg")  # must not be picked instead
+    ids = ["cc3m/training/1000001_2", "cc12m/00000/000000001.png"]
+    code, samples = convert(tmp_path, argv + ["--ids", write_json(tmp_path / "ids.json", ids)])
+    assert code == 0
+    assert [(s["id"], s["image"], s["captions"]) for s in samples] == [
+        ("cc3m/training/1000001_2", "../img/cc3m/training/1000001_2", ["一[UNK]猫"]),
+        ("cc12m/00000/000000001", "../img/cc12m/00000/000000001.png", ["一只狗"]),
     ]
 
 
@@ -304,6 +375,43 @@ def test_vqa2_question_without_annotation(tmp_path, vqa_files, capsys):
     assert_skipped(tmp_path, capsys, 1, "question_id 51")
 
 
+def test_vqa2_blank_answer_keeps_question(tmp_path, vqa_files, capsys):
+    """VQA v2 annotations: 10 answers {answer, answer_confidence, answer_id}; one blank among them leaves the
+    question with its 9 others and is counted, only a question with no non-blank answer is a bad entry."""
+    questions, annotations, answers, argv = vqa_files
+    given = [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]
+    given[3]["answer"] = " "
+    annotations["annotations"][0].update(answers=given, multiple_choice_answer="red0", answer_type="other")
+    annotations["annotations"][1]["answers"] = [{"answer": "", "answer_confidence": "no", "answer_id": 1}]
+    argv = argv + ["--questions", write_json(tmp_path / "q.json", questions)]
+    argv += ["--annotations", write_json(tmp_path / "a.json", annotations)]
+    assert_bad_entry(capsys, convert(tmp_path, argv)[0], "a.json annotation [1] (question_id 51)", "non-blank")
+    code, samples = convert(tmp_path, argv, skip_bad=True)
+    assert code == 0 and [(s["id"], s["answers"]) for s in samples] == [("50", answers[:3] + answers[4:])]
+    out = capsys.readouterr().out
+    assert "1 blank answers of 1 questions in" in out and "skipped 2 bad entries" in out  # 51: annotation, question
+
+
+def test_vqa2_test_dev_uses_test2015_images(tmp_path, capsys):
+    """v2_OpenEnded_mscoco_test-dev2015_questions.json (data_subtype test-dev2015) asks about test2015 images, which
+    are named COCO_test2015_<id>.jpg: there is no COCO_test-dev2015_ file."""
+    touch(tmp_path / "test2015" / "COCO_test2015_000000000001.jpg")
+    questions = {
+        "info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {},
+        "data_subtype": "test-dev2015",
+        "questions": [{"image_id": 1, "question": "Is it raining?", "question_id": 10}],
+    }
+    path = write_json(tmp_path / "v2_OpenEnded_mscoco_test-dev2015_questions.json", questions)
+    for subtype in ([], ["--data_subtype", "test-dev2015"]):
+        argv = ["vqa2", "--questions", path, "--image_dir", str(tmp_path / "test2015")] + subtype
+        code, samples = convert(tmp_path, argv)
+        assert code == 0
+        assert [(s["id"], s["image"], "answers" in s) for s in samples] == [
+            ("10", "../test2015/COCO_test2015_000000000001.jpg", False)
+        ]
+        assert "test-dev2015 questions are about test2015 images" in capsys.readouterr().out
+
+
 # --- ofa-tsv --------------------------------------------------------------------------------------------------------
 
 
@@ -364,7 +472,19 @@ def test_repeated_ids_are_bad_entries(tmp_path, capsys):
     rows = [f"1\t7\tq one?\t1.0|!+a\t\t{image}", f"1\t7\tq two?\t1.0|!+b\t\t{image}"]
     argv = ["ofa-tsv", "--kind", "vqa", "--image_dir", str(tmp_path / "images")]
     argv += ["--tsv", write_text(tmp_path / "vqa.tsv", rows)]
-    assert_bad_entry(capsys, convert(tmp_path, argv)[0], "id '1'", "earlier sample")
+    assert_bad_entry(capsys, convert(tmp_path, argv)[0], "vqa.tsv line 2: id '1'", "from ", "vqa.tsv line 1;")
+    code, samples = convert(tmp_path, argv, skip_bad=True)
+    assert code == 0 and [s["question"] for s in samples] == ["q one?"] and "_source" not in samples[0]
+    assert_skipped(tmp_path, capsys, 1, "vqa.tsv line 2: id '1'")
+
+
+def test_repeated_ids_name_both_entries_vqa2(tmp_path, vqa_files, capsys):
+    """VQA v2 questions: a question_id listed twice names both places of the questions file."""
+    questions, _, _, argv = vqa_files
+    questions["questions"].append({"image_id": 5, "question": "Again?", "question_id": 50})
+    argv = argv + ["--questions", write_json(tmp_path / "q.json", questions)]
+    assert_bad_entry(capsys, convert(tmp_path, argv)[0], "q.json question [2] (question_id 50): id '50'",
+                     "q.json question [0] (question_id 50)")
 
 
 def test_nothing_converted_is_an_error(tmp_path, capsys):

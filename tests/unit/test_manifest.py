@@ -112,8 +112,9 @@ def test_write_is_atomic(tmp_path):
 
 
 def test_write_rejects_duplicate_ids(tmp_path):
-    with pytest.raises(UserError, match="id 'a' repeats sample 0"):
-        write_manifest(str(tmp_path / "m.jsonl"), [{"id": "a"}, {"id": "a"}])
+    with pytest.raises(UserError, match=r"m.jsonl: samples 0 and 2 \(lines 1 and 3 of the file to write\) have the "
+                                        r"same id 'a'"):
+        write_manifest(str(tmp_path / "m.jsonl"), [{"id": "a"}, {"id": "b"}, {"id": "a"}])
 
 
 def test_captions_of():

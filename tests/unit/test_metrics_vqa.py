@@ -2,8 +2,9 @@
 import pytest
 
 from src.errors import UserError
-from src.metrics.vqa import (exact_match_accuracy, majority_baseline, normalize_answer, remove_punctuation,
-                             vqa_metrics, vqa_v2_accuracy)
+from src.metrics.vqa import (confidence_accuracy, exact_match_accuracy, majority_baseline, normalize_answer,
+                             remove_punctuation, vqa_metrics, vqa_v2_accuracy)
+from src.data.converters.ofa_tsv import parse_answers
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -79,6 +80,32 @@ def test_vqa_metrics_reports_consensus_accuracy_only_with_enough_answers():
     many = vqa_metrics({"a": "red", "b": "two"}, {"a": ["red", "red"] + ["blue"] * 8, "b": ["2", "3", "4"]}, "en")
     assert many["exact_match"] == 100.0
     assert many["vqa_accuracy"] == pytest.approx(100 * (0.6 + 2 / 9) / 2)
+
+
+def test_confidence_accuracy_is_ofas_score():
+    """OFA scores a VQA prediction with the confidence of the matching reference answer (0 if none): the answers
+    column of its TSV, `1.0|!+two&&0.6|!+three&&0.3|!+3 people`."""
+    answers, scores = parse_answers("0.3|!+3 people&&1.0|!+two&&0.6|!+three")
+    assert confidence_accuracy("2", answers, scores, "en") == 1.0      # "two" normalises to "2"
+    assert confidence_accuracy("Three.", answers, scores, "en") == 0.6
+    assert confidence_accuracy("four", answers, scores, "en") == 0.0
+    assert confidence_accuracy("3", ["3", "three"], [0.3, 0.6], "en") == 0.6  # matches both: the higher
+    with pytest.raises(UserError, match="one per answer"):
+        confidence_accuracy("x", ["x", "y"], [1.0], "en")
+
+
+def test_vqa_metrics_reports_confidence_accuracy_next_to_vqa_accuracy():
+    """Ten VQA v2 answers with OFA confidences (its VQA v2 TSVs derive them from the annotators' counts): both
+    accuracies, each by its own formula; questions without scores do not count for the confidence accuracy."""
+    ten = ["red"] * 2 + ["blue"] * 8
+    preds = {"a": "red", "b": "green", "c": "cat"}
+    answers = {"a": ten, "b": ten, "c": ["cat"]}
+    scores = {"a": [0.6] * 2 + [1.0] * 8, "b": [0.6] * 2 + [1.0] * 8, "c": []}
+    result = vqa_metrics(preds, answers, "en", scores)
+    assert result["vqa_accuracy"] == pytest.approx(100 * (0.6 + 0 + 1) / 3)
+    assert result["confidence_accuracy"] == pytest.approx(100 * (0.6 + 0) / 2)
+    assert result["n_scored_questions"] == 2 and result["n_questions"] == 3
+    assert "confidence_accuracy" not in vqa_metrics(preds, answers, "en")
 
 
 def test_majority_baseline_predicts_the_most_frequent_training_answer():

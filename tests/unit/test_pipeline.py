@@ -349,6 +349,38 @@ def test_vqa_rationale_targets_are_rationale_separator_answer(data):
         assert target[8 - len(answer) - 2:] == [tokenizer.mask_id] + answer + [tokenizer.sep_id]
 
 
+def test_pick_answer_draws_by_confidence():
+    from src.data.finetune_data import pick_answer
+    rng = np.random.default_rng(0)
+    drawn = [pick_answer(["yes", "no", "maybe"], [1.0, 0.6, 0.0], rng) for _ in range(4000)]
+    assert drawn.count("maybe") == 0
+    assert drawn.count("yes") / len(drawn) == pytest.approx(1.0 / 1.6, abs=0.03)
+    uniform = [pick_answer(["a", "a", "b"], [], rng) for _ in range(3000)]  # no scores: by count
+    assert uniform.count("a") / len(uniform) == pytest.approx(2 / 3, abs=0.03)
+    assert pick_answer(["a", "b"], [0.0, 0.0], np.random.default_rng(1)) in ("a", "b")
+
+
+def test_vqa_training_answers_follow_the_confidences(data, tmp_path):
+    """OFA-style answers with confidences: a 0-confidence answer is never the decoder target, the 1.0 one always."""
+    from src.data.finetune_data import build_vqa_dataset
+    lines = [json.loads(line) for line in (data["root"] / "val_vqa.jsonl").read_text(encoding="utf-8").splitlines()]
+    decoy = "没有答案"
+    scored = [{**line, "answers": [decoy] * 3 + line["answers"][:1], "answer_scores": [0.0] * 3 + [1.0]}
+              for line in lines]
+    manifest = tmp_path / "vqa.jsonl"
+    manifest.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in scored), encoding="utf-8")
+    (tmp_path / "images").symlink_to(data["root"] / "images")
+    path = str(tmp_path / "vqa.mindrecord")
+    build_mindrecord(str(manifest), path, data["cfg"].data.vocab, workers=1, max_frames=256)
+    tokenizer = data["tokenizer"]
+    cfg = data["cfg"].with_updates({"vqa.rationale": False, "model.text_decoder.max_len": 40})
+    for epoch in range(3):
+        (batch,) = batches(build_vqa_dataset(path, cfg, tokenizer, len(lines), epoch=epoch))
+        for row, line in enumerate(lines[i] for i in epoch_indices(len(lines), SEED, epoch, 0, 1)):
+            expected = tokenizer.encode(line["answers"][0], 64)[1:].tolist()
+            assert batch["dec_target"][row, :int(batch["dec_weights"][row].sum())].tolist() == expected
+
+
 def test_rationale_answer_ids_cut_the_rationale_first():
     from src.data.finetune_data import rationale_answer_ids
     CLS, SEP, MASK = 2, 3, 4

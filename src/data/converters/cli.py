@@ -9,7 +9,7 @@ import os
 import sys
 
 from src.data.converters import cn_captions, coco, fmiqa, ofa_tsv, opt_textdb, vqa2
-from src.data.converters.common import Report
+from src.data.converters.common import SOURCE, Report
 from src.data.manifest import LANGS, captions_of, write_manifest
 from src.errors import UserError
 
@@ -45,20 +45,22 @@ def build_parser():
 
 
 def _without_repeated_ids(samples, report):
-    """Drop (as bad entries) samples whose id an earlier sample already has."""
-    kept, seen = [], set()
+    """Drop (as bad entries) samples whose id an earlier sample already has, naming both input entries."""
+    kept, source_of_id = [], {}
     for sample in samples:
-        if sample["id"] in seen:
-            report.bad(f"id {sample['id']!r}", "used by an earlier sample; ids must be unique")
+        source = sample.get(SOURCE, "a sample")
+        if sample["id"] in source_of_id:
+            report.bad(f"{source}: id {sample['id']!r}",
+                       f"also the id of the sample from {source_of_id[sample['id']]}; ids must be unique")
         else:
-            seen.add(sample["id"])
+            source_of_id[sample["id"]] = source
             kept.append(sample)
     return kept
 
 
 def _relative_to(folder, sample):
     """Return `sample` with its absolute image/audio paths made relative to `folder` (the manifest's)."""
-    sample = dict(sample)
+    sample = {key: value for key, value in sample.items() if key != SOURCE}
     for key in ("image", "audio"):
         if key in sample:
             sample[key] = os.path.relpath(sample[key], folder).replace(os.sep, "/")

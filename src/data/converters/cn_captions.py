@@ -2,20 +2,24 @@
 
 Flickr30K-CN / COCO-CN: --image_list (one image name per line: the split) and --captions (lines
 `image_name#k<TAB>caption`, all splits may share one file). Chinese-CLIP: --texts_jsonl (lines
-`{"text_id", "text", "image_ids"}`) with images `<image_id><image_ext>` in --image_dir, or extracted there first from
+`{"text_id", "text", "image_ids"}`; texts with `"image_ids": []`, found in test splits, are counted and left out) with
+images `<image_id><image_ext>` in --image_dir, or extracted there first from
 --imgs_tsv (lines `image_id<TAB>base64`). One sample per image with all its captions.
 """
 
+import hashlib
 import json
 import os
 from collections import defaultdict
 
 from tqdm import tqdm
 
-from src.data.converters.common import first_file, save_base64_image, stem, with_suffix
+from src.data.converters.common import (SOURCE, decode_base64_image, first_file, stem, with_suffix,
+                                        write_image_bytes)
 from src.errors import UserError
 
 DEFAULT_LANG = "zh"
+SHOWN_TEXT_IDS = 10
 
 
 def add_arguments(parser):
@@ -76,13 +80,19 @@ def convert_caption_lines(image_list, caption_file, image_dirs, report, lang=DEF
         elif path is None:
             report.bad(entry, f"image file not found in {' '.join(image_dirs)}")
         else:
-            samples.append({"id": stem(name), "image": os.path.abspath(path), "captions": captions[name], "lang": lang})
+            sample = {"id": stem(name), "image": os.path.abspath(path), "captions": captions[name], "lang": lang}
+            samples.append({**sample, SOURCE: entry})
     return samples
 
 
 def extract_imgs_tsv(imgs_tsv, image_dir, report):
-    """Write the images of a Chinese-CLIP `<split>_imgs.tsv` into `image_dir`; return {image_id: path}."""
-    paths = {}
+    """Write the images of a Chinese-CLIP `<split>_imgs.tsv` into `image_dir`; return ({image_id: path}, conflicts).
+
+    An image_id given twice with the same image bytes is written once and counted in a note; with different bytes
+    it is a bad entry naming both lines, and (with --skip_bad) the id is left out altogether, `conflicts` mapping it
+    to the reason, since neither image can be trusted to be the one its texts describe.
+    """
+    paths, first, conflicts, repeats, owner_of_path = {}, {}, {}, 0, {}
     for line_no, line in tqdm(_text_lines(imgs_tsv), desc="extracting images", unit="image", disable=None):
         image_id, _, data = line.partition("\t")
         entry = f"{imgs_tsv} line {line_no} (image_id {image_id!r})"
@@ -90,16 +100,39 @@ def extract_imgs_tsv(imgs_tsv, image_dir, report):
             report.bad(entry, "expected 'image_id<TAB>base64'")
             continue
         try:
-            paths[image_id] = save_base64_image(data, image_dir, image_id)
+            raw, suffix = decode_base64_image(data)
         except ValueError as err:
             report.bad(entry, str(err))
-    return paths
+            continue
+        digest = hashlib.sha256(raw).hexdigest()
+        if image_id in first:
+            first_line, first_digest = first[image_id]
+            if digest == first_digest:
+                repeats += 1
+                continue
+            reason = (f"image_id {image_id!r} is also on line {first_line} with a different image; "
+                      f"keep one of lines {first_line} and {line_no}")
+            conflicts[image_id] = f"{imgs_tsv} lines {first_line} and {line_no} give it different images"
+            if image_id in paths:
+                os.remove(paths.pop(image_id))
+            report.bad(entry, reason)
+            continue
+        first[image_id] = (line_no, digest)
+        path = write_image_bytes(raw, suffix, image_dir, image_id)
+        if owner_of_path.setdefault(path, image_id) != image_id:
+            other = owner_of_path[path]
+            raise UserError(f"{entry}: image_ids {other!r} (line {first[other][0]}) and {image_id!r} map to one file "
+                            f"{path}; rename one of them")
+        paths[image_id] = path
+    if repeats:
+        report.note(f"{repeats} repeated lines of {imgs_tsv} (same image_id, same image) counted once")
+    return paths, conflicts
 
 
 def convert_texts_jsonl(texts_jsonl, image_dir, report, lang=DEFAULT_LANG, image_ext=".jpg", imgs_tsv=None):
     """Return one sample per image referenced by a Chinese-CLIP `<split>_texts.jsonl`."""
-    extracted = extract_imgs_tsv(imgs_tsv, image_dir, report) if imgs_tsv else None
-    captions = defaultdict(list)
+    extracted, conflicts = extract_imgs_tsv(imgs_tsv, image_dir, report) if imgs_tsv else (None, {})
+    captions, without_image = defaultdict(list), []
     for line_no, line in _text_lines(texts_jsonl):
         entry = f"{texts_jsonl} line {line_no}"
         try:
@@ -109,8 +142,11 @@ def convert_texts_jsonl(texts_jsonl, image_dir, report, lang=DEFAULT_LANG, image
             continue
         record = record if isinstance(record, dict) else {}
         text, image_ids = record.get("text"), record.get("image_ids")
-        if not isinstance(text, str) or not text.strip() or not isinstance(image_ids, list) or not image_ids:
-            report.bad(entry, "needs a non-empty 'text' and a non-empty list 'image_ids'")
+        if not isinstance(text, str) or not text.strip() or not isinstance(image_ids, list):
+            report.bad(entry, "needs a non-empty 'text' and a list 'image_ids'")
+            continue
+        if not image_ids:
+            without_image.append(str(record.get("text_id", f"line {line_no}")))
             continue
         for image_id in image_ids:
             captions[str(image_id)].append(text.strip())
@@ -120,10 +156,17 @@ def convert_texts_jsonl(texts_jsonl, image_dir, report, lang=DEFAULT_LANG, image
             path = first_file([os.path.join(image_dir, image_id + image_ext)])
         else:
             path = extracted.get(image_id)
-        if path is None:
+        if image_id in conflicts:
+            report.bad(f"{texts_jsonl} image_id {image_id}", conflicts[image_id])
+        elif path is None:
             report.bad(f"{texts_jsonl} image_id {image_id}", f"image not found in {imgs_tsv or image_dir}")
         else:
-            samples.append({"id": image_id, "image": os.path.abspath(path), "captions": texts, "lang": lang})
+            sample = {"id": image_id, "image": os.path.abspath(path), "captions": texts, "lang": lang}
+            samples.append({**sample, SOURCE: f"{texts_jsonl} image_id {image_id}"})
+    if without_image:
+        shown = ", ".join(without_image[:SHOWN_TEXT_IDS]) + (", ..." if len(without_image) > SHOWN_TEXT_IDS else "")
+        report.note(f"{len(without_image)} texts of {texts_jsonl} with \"image_ids\": [] left out (text_id {shown}): "
+                    "a sample is one image with its texts, and a text without its image cannot be scored in retrieval")
     if extracted is not None:
         report.note(f"{len(set(extracted) - set(captions))} images of {imgs_tsv} have no text and are left out")
     return samples

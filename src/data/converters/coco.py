@@ -7,7 +7,7 @@ holds each image's `filepath` folder (Karpathy JSON, e.g. the folder above train
 import os
 from collections import defaultdict
 
-from src.data.converters.common import json_list, load_json, stem
+from src.data.converters.common import SOURCE, json_list, load_json, stem
 from src.errors import UserError
 
 DEFAULT_LANG = "en"
@@ -63,7 +63,7 @@ def convert_coco_captions(captions_json, image_dir, report, lang=DEFAULT_LANG):
             report.bad(entry, f"image file {path} not found")
         else:
             sample = {"id": stem(file_name), "image": path, "captions": captions[image_id], "image_id": str(image_id)}
-            samples.append({**sample, "lang": lang})
+            samples.append({**sample, "lang": lang, SOURCE: entry})
     return samples
 
 
@@ -92,6 +92,7 @@ def convert_karpathy(karpathy_json, image_root, splits, report, lang=DEFAULT_LAN
             continue
         image_id = str(image.get("cocoid", stem(file_name)))
         captions = [c.strip() for c in captions]
-        samples.append({"id": stem(file_name), "image": path, "captions": captions, "image_id": image_id, "lang": lang})
+        sample = {"id": stem(file_name), "image": path, "captions": captions, "image_id": image_id, "lang": lang}
+        samples.append({**sample, SOURCE: f"{karpathy_json} images[{index}] ({file_name})"})
     report.note(f"{other_splits} images of other splits than {' '.join(splits)} left out")
     return samples

@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from src.errors import UserError
 
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+SOURCE = "_source"  # key of a converted sample: the input entry it comes from (file and line), not written out
 IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
 
 
@@ -71,8 +72,8 @@ def with_suffix(name, suffix):
     return name if os.path.splitext(name)[1] else name + suffix
 
 
-def save_base64_image(data, folder, name):
-    """Decode a base64 image and write its bytes unchanged to `folder/<name>.<format suffix>`; return the path.
+def decode_base64_image(data):
+    """Decode a base64 image; return (its bytes, the file suffix of its format).
 
     Both the standard and the URL-safe alphabet are accepted (OFA and Chinese-CLIP write URL-safe base64).
     Raises ValueError with a short reason if the string is not base64 or not a readable image.
@@ -87,9 +88,22 @@ def save_base64_image(data, folder, name):
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"image bytes do not decode ({err})") from err
-    suffix = IMAGE_SUFFIXES.get(image_format, f".{image_format.lower()}")
+    return raw, IMAGE_SUFFIXES.get(image_format, f".{image_format.lower()}")
+
+
+def write_image_bytes(raw, suffix, folder, name):
+    """Write image bytes unchanged to `folder/<name><suffix>` (unsafe characters of `name` become `_`)."""
     path = os.path.join(folder, re.sub(r"[^\w.-]", "_", name) + suffix)
     os.makedirs(folder, exist_ok=True)
     with open(path, "wb") as f:
         f.write(raw)
     return path
+
+
+def save_base64_image(data, folder, name):
+    """Decode a base64 image and write its bytes unchanged to `folder/<name>.<format suffix>`; return the path.
+
+    Raises ValueError with a short reason if the string is not base64 or not a readable image.
+    """
+    raw, suffix = decode_base64_image(data)
+    return write_image_bytes(raw, suffix, folder, name)

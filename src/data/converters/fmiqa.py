@@ -6,7 +6,7 @@ val2014/ (or all images directly); image `<n>` is found as `COCO_train2014_<n:01
 
 import os
 
-from src.data.converters.common import first_file, json_list, load_json
+from src.data.converters.common import SOURCE, first_file, json_list, load_json
 
 DEFAULT_LANG = "zh"
 COCO_FOLDERS = ("train2014", "val2014")
@@ -58,6 +58,7 @@ def convert_fmiqa(fmiqa_json, split, image_dir, report, lang=DEFAULT_LANG):
                 "question": question.strip(),
                 "answers": [answer.strip()],
                 "lang": lang,
+                SOURCE: entry,
             }
         )
     return samples

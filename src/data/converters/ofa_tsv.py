@@ -14,7 +14,7 @@ import os
 
 from tqdm import tqdm
 
-from src.data.converters.common import save_base64_image
+from src.data.converters.common import SOURCE, save_base64_image
 from src.errors import UserError
 
 DEFAULT_LANG = "en"
@@ -96,7 +96,8 @@ def convert_ofa_tsv(tsv, kind, image_dir, report, lang=DEFAULT_LANG):
             caption_sample[image_id]["captions"].extend(fields["captions"])
             continue
         sample_id = image_id if kind == "caption" else uniq_id
-        sample = {"id": sample_id, "image": os.path.abspath(image_paths[image_id]), "image_id": image_id, "lang": lang}
+        sample = {"id": sample_id, "image": os.path.abspath(image_paths[image_id]), "image_id": image_id, "lang": lang,
+                  SOURCE: f"{tsv} line {line_no}"}
         samples.append({**sample, **fields})
         if kind == "caption":
             caption_sample[image_id] = samples[-1]

@@ -2,9 +2,11 @@
 
 Token ids (without [CLS]/[SEP]) are decoded to text with --vocab (the vocabulary the db was made with, normally
 bert-base-chinese). The ids come from the --ids JSON list. An id `<name>.jpg<k>` is caption k of image `<name>.jpg`;
-other ids name their image directly (`.jpg` appended when missing). Images are looked up as `--image_dir/<name>`, then
-`--image_dir/<basename>`, as the original loader did. Ids containing `laion400m` lose their first 3 token ids, also
-as in the original. One sample per image with its captions in caption order.
+other ids name their image directly: cc3m / cc12m ids (which have their own file naming) as they are, the rest with
+`.jpg` appended when missing. Images are looked up as `--image_dir/<name>`, then (not for cc3m / cc12m)
+`--image_dir/<basename>`, as the original loader did. Token ids are decoded with [UNK] kept visible. Ids containing
+`laion400m` lose their first 3 token ids, also as in the original. One sample per image with its captions in caption
+order.
 """
 
 import json
@@ -13,13 +15,14 @@ import re
 
 from tqdm import tqdm
 
-from src.data.converters.common import first_file, load_json, stem
+from src.data.converters.common import SOURCE, first_file, load_json, stem
 from src.data.tokenizer import Tokenizer
 from src.errors import UserError
 
 DEFAULT_LANG = "zh"
 CAPTION_ID = re.compile(r"^(?P<image>.*\.jpg)(?P<k>\d+)$")
 LAION_PREFIX_IDS = 3
+OWN_FILE_NAMES = ("cc3m", "cc12m")
 
 
 def add_arguments(parser):
@@ -34,11 +37,18 @@ def run(args, report):
 
 
 def image_of(text_id):
-    """Return (image name, caption index or None) of an OPT id."""
+    """Return (image name, caption index or None) of an OPT id: the original loader's rule (`ImgData.get_image`)."""
     match = CAPTION_ID.match(text_id)
     if match:
         return match["image"], int(match["k"])
-    return (text_id if text_id.endswith(".jpg") else text_id + ".jpg"), None
+    if text_id.endswith(".jpg") or own_file_name(text_id):
+        return text_id, None
+    return text_id + ".jpg", None
+
+
+def own_file_name(text_id):
+    """cc3m / cc12m ids are their image's relative path as it is, with no `.jpg` added and no basename fallback."""
+    return ".jpg" not in text_id and any(corpus in text_id for corpus in OWN_FILE_NAMES)
 
 
 def _check_meta(txt_db, tokenizer, vocab_path):
@@ -99,10 +109,14 @@ def convert_opt_textdb(txt_db, ids_json, image_dir, vocab_path, report, lang=DEF
         captions.setdefault(name, []).append((k if k is not None else -1, caption))
     samples = []
     for name, numbered in captions.items():
-        path = first_file([os.path.join(image_dir, name), os.path.join(image_dir, os.path.basename(name))])
+        candidates = [os.path.join(image_dir, name)]
+        if not own_file_name(name):
+            candidates.append(os.path.join(image_dir, os.path.basename(name)))
+        path = first_file(candidates)
         if path is None:
             report.bad(f"{ids_json} image {name}", f"image file not found in {image_dir}")
             continue
         ordered = [caption for _, caption in sorted(numbered, key=lambda pair: pair[0])]
-        samples.append({"id": stem(name), "image": os.path.abspath(path), "captions": ordered, "lang": lang})
+        sample = {"id": stem(name), "image": os.path.abspath(path), "captions": ordered, "lang": lang}
+        samples.append({**sample, SOURCE: f"{ids_json} image {name}"})
     return samples

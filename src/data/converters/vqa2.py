@@ -1,16 +1,20 @@
 """VQA v2: --questions and --annotations JSON files (v2_OpenEnded_mscoco_<subtype>_questions.json, ...).
 
-One sample per question with its 10 human answers. Without --annotations (test sets) the samples have no answers.
+One sample per question with its 10 human answers (blank answers left out and counted). Without --annotations (test
+sets) the samples have no answers.
 Image `<n>` is `--image_dir/COCO_<subtype>_<n:012d>.jpg`; the subtype (e.g. val2014) comes from the questions file's
-`data_subtype` unless --data_subtype is given.
+`data_subtype` unless --data_subtype is given; test-dev2015 questions use the test2015 images
+(`COCO_test2015_<n:012d>.jpg`), of which test-dev is a subset.
 """
 
 import os
 
-from src.data.converters.common import json_list, load_json
+from src.data.converters.common import SOURCE, json_list, load_json
 from src.errors import UserError
 
 DEFAULT_LANG = "en"
+# question subtypes whose images carry another subtype's file names: test-dev is a subset of the test2015 images
+IMAGE_SUBTYPE = {"test-dev2015": "test2015"}
 
 
 def add_arguments(parser):
@@ -26,16 +30,23 @@ def run(args, report):
 
 def _answers_by_question(annotations_json, report):
     """Return {question_id: [answer, ...]} from an annotations file."""
-    answers = {}
+    answers, blank, blank_questions = {}, 0, 0
     for index, annotation in enumerate(json_list(load_json(annotations_json), "annotations", annotations_json)):
         annotation = annotation if isinstance(annotation, dict) else {}
         entry = f"{annotations_json} annotation [{index}] (question_id {annotation.get('question_id')!r})"
         given = annotation.get("answers")
         texts = [a.get("answer") for a in given if isinstance(a, dict)] if isinstance(given, list) else []
-        if "question_id" not in annotation or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            report.bad(entry, "needs question_id and 'answers' with a non-empty 'answer' each")
+        kept = [t.strip() for t in texts if isinstance(t, str) and t.strip()]
+        if "question_id" not in annotation or not kept or not all(isinstance(t, str) for t in texts):
+            report.bad(entry, "needs question_id and 'answers' with at least one non-blank 'answer' (strings)")
             continue
-        answers[annotation["question_id"]] = [t.strip() for t in texts]
+        if len(kept) < len(texts):
+            blank += len(texts) - len(kept)
+            blank_questions += 1
+        answers[annotation["question_id"]] = kept
+    if blank:
+        report.note(f"{blank} blank answers of {blank_questions} questions in {annotations_json} left out; the "
+                    "questions are kept with their other answers")
     return answers
 
 
@@ -46,6 +57,10 @@ def convert_vqa2(questions_json, annotations_json, image_dir, report, lang=DEFAU
     subtype = data_subtype or data.get("data_subtype")
     if not isinstance(subtype, str) or not subtype:
         raise UserError(f"{questions_json} has no 'data_subtype'; pass --data_subtype, e.g. val2014")
+    if subtype in IMAGE_SUBTYPE:
+        report.note(f"{subtype} questions are about {IMAGE_SUBTYPE[subtype]} images: "
+                    f"looking for COCO_{IMAGE_SUBTYPE[subtype]}_<image_id>.jpg")
+        subtype = IMAGE_SUBTYPE[subtype]
     answers = _answers_by_question(annotations_json, report) if annotations_json else None
     samples, answered = [], set()
     for index, question in enumerate(questions):
@@ -69,6 +84,7 @@ def convert_vqa2(questions_json, annotations_json, image_dir, report, lang=DEFAU
             "image_id": str(question["image_id"]),
             "question": text.strip(),
             "lang": lang,
+            SOURCE: entry,
         }
         if answers is not None:
             sample["answers"] = answers[question_id]
