@@ -29,7 +29,7 @@ from tqdm import tqdm
 from src.data.manifest import _resolved, captions_of, check_sample
 from src.data.regions import read_regions
 from src.data.tokenizer import Tokenizer, tokenizer_fingerprint
-from src.data.transforms import load_audio
+from src.data.transforms import load_audio, to_rgb
 from src.errors import UserError
 from src.utils.files import atomic_write_text
 
@@ -40,6 +40,7 @@ JPEG_QUALITY = 95
 WRITE_CHUNK = 64             # records per FileWriter.write_raw_data call
 REPORTED_REJECTS = 20
 SHOWN_IN_ERROR = 3
+STATS = "_stats"             # per-record counts for the report, removed before writing
 
 REASONS = {
     "invalid_utf8": "the line is not UTF-8",
@@ -248,9 +249,9 @@ def _record(sample, where, settings):
     captions = captions_of(sample)
     caption_ids = [tokenizer.encode(caption, MAX_TEXT_TOKENS) for caption in captions]
     question = sample.get("question", "")
-    image = b""
+    image, stats = b"", {}
     if "image_path" in sample:
-        image = _image_bytes(sample["image_path"], where, settings["image_size"])
+        image, stats = _image_bytes(sample["image_path"], where, settings["image_size"])
     elif settings["require_image"]:
         raise Rejected("missing_image", f"{where}: no 'image' field while other samples have one; add the image")
     audio = _empty((0, settings["audio_dim"]), np.float32)
@@ -284,6 +285,7 @@ def _record(sample, where, settings):
         "rationales": json.dumps(sample.get("rationales", []), ensure_ascii=False),
         "lang": sample["lang"],
         "image_tokens": tokens,
+        STATS: stats,
     }
 
 
@@ -292,7 +294,10 @@ def _empty(shape, dtype):
 
 
 def _image_bytes(path, where, image_size):
-    """The image file's bytes after a full decode check; re-encoded as JPEG when not JPEG/PNG or when downscaled."""
+    """(bytes, stats) of the image file after a full decode check. The bytes are the file's own, or, when it is not
+    JPEG/PNG or is downscaled, the image re-encoded with its EXIF orientation applied (`to_rgb`): as PNG when it has
+    transparency (kept: the reader composites it onto data.background), else as JPEG. stats: rotated (EXIF
+    orientation), composited (some pixel not opaque)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -307,18 +312,23 @@ def _image_bytes(path, where, image_size):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise Rejected("bad_image", f"{where}: image {path} is corrupt or truncated ({err}); "
                                     "replace the file or remove the line") from None
+    kept_format = image.format in KEPT_IMAGE_FORMATS
+    image, rotated, composited = to_rgb(image, background=None)
+    stats = {"rotated": rotated, "composited": composited}
     shorter = min(image.size)
     downscale = 0 < image_size < shorter
-    if image.format in KEPT_IMAGE_FORMATS and not downscale:
-        return data
-    image = image.convert("RGB")
+    if kept_format and not downscale:
+        return data, stats
     if downscale:
         scale = image_size / shorter
         size = (max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale)))
         image = image.resize(size, Image.BICUBIC)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
+    if image.mode == "RGBA":
+        image.save(buffer, "PNG")
+    else:
+        image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue(), stats
 
 
 def _audio_frames(path, where, settings):
@@ -397,7 +407,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
     writer.add_schema(record_schema(settings["audio_dim"], _region_width(settings)), "OPT manifest samples")
     flags = {"has_audio": False, "has_vqa": False, "has_image_tokens": False, "has_captions": True,
              "has_rationales": True, "has_image": settings["require_image"]}
-    pending, accepted = [], 0
+    pending, accepted, counts = [], 0, Counter()
     bar = tqdm(total=len(jobs), desc="mindrecord", unit="sample", disable=None)
     for status, _, result in _processed(jobs, workers, settings):
         bar.update()
@@ -405,6 +415,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
             rejects.append(result)
             continue
         result["index"] = accepted
+        counts.update({key: int(value) for key, value in result.pop(STATS).items()})
         accepted += 1
         flags["has_audio"] |= len(result["audio"]) > 0
         flags["has_vqa"] |= len(result["question_ids"]) > 0
@@ -422,7 +433,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
         writer.commit()
     files = [os.path.basename(tmp_out)] if shards == 1 else [f"{os.path.basename(tmp_out)}{k}" for k in range(shards)]
     rejects.sort(key=lambda entry: entry["line"])
-    return {"accepted": accepted, "files": files, **flags}
+    return {"accepted": accepted, "files": files, "counts": counts, **flags}
 
 
 def _processed(jobs, workers, settings):
@@ -465,6 +476,9 @@ def _report(manifest, out, vocab, settings, summary, rejects, strict):
         "rejected": len(rejects),
         "rejected_by_reason": dict(sorted(Counter(entry["reason"] for entry in rejects).items())),
         "first_rejected": rejects[:REPORTED_REJECTS],
+        "images": {"rotated": summary["counts"]["rotated"], "composited": summary["counts"]["composited"]},
+        "image_notes": {"rotated": "EXIF orientation applied when read (src.data.transforms.to_rgb)",
+                        "composited": "some pixels transparent: composited onto data.background when read"},
         "reasons": REASONS,
         "vocab": os.path.abspath(vocab),
         "vocab_sha256": vocab_sha256(vocab),

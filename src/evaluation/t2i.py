@@ -126,7 +126,7 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
     """Generate for every prompt of `data_path`, compute the metrics (plus those of `metrics_hooks`,
     src.evaluation.hooks), write the report; returns the results."""
     from src.data.image_dataset import ImageSource
-    from src.data.transforms import to_uint8, write_png
+    from src.data.transforms import image_rules, to_uint8, write_png
     from src.evaluation.caption import write_report
     from src.evaluation.hooks import Evaluation, run_hooks
     from src.evaluation.image_tokenizer import evaluate_reconstruction
@@ -136,8 +136,8 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
         ids, prompts, sources = ids[:limit], prompts[:limit], sources[:limit]
     if len(prompts) < 2:
         raise UserError(f"{data_path}: R-precision needs at least 2 prompts, found {len(prompts)}")
-    reconstruction, _ = evaluate_reconstruction(t2i.vq, ImageSource(data_path, t2i.cfg.data.workers),
-                                                t2i.vq.image_size, t2i.batch_size)
+    source = ImageSource(data_path, t2i.cfg.data.workers, image_rules(t2i.cfg.data))
+    reconstruction, _ = evaluate_reconstruction(t2i.vq, source, t2i.vq.image_size, t2i.batch_size)
     results = t2i.generate(prompts)
     texts = np.stack([r.text_features for r in results])
     pools = {"": np.stack([r.image_features[0] for r in results]),

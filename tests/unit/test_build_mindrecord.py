@@ -194,3 +194,37 @@ def test_pool_workers_and_shards_give_the_same_records(demo, tmp_path):
                 assert b[key].ndim == 0
             else:
                 np.testing.assert_array_equal(a[key], b[key])
+
+
+def _write_special_images(folder):
+    """clear.png: RGBA, every pixel pink and fully transparent; turned.jpg: 64x32, left half red, right half blue,
+    EXIF Orientation 6 (view rotated 90 degrees clockwise: red on top)."""
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., :3] = (255, 105, 180)
+    Image.fromarray(rgba, "RGBA").save(folder / "clear.png")
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32] = (255, 0, 0)
+    pixels[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(folder / "turned.jpg", quality=95, exif=exif.tobytes())
+
+
+def test_report_counts_composited_and_rotated_images(demo, tmp_path):
+    root, vocab = demo
+    _write_special_images(tmp_path)
+    lines = [{"id": "clear", "image": "clear.png", "text": "一个圆"},
+             {"id": "turned", "image": "turned.jpg", "text": "一个圆"},
+             {"id": "plain", "image": str(root / "images" / "train_000001.jpg"), "text": "一个圆"}]
+    manifest = tmp_path / "special.jsonl"
+    manifest.write_text("".join(json.dumps(s) + "\n" for s in lines), encoding="utf-8")
+    report = build_mindrecord(str(manifest), str(tmp_path / "s.mindrecord"), vocab, workers=1)
+    assert report["images"]["composited"] == 1 and report["images"]["rotated"] == 1
+    assert json.loads((tmp_path / "s.mindrecord.report.json").read_text())["images"] == report["images"]
+    # downscaled images are re-encoded with the orientation applied and the transparency kept (the reader composites)
+    build_mindrecord(str(manifest), str(tmp_path / "d.mindrecord"), vocab, workers=1, image_size=16)
+    clear, turned, _ = [Image.open(io.BytesIO(row["image"].reshape(-1)[0]))
+                        for row in read_rows(tmp_path / "d.mindrecord")]
+    assert (clear.format, clear.mode, turned.format, turned.size) == ("PNG", "RGBA", "JPEG", (16, 32))
+    turned = np.asarray(turned.convert("RGB"), np.int32)
+    assert abs(turned[4, 8] - [255, 0, 0]).max() < 40 and abs(turned[28, 8] - [0, 0, 255]).max() < 40
