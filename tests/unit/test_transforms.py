@@ -321,3 +321,45 @@ def test_exif_orientation_is_applied(orientation, top, bottom):
     assert decode_image(_exif_jpeg(orientation)).shape == (64, 32, 3)
     mapped = _apply(image_transforms(32, train=False), np.frombuffer(_exif_jpeg(orientation), np.uint8))
     np.testing.assert_array_equal(mapped, image)
+
+
+def _elongated():
+    """200 wide, 50 high, green, with a red object at the left end (x < 20)."""
+    pixels = _solid(50, 200, (0, 255, 0))
+    pixels[:, :20] = (255, 0, 0)
+    return _encode(pixels, "PNG")
+
+
+def test_resize_crop_cuts_an_elongated_image_and_pad_keeps_it():
+    """crop: 50 -> 32 high, 200 -> 128 wide, the central 32 columns are original x 75-125: all green, the red end is
+    gone. pad: 200 -> 32 wide, 50 -> 8 high, rows 12-19 hold the image (offset (32 - 8) // 2), the rest is the pad
+    colour; the red end (x < 20) becomes columns 0-2."""
+    red, green = _normalised((255, 0, 0)), _normalised((0, 255, 0))
+    crop = load_image(_elongated(), 32)
+    np.testing.assert_allclose(crop, np.broadcast_to(green[:, None, None], crop.shape), atol=1e-5)
+    pad = load_image(_elongated(), 32, resize="pad", pad_color=(0, 0, 255))
+    np.testing.assert_allclose(pad[:, 16, 1], red, atol=1e-5)
+    np.testing.assert_allclose(pad[:, 16, 20], green, atol=1e-5)
+    blue = _normalised((0, 0, 255))[:, None, None]
+    np.testing.assert_allclose(pad[:, :12], np.broadcast_to(blue, (3, 12, 32)), atol=1e-5)
+    np.testing.assert_allclose(pad[:, 20:], np.broadcast_to(blue, (3, 12, 32)), atol=1e-5)
+    np.testing.assert_allclose(pad[:, 12:20, 5:], np.broadcast_to(green[:, None, None], (3, 8, 27)), atol=1e-5)
+    white = load_image(_elongated(), 32, resize="pad")  # pad_color None: the background
+    np.testing.assert_allclose(white[:, 0, 0], _normalised((255, 255, 255)), atol=1e-5)
+    mapped = _apply(image_transforms(32, train=False, resize="pad", pad_color=(0, 0, 255)),
+                    np.frombuffer(_elongated(), np.uint8))
+    np.testing.assert_array_equal(mapped, pad)
+
+
+def test_image_rules_come_from_the_config_and_are_checked():
+    from src.config import load_config
+    from src.data.transforms import image_rules
+    from tests.helpers import ROOT
+    import os
+    cfg = load_config(os.path.join(ROOT, "config", "caption", "tiny.yaml"),
+                      ["data.resize=pad", "data.background=[0,0,0]"])
+    assert image_rules(cfg.data) == {"background": (0, 0, 0), "resize": "pad", "pad_color": None}
+    with pytest.raises(UserError, match="data.resize"):
+        image_rules(cfg.with_updates({"data.resize": "stretch"}).data)
+    with pytest.raises(UserError, match="data.background"):
+        image_rules(cfg.with_updates({"data.background": [0, 0]}).data)
