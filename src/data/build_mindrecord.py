@@ -1,7 +1,8 @@
 """Turn a manifest into MindRecord files: validate every sample, extract its features, count and report rejects.
 
     python -m src.data.build_mindrecord --manifest data/demo/train.jsonl --out data/mr/train.mindrecord \
-        --vocab vocab/bert-base-chinese.txt [--shards 1] [--workers 2] [--strict] [--max_frames 512] [--image_size 0]
+        --vocab vocab/bert-base-chinese.txt [--shards 1] [--workers 2] [--strict] [--max_frames 512] [--image_size 0] \
+        [--min_image_size 32]
 
 One record per accepted manifest sample (fields in `record_schema`). Rejected samples are never dropped silently:
 `<out>.report.json` counts them per reason and lists the first ones; `--strict` makes any reject an error. Next to
@@ -40,6 +41,12 @@ JPEG_QUALITY = 95
 WRITE_CHUNK = 64             # records per FileWriter.write_raw_data call
 REPORTED_REJECTS = 20
 SHOWN_IN_ERROR = 3
+# Images whose shorter side is below this are reported as upsampled (a warning, not a reject: --strict accepts them).
+# 32 px: below it an image is an icon or thumbnail that holds little detail once stretched to a model's 224 px
+# (32 px is also the smallest resolution images are commonly trained at, as ImageNet 32x32 / CIFAR); the repository's
+# own small data (the demo's 64 px images, the tiny test model's 32 px) stay unflagged.
+MIN_IMAGE_SIZE = 32
+LISTED_IDS = ("upsampled",)  # per-record flags whose first REPORTED_REJECTS ids the report lists
 STATS = "_stats"             # per-record counts for the report, removed before writing
 
 REASONS = {
@@ -252,6 +259,7 @@ def _record(sample, where, settings):
     image, stats = b"", {}
     if "image_path" in sample:
         image, stats = _image_bytes(sample["image_path"], where, settings["image_size"])
+        stats["upsampled"] = stats.pop("shorter") < settings["min_image_size"]
     elif settings["require_image"]:
         raise Rejected("missing_image", f"{where}: no 'image' field while other samples have one; add the image")
     audio = _empty((0, settings["audio_dim"]), np.float32)
@@ -314,8 +322,8 @@ def _image_bytes(path, where, image_size):
                                     "replace the file or remove the line") from None
     kept_format = image.format in KEPT_IMAGE_FORMATS
     image, rotated, composited = to_rgb(image, background=None)
-    stats = {"rotated": rotated, "composited": composited}
     shorter = min(image.size)
+    stats = {"rotated": rotated, "composited": composited, "shorter": shorter}
     downscale = 0 < image_size < shorter
     if kept_format and not downscale:
         return data, stats
@@ -363,19 +371,20 @@ def _image_tokens(path, where):
 
 
 def build_mindrecord(manifest, out, vocab, shards=1, workers=2, strict=False, max_frames=512, image_size=0,
-                     lower_case=True):
+                     lower_case=True, min_image_size=MIN_IMAGE_SIZE):
     """Validate `manifest`, write the accepted samples to MindRecord `out` (+ shards); return the report dict.
 
     Always writes `<out>.report.json`. Raises UserError when nothing is accepted, or with `strict` when anything is
     rejected (then no MindRecord is written).
     """
-    if shards < 1 or workers < 1 or max_frames < 1 or image_size < 0:
-        raise UserError(f"--shards, --workers and --max_frames must be >= 1 and --image_size >= 0, got "
-                        f"{shards}, {workers}, {max_frames}, {image_size}")
+    if shards < 1 or workers < 1 or max_frames < 1 or image_size < 0 or min_image_size < 0:
+        raise UserError(f"--shards, --workers and --max_frames must be >= 1 and --image_size, --min_image_size >= 0, "
+                        f"got {shards}, {workers}, {max_frames}, {image_size}, {min_image_size}")
     Tokenizer(vocab, lower_case=lower_case)  # fail early on a bad vocabulary file
     jobs, rejects = scan_manifest(manifest)
     scanned = len(jobs) + len(rejects)
     settings = {"vocab": vocab, "lower_case": lower_case, "max_frames": max_frames, "image_size": image_size,
+                "min_image_size": min_image_size,
                 "audio_dim": _audio_dim(jobs), "require_image": any("image_path" in s for _, s in jobs)}
     settings["region_dim"], settings["region_box_dim"] = _region_dims(jobs)
     out = os.path.abspath(out)
@@ -407,7 +416,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
     writer.add_schema(record_schema(settings["audio_dim"], _region_width(settings)), "OPT manifest samples")
     flags = {"has_audio": False, "has_vqa": False, "has_image_tokens": False, "has_captions": True,
              "has_rationales": True, "has_image": settings["require_image"]}
-    pending, accepted, counts = [], 0, Counter()
+    pending, accepted, counts, listed = [], 0, Counter(), {key: [] for key in LISTED_IDS}
     bar = tqdm(total=len(jobs), desc="mindrecord", unit="sample", disable=None)
     for status, _, result in _processed(jobs, workers, settings):
         bar.update()
@@ -415,7 +424,11 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
             rejects.append(result)
             continue
         result["index"] = accepted
-        counts.update({key: int(value) for key, value in result.pop(STATS).items()})
+        stats = result.pop(STATS)
+        counts.update({key: int(value) for key, value in stats.items()})
+        for key, ids in listed.items():
+            if stats.get(key) and len(ids) < REPORTED_REJECTS:
+                ids.append(result["id"])
         accepted += 1
         flags["has_audio"] |= len(result["audio"]) > 0
         flags["has_vqa"] |= len(result["question_ids"]) > 0
@@ -433,7 +446,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
         writer.commit()
     files = [os.path.basename(tmp_out)] if shards == 1 else [f"{os.path.basename(tmp_out)}{k}" for k in range(shards)]
     rejects.sort(key=lambda entry: entry["line"])
-    return {"accepted": accepted, "files": files, "counts": counts, **flags}
+    return {"accepted": accepted, "files": files, "counts": counts, "listed": listed, **flags}
 
 
 def _processed(jobs, workers, settings):
@@ -476,14 +489,17 @@ def _report(manifest, out, vocab, settings, summary, rejects, strict):
         "rejected": len(rejects),
         "rejected_by_reason": dict(sorted(Counter(entry["reason"] for entry in rejects).items())),
         "first_rejected": rejects[:REPORTED_REJECTS],
-        "images": {"rotated": summary["counts"]["rotated"], "composited": summary["counts"]["composited"]},
+        "images": {"rotated": summary["counts"]["rotated"], "composited": summary["counts"]["composited"],
+                   "upsampled": summary["counts"]["upsampled"], "first_upsampled": summary["listed"]["upsampled"]},
         "image_notes": {"rotated": "EXIF orientation applied when read (src.data.transforms.to_rgb)",
-                        "composited": "some pixels transparent: composited onto data.background when read"},
+                        "composited": "some pixels transparent: composited onto data.background when read",
+                        "upsampled": f"shorter side below --min_image_size {settings['min_image_size']} px: kept "
+                                     "(a warning, not a reject), but stretched a lot to the model's size"},
         "reasons": REASONS,
         "vocab": os.path.abspath(vocab),
         "vocab_sha256": vocab_sha256(vocab),
-        "settings": {key: settings[key] for key in ("lower_case", "max_frames", "image_size", "audio_dim",
-                                                    "region_dim", "region_box_dim")},
+        "settings": {key: settings[key] for key in ("lower_case", "max_frames", "image_size", "min_image_size",
+                                                    "audio_dim", "region_dim", "region_box_dim")},
         "schema": record_schema(settings["audio_dim"], _region_width(settings)),
     }
 
@@ -540,12 +556,15 @@ def main(argv=None):
     parser.add_argument("--max_frames", type=int, default=512, help="audio frames kept per sample (default 512)")
     parser.add_argument("--image_size", type=int, default=0,
                         help="downscale images whose shorter side is larger to this size (default 0 = keep)")
+    parser.add_argument("--min_image_size", type=int, default=MIN_IMAGE_SIZE,
+                        help=f"report images whose shorter side is smaller as upsampled (default {MIN_IMAGE_SIZE}; "
+                             "a warning, never a reject)")
     parser.add_argument("--lower_case", type=_bool, default=True, help="lower-case text (default true)")
     args = parser.parse_args(argv)
     try:
         report = build_mindrecord(args.manifest, args.out, args.vocab, shards=args.shards, workers=args.workers,
                                   strict=args.strict, max_frames=args.max_frames, image_size=args.image_size,
-                                  lower_case=args.lower_case)
+                                  lower_case=args.lower_case, min_image_size=args.min_image_size)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -228,3 +228,21 @@ def test_report_counts_composited_and_rotated_images(demo, tmp_path):
     assert (clear.format, clear.mode, turned.format, turned.size) == ("PNG", "RGBA", "JPEG", (16, 32))
     turned = np.asarray(turned.convert("RGB"), np.int32)
     assert abs(turned[4, 8] - [255, 0, 0]).max() < 40 and abs(turned[28, 8] - [0, 0, 255]).max() < 40
+
+
+def test_small_images_are_reported_as_upsampled_not_rejected(demo, tmp_path):
+    root, vocab = demo
+    for name, size in (("tiny", (20, 40)), ("edge", (32, 90)), ("big", (64, 64))):
+        Image.fromarray(np.full(size + (3,), 128, np.uint8)).save(tmp_path / f"{name}.png")
+    lines = [{"id": name, "image": f"{name}.png", "text": "一个圆"} for name in ("tiny", "edge", "big")]
+    manifest = tmp_path / "small.jsonl"
+    manifest.write_text("".join(json.dumps(s) + "\n" for s in lines), encoding="utf-8")
+    report = build_mindrecord(str(manifest), str(tmp_path / "s.mindrecord"), vocab, workers=1, strict=True)
+    assert report["accepted"] == 3 and report["rejected"] == 0 and report["written"]   # a warning, not a reject
+    assert report["images"]["upsampled"] == 1 and report["images"]["first_upsampled"] == ["tiny"]  # 20 < 32 <= 32
+    assert report["settings"]["min_image_size"] == 32
+    report = build_mindrecord(str(manifest), str(tmp_path / "s.mindrecord"), vocab, workers=1, min_image_size=64)
+    assert report["images"]["upsampled"] == 2 and report["images"]["first_upsampled"] == ["tiny", "edge"]
+    assert main(["--manifest", str(manifest), "--out", str(tmp_path / "c.mindrecord"), "--vocab", vocab,
+                 "--workers", "1", "--min_image_size", "0"]) == 0
+    assert json.loads((tmp_path / "c.mindrecord.report.json").read_text())["images"]["upsampled"] == 0
