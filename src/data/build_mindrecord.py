@@ -2,7 +2,7 @@
 
     python -m src.data.build_mindrecord --manifest data/demo/train.jsonl --out data/mr/train.mindrecord \
         --vocab vocab/bert-base-chinese.txt [--shards 1] [--workers 2] [--strict] [--max_frames 512] [--image_size 0] \
-        [--min_image_size 32]
+        [--min_image_size 32] [--text_max_len 50]
 
 One record per accepted manifest sample (fields in `record_schema`). Rejected samples are never dropped silently:
 `<out>.report.json` counts them per reason and lists the first ones; `--strict` makes any reject an error. Next to
@@ -46,7 +46,9 @@ SHOWN_IN_ERROR = 3
 # (32 px is also the smallest resolution images are commonly trained at, as ImageNet 32x32 / CIFAR); the repository's
 # own small data (the demo's 64 px images, the tiny test model's 32 px) stay unflagged.
 MIN_IMAGE_SIZE = 32
-LISTED_IDS = ("upsampled",)  # per-record flags whose first REPORTED_REJECTS ids the report lists
+TEXT_MAX_LEN = 50            # config/defaults.yaml model.text.max_len: texts longer are cut when a model reads them
+# per-record counts whose first REPORTED_REJECTS sample ids (of samples with a non-zero count) the report lists
+LISTED_IDS = ("upsampled", "texts_with_unk", "texts_over_max_len")
 STATS = "_stats"             # per-record counts for the report, removed before writing
 
 REASONS = {
@@ -256,10 +258,12 @@ def _record(sample, where, settings):
     captions = captions_of(sample)
     caption_ids = [tokenizer.encode(caption, MAX_TEXT_TOKENS) for caption in captions]
     question = sample.get("question", "")
-    image, stats = b"", {}
+    stats = _text_stats(tokenizer, captions + ([question] if question else []), settings["text_max_len"])
+    image = b""
     if "image_path" in sample:
-        image, stats = _image_bytes(sample["image_path"], where, settings["image_size"])
-        stats["upsampled"] = stats.pop("shorter") < settings["min_image_size"]
+        image, image_stats = _image_bytes(sample["image_path"], where, settings["image_size"])
+        stats["upsampled"] = image_stats.pop("shorter") < settings["min_image_size"]
+        stats.update(image_stats)
     elif settings["require_image"]:
         raise Rejected("missing_image", f"{where}: no 'image' field while other samples have one; add the image")
     audio = _empty((0, settings["audio_dim"]), np.float32)
@@ -295,6 +299,18 @@ def _record(sample, where, settings):
         "image_tokens": tokens,
         STATS: stats,
     }
+
+
+def _text_stats(tokenizer, texts, max_len):
+    """Counts over a sample's tokenised texts (captions and question): tokens and [UNK] tokens ([CLS] / [SEP] not
+    counted), texts holding [UNK], texts cut at the stored MAX_TEXT_TOKENS, texts longer than `max_len` (with
+    [CLS] and [SEP]); the *_with_unk / *_over_max_len flags say whether any text of the sample is."""
+    pieces = [tokenizer.ids(text) for text in texts]
+    unk = [piece.count(tokenizer.unk_id) for piece in pieces]
+    return {"texts": len(texts), "text_tokens": sum(map(len, pieces)), "unk_tokens": sum(unk),
+            "texts_with_unk": sum(n > 0 for n in unk),
+            "texts_cut": sum(len(piece) + 2 > MAX_TEXT_TOKENS for piece in pieces),
+            "texts_over_max_len": sum(len(piece) + 2 > max_len for piece in pieces)}
 
 
 def _empty(shape, dtype):
@@ -371,20 +387,21 @@ def _image_tokens(path, where):
 
 
 def build_mindrecord(manifest, out, vocab, shards=1, workers=2, strict=False, max_frames=512, image_size=0,
-                     lower_case=True, min_image_size=MIN_IMAGE_SIZE):
+                     lower_case=True, min_image_size=MIN_IMAGE_SIZE, text_max_len=TEXT_MAX_LEN):
     """Validate `manifest`, write the accepted samples to MindRecord `out` (+ shards); return the report dict.
 
     Always writes `<out>.report.json`. Raises UserError when nothing is accepted, or with `strict` when anything is
     rejected (then no MindRecord is written).
     """
-    if shards < 1 or workers < 1 or max_frames < 1 or image_size < 0 or min_image_size < 0:
-        raise UserError(f"--shards, --workers and --max_frames must be >= 1 and --image_size, --min_image_size >= 0, "
-                        f"got {shards}, {workers}, {max_frames}, {image_size}, {min_image_size}")
+    if shards < 1 or workers < 1 or max_frames < 1 or image_size < 0 or min_image_size < 0 or text_max_len < 2:
+        raise UserError(f"--shards, --workers and --max_frames must be >= 1, --image_size, --min_image_size >= 0 and "
+                        f"--text_max_len >= 2, got {shards}, {workers}, {max_frames}, {image_size}, {min_image_size}, "
+                        f"{text_max_len}")
     Tokenizer(vocab, lower_case=lower_case)  # fail early on a bad vocabulary file
     jobs, rejects = scan_manifest(manifest)
     scanned = len(jobs) + len(rejects)
     settings = {"vocab": vocab, "lower_case": lower_case, "max_frames": max_frames, "image_size": image_size,
-                "min_image_size": min_image_size,
+                "min_image_size": min_image_size, "text_max_len": text_max_len,
                 "audio_dim": _audio_dim(jobs), "require_image": any("image_path" in s for _, s in jobs)}
     settings["region_dim"], settings["region_box_dim"] = _region_dims(jobs)
     out = os.path.abspath(out)
@@ -495,13 +512,30 @@ def _report(manifest, out, vocab, settings, summary, rejects, strict):
                         "composited": "some pixels transparent: composited onto data.background when read",
                         "upsampled": f"shorter side below --min_image_size {settings['min_image_size']} px: kept "
                                      "(a warning, not a reject), but stretched a lot to the model's size"},
+        "texts": _text_report(summary, settings),
         "reasons": REASONS,
         "vocab": os.path.abspath(vocab),
         "vocab_sha256": vocab_sha256(vocab),
         "settings": {key: settings[key] for key in ("lower_case", "max_frames", "image_size", "min_image_size",
-                                                    "audio_dim", "region_dim", "region_box_dim")},
+                                                    "text_max_len", "audio_dim", "region_dim", "region_box_dim")},
         "schema": record_schema(settings["audio_dim"], _region_width(settings)),
     }
+
+
+def _text_report(summary, settings):
+    """Tokenised captions and questions: [UNK] counts and share, texts cut (stored limit) or longer than the
+    model's text length (--text_max_len), each with the first sample ids."""
+    counts, listed = summary["counts"], summary["listed"]
+    return {"count": counts["texts"], "tokens": counts["text_tokens"], "unk_tokens": counts["unk_tokens"],
+            "unk_share": round(counts["unk_tokens"] / counts["text_tokens"], 6) if counts["text_tokens"] else 0.0,
+            "with_unk": counts["texts_with_unk"], "first_with_unk": listed["texts_with_unk"],
+            "cut_at_stored_limit": counts["texts_cut"], "stored_limit": MAX_TEXT_TOKENS,
+            "over_max_len": counts["texts_over_max_len"], "max_len": settings["text_max_len"],
+            "first_over_max_len": listed["texts_over_max_len"],
+            "notes": "tokens exclude [CLS] / [SEP]; with_unk: texts holding at least one [UNK] (characters the "
+                     "vocabulary lacks: rebuild it with src.data.vocab or check lower_case); over_max_len: texts "
+                     "that [CLS] pieces [SEP] makes longer than max_len, cut when a model with model.text.max_len = "
+                     "max_len reads them"}
 
 
 def _meta(report, summary):
@@ -559,12 +593,15 @@ def main(argv=None):
     parser.add_argument("--min_image_size", type=int, default=MIN_IMAGE_SIZE,
                         help=f"report images whose shorter side is smaller as upsampled (default {MIN_IMAGE_SIZE}; "
                              "a warning, never a reject)")
+    parser.add_argument("--text_max_len", type=int, default=TEXT_MAX_LEN,
+                        help=f"report texts longer than this (model.text.max_len, default {TEXT_MAX_LEN})")
     parser.add_argument("--lower_case", type=_bool, default=True, help="lower-case text (default true)")
     args = parser.parse_args(argv)
     try:
         report = build_mindrecord(args.manifest, args.out, args.vocab, shards=args.shards, workers=args.workers,
                                   strict=args.strict, max_frames=args.max_frames, image_size=args.image_size,
-                                  lower_case=args.lower_case, min_image_size=args.min_image_size)
+                                  lower_case=args.lower_case, min_image_size=args.min_image_size,
+                                  text_max_len=args.text_max_len)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -246,3 +246,27 @@ def test_small_images_are_reported_as_upsampled_not_rejected(demo, tmp_path):
     assert main(["--manifest", str(manifest), "--out", str(tmp_path / "c.mindrecord"), "--vocab", vocab,
                  "--workers", "1", "--min_image_size", "0"]) == 0
     assert json.loads((tmp_path / "c.mindrecord.report.json").read_text())["images"]["upsampled"] == 0
+
+
+def test_report_counts_unknown_tokens_and_long_texts(tmp_path):
+    """Vocabulary: specials + 猫 狗 在 跑. "猫在跑" has 3 known tokens; "猫🦄跑" has 2 known and 1 [UNK]; the
+    question "狗" x 60 is 62 long with [CLS] / [SEP], over --text_max_len 10; "猫在跑狗" is 6 long, within it; "猫" x 600
+    is over both --text_max_len and the stored limit (512)."""
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "猫", "狗", "在", "跑"]) + "\n",
+                     encoding="utf-8")
+    lines = [{"id": "known", "captions": ["猫在跑", "猫在跑狗"]},
+             {"id": "unknown", "captions": ["猫🦄跑"]},
+             {"id": "long", "question": "狗" * 60, "answers": ["狗"]},
+             {"id": "huge", "captions": ["猫" * 600]}]
+    manifest = tmp_path / "texts.jsonl"
+    manifest.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in lines), encoding="utf-8")
+    report = build_mindrecord(str(manifest), str(tmp_path / "t.mindrecord"), str(vocab), workers=1,
+                              text_max_len=10)
+    texts = report["texts"]
+    assert (texts["count"], texts["tokens"], texts["unk_tokens"]) == (5, 3 + 4 + 3 + 60 + 600, 1)
+    assert texts["unk_share"] == round(1 / 670, 6)
+    assert (texts["with_unk"], texts["first_with_unk"]) == (1, ["unknown"])
+    assert (texts["over_max_len"], texts["first_over_max_len"], texts["max_len"]) == (2, ["long", "huge"], 10)
+    assert texts["cut_at_stored_limit"] == 1 and texts["stored_limit"] == 512   # 602 > 512: stored cut
+    assert report["settings"]["text_max_len"] == 10
