@@ -250,8 +250,8 @@ def test_small_images_are_reported_as_upsampled_not_rejected(demo, tmp_path):
 
 def test_report_counts_unknown_tokens_and_long_texts(tmp_path):
     """Vocabulary: specials + 猫 狗 在 跑. "猫在跑" has 3 known tokens; "猫🦄跑" has 2 known and 1 [UNK]; the
-    question "狗" x 60 is 62 long with [CLS] / [SEP], over --text_max_len 10; "猫在跑狗" is 6 long, within it; "猫" x 600
-    is over both --text_max_len and the stored limit (512)."""
+    question "狗" x 60 is 62 long with [CLS] / [SEP], over --text_max_len 10; "猫在跑狗" is 6 long, within it;
+    "猫" x 600 is over both --text_max_len and the stored limit (512)."""
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "猫", "狗", "在", "跑"]) + "\n",
                      encoding="utf-8")
