@@ -68,6 +68,7 @@ def to_rgb(image, background=DEFAULT_BACKGROUND):
     stays RGBA (build_mindrecord re-encodes it so, leaving the background to `data.background` when read).
 
     EXIF orientation (tag 274, values 2-8) is applied (`PIL.ImageOps.exif_transpose`): `rotated` is True then.
+    16-bit grey images keep their high byte (as OpenCV, which `mindspore.dataset.vision.Decode` uses).
     Transparency (RGBA, LA, PA, a palette or grey / RGB image with a `transparency` entry) is composited onto the
     `background` colour instead of being dropped (dropping it shows whatever colour the transparent pixels hold):
     `composited` is True when some pixel was not fully opaque.
@@ -76,6 +77,8 @@ def to_rgb(image, background=DEFAULT_BACKGROUND):
     rotated = image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None)
     if rotated:
         image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):  # 16-bit grey: keep the high byte, as OpenCV does (PIL's convert would clip)
+        image = Image.fromarray((np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8), "L")
     composited = False
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")

@@ -363,3 +363,16 @@ def test_image_rules_come_from_the_config_and_are_checked():
         image_rules(cfg.with_updates({"data.resize": "stretch"}).data)
     with pytest.raises(UserError, match="data.background"):
         image_rules(cfg.with_updates({"data.background": [0, 0]}).data)
+
+
+def test_sixteen_bit_grey_png_keeps_its_high_byte_like_vision_decode():
+    """PIL's convert("RGB") clips 16-bit grey to white; the decode keeps the high byte, as vision.Decode does."""
+    import mindspore.dataset.vision as vision
+    from src.data.transforms import decode_image
+    grey = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, "PNG")
+    data = np.frombuffer(buffer.getvalue(), np.uint8)
+    decoded = decode_image(data)
+    np.testing.assert_array_equal(decoded[..., 0], grey >> 8)
+    np.testing.assert_array_equal(decoded, vision.Decode()(data))
