@@ -567,7 +567,12 @@ def summary_line(report):
     reasons = ", ".join(f"{reason} {count}" for reason, count in report["rejected_by_reason"].items())
     rejected = f"rejected {report['rejected']}" + (f" ({reasons})" if reasons else "")
     where = report["out"] if report["written"] else "nothing written"
-    return f"accepted {report['accepted']}, {rejected}; {where}; report {report['out']}.report.json"
+    images, texts = report["images"], report["texts"]
+    notes = [f"{n} {what}" for n, what in ((images["upsampled"], "images upsampled"),
+                                            (texts["with_unk"], "texts with [UNK]"),
+                                            (texts["over_max_len"], f"texts over {texts['max_len']} tokens")) if n]
+    notes = f"; warnings: {', '.join(notes)}" if notes else ""
+    return f"accepted {report['accepted']}, {rejected}{notes}; {where}; report {report['out']}.report.json"
 
 
 def _bool(text):

@@ -9,7 +9,7 @@ from PIL import Image
 
 import mindspore.dataset as ds
 
-from src.data.build_mindrecord import build_mindrecord, main, record_schema, vocab_sha256
+from src.data.build_mindrecord import build_mindrecord, main, record_schema, summary_line, vocab_sha256
 from demo.data import generate_demo
 from src.data.manifest import read_manifest
 from src.data.tokenizer import Tokenizer
@@ -270,3 +270,4 @@ def test_report_counts_unknown_tokens_and_long_texts(tmp_path):
     assert (texts["over_max_len"], texts["first_over_max_len"], texts["max_len"]) == (2, ["long", "huge"], 10)
     assert texts["cut_at_stored_limit"] == 1 and texts["stored_limit"] == 512   # 602 > 512: stored cut
     assert report["settings"]["text_max_len"] == 10
+    assert "warnings: 1 texts with [UNK], 2 texts over 10 tokens;" in summary_line(report)
