@@ -52,8 +52,10 @@ def build_tokenizer_training(cfg, dist):
     from src.engine.trainer import Trainer
     from src.models.vq import ReconstructionLoss, build_vq
 
-    train = ImageSource(cfg.data.train, cfg.data.workers)
-    val = ImageSource(cfg.data.val, cfg.data.workers) if cfg.data.val else None
+    from src.data.transforms import image_rules
+    rules = image_rules(cfg.data)
+    train = ImageSource(cfg.data.train, cfg.data.workers, rules)
+    val = ImageSource(cfg.data.val, cfg.data.workers, rules) if cfg.data.val else None
     vq = build_vq(cfg.vq)
     augment = {"random_resized_crop": cfg.data.random_crop, "crop_scale": cfg.data.crop_scale,
                "hflip": cfg.data.hflip}

@@ -1,7 +1,8 @@
 """Turn a manifest into MindRecord files: validate every sample, extract its features, count and report rejects.
 
     python -m src.data.build_mindrecord --manifest data/demo/train.jsonl --out data/mr/train.mindrecord \
-        --vocab vocab/bert-base-chinese.txt [--shards 1] [--workers 2] [--strict] [--max_frames 512] [--image_size 0]
+        --vocab vocab/bert-base-chinese.txt [--shards 1] [--workers 2] [--strict] [--max_frames 512] [--image_size 0] \
+        [--min_image_size 32] [--text_max_len 50]
 
 One record per accepted manifest sample (fields in `record_schema`). Rejected samples are never dropped silently:
 `<out>.report.json` counts them per reason and lists the first ones; `--strict` makes any reject an error. Next to
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from src.data.manifest import _resolved, captions_of, check_sample
 from src.data.regions import read_regions
 from src.data.tokenizer import Tokenizer, tokenizer_fingerprint
-from src.data.transforms import load_audio
+from src.data.transforms import load_audio, to_rgb
 from src.errors import UserError
 from src.utils.files import atomic_write_text
 
@@ -42,6 +43,15 @@ JPEG_QUALITY = 95
 WRITE_CHUNK = 64             # records per FileWriter.write_raw_data call
 REPORTED_REJECTS = 20
 SHOWN_IN_ERROR = 3
+# Images whose shorter side is below this are reported as upsampled (a warning, not a reject: --strict accepts them).
+# 32 px: below it an image is an icon or thumbnail that holds little detail once stretched to a model's 224 px
+# (32 px is also the smallest resolution images are commonly trained at, as ImageNet 32x32 / CIFAR); the repository's
+# own small data (the demo's 64 px images, the tiny test model's 32 px) stay unflagged.
+MIN_IMAGE_SIZE = 32
+TEXT_MAX_LEN = 50            # config/defaults.yaml model.text.max_len: texts longer are cut when a model reads them
+# per-record counts whose first REPORTED_REJECTS sample ids (of samples with a non-zero count) the report lists
+LISTED_IDS = ("upsampled", "texts_with_unk", "texts_over_max_len")
+STATS = "_stats"             # per-record counts for the report, removed before writing
 
 REASONS = {
     "invalid_utf8": "the line is not UTF-8",
@@ -259,9 +269,12 @@ def _record(sample, where, settings):
     captions = captions_of(sample)
     caption_ids = [tokenizer.encode(caption, MAX_TEXT_TOKENS) for caption in captions]
     question = sample.get("question", "")
+    stats = _text_stats(tokenizer, captions + ([question] if question else []), settings["text_max_len"])
     image = b""
     if "image_path" in sample:
-        image = _image_bytes(sample["image_path"], where, settings["image_size"])
+        image, image_stats = _image_bytes(sample["image_path"], where, settings["image_size"])
+        stats["upsampled"] = image_stats.pop("shorter") < settings["min_image_size"]
+        stats.update(image_stats)
     elif settings["require_image"]:
         raise Rejected("missing_image", f"{where}: no 'image' field while other samples have one; add the image")
     audio = _empty((0, settings["audio_dim"]), np.float32)
@@ -296,7 +309,20 @@ def _record(sample, where, settings):
         "rationales": json.dumps(sample.get("rationales", []), ensure_ascii=False),
         "lang": sample["lang"],
         "image_tokens": tokens,
+        STATS: stats,
     }
+
+
+def _text_stats(tokenizer, texts, max_len):
+    """Counts over a sample's tokenised texts (captions and question): tokens and [UNK] tokens ([CLS] / [SEP] not
+    counted), texts holding [UNK], texts cut at the stored MAX_TEXT_TOKENS, texts longer than `max_len` (with
+    [CLS] and [SEP]); the *_with_unk / *_over_max_len flags say whether any text of the sample is."""
+    pieces = [tokenizer.ids(text) for text in texts]
+    unk = [piece.count(tokenizer.unk_id) for piece in pieces]
+    return {"texts": len(texts), "text_tokens": sum(map(len, pieces)), "unk_tokens": sum(unk),
+            "texts_with_unk": sum(n > 0 for n in unk),
+            "texts_cut": sum(len(piece) + 2 > MAX_TEXT_TOKENS for piece in pieces),
+            "texts_over_max_len": sum(len(piece) + 2 > max_len for piece in pieces)}
 
 
 def _empty(shape, dtype):
@@ -304,7 +330,10 @@ def _empty(shape, dtype):
 
 
 def _image_bytes(path, where, image_size):
-    """The image file's bytes after a full decode check; re-encoded as JPEG when not JPEG/PNG or when downscaled."""
+    """(bytes, stats) of the image file after a full decode check. The bytes are the file's own, or, when it is not
+    JPEG/PNG or is downscaled, the image re-encoded with its EXIF orientation applied (`to_rgb`): as PNG when it has
+    transparency (kept: the reader composites it onto data.background), else as JPEG. stats: rotated (EXIF
+    orientation), composited (some pixel not opaque)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -319,18 +348,23 @@ def _image_bytes(path, where, image_size):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise Rejected("bad_image", f"{where}: image {path} is corrupt or truncated ({err}); "
                                     "replace the file or remove the line") from None
+    kept_format = image.format in KEPT_IMAGE_FORMATS
+    image, rotated, composited = to_rgb(image, background=None)
     shorter = min(image.size)
+    stats = {"rotated": rotated, "composited": composited, "shorter": shorter}
     downscale = 0 < image_size < shorter
-    if image.format in KEPT_IMAGE_FORMATS and not downscale:
-        return data
-    image = image.convert("RGB")
+    if kept_format and not downscale:
+        return data, stats
     if downscale:
         scale = image_size / shorter
         size = (max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale)))
         image = image.resize(size, Image.BICUBIC)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
+    if image.mode == "RGBA":
+        image.save(buffer, "PNG")
+    else:
+        image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue(), stats
 
 
 def _audio_frames(path, where, settings):
@@ -365,19 +399,21 @@ def _image_tokens(path, where):
 
 
 def build_mindrecord(manifest, out, vocab, shards=1, workers=2, strict=False, max_frames=512, image_size=0,
-                     lower_case=True):
+                     lower_case=True, min_image_size=MIN_IMAGE_SIZE, text_max_len=TEXT_MAX_LEN):
     """Validate `manifest`, write the accepted samples to MindRecord `out` (+ shards); return the report dict.
 
     Always writes `<out>.report.json`. Raises UserError when nothing is accepted, or with `strict` when anything is
     rejected (then no MindRecord is written).
     """
-    if shards < 1 or workers < 1 or max_frames < 1 or image_size < 0:
-        raise UserError(f"--shards, --workers and --max_frames must be >= 1 and --image_size >= 0, got "
-                        f"{shards}, {workers}, {max_frames}, {image_size}")
+    if shards < 1 or workers < 1 or max_frames < 1 or image_size < 0 or min_image_size < 0 or text_max_len < 2:
+        raise UserError(f"--shards, --workers and --max_frames must be >= 1, --image_size, --min_image_size >= 0 and "
+                        f"--text_max_len >= 2, got {shards}, {workers}, {max_frames}, {image_size}, {min_image_size}, "
+                        f"{text_max_len}")
     Tokenizer(vocab, lower_case=lower_case)  # fail early on a bad vocabulary file
     jobs, rejects = scan_manifest(manifest)
     scanned = len(jobs) + len(rejects)
     settings = {"vocab": vocab, "lower_case": lower_case, "max_frames": max_frames, "image_size": image_size,
+                "min_image_size": min_image_size, "text_max_len": text_max_len,
                 "audio_dim": _audio_dim(jobs), "require_image": any("image_path" in s for _, s in jobs)}
     settings["region_dim"], settings["region_box_dim"] = _region_dims(jobs)
     out = os.path.abspath(out)
@@ -418,7 +454,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
     writer.add_schema(record_schema(settings["audio_dim"], _region_width(settings)), "OPT manifest samples")
     flags = {"has_audio": False, "has_vqa": False, "has_answer_scores": False, "has_image_tokens": False,
              "has_captions": True, "has_rationales": True, "has_image": settings["require_image"]}
-    pending, accepted = [], 0
+    pending, accepted, counts, listed = [], 0, Counter(), {key: [] for key in LISTED_IDS}
     bar = tqdm(total=len(jobs), desc="mindrecord", unit="sample", disable=None)
     for status, _, result in _processed(jobs, workers, settings):
         bar.update()
@@ -426,6 +462,11 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
             rejects.append(result)
             continue
         result["index"] = accepted
+        stats = result.pop(STATS)
+        counts.update({key: int(value) for key, value in stats.items()})
+        for key, ids in listed.items():
+            if stats.get(key) and len(ids) < REPORTED_REJECTS:
+                ids.append(result["id"])
         accepted += 1
         flags["has_audio"] |= len(result["audio"]) > 0
         flags["has_vqa"] |= len(result["question_ids"]) > 0
@@ -444,7 +485,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
         writer.commit()
     files = [os.path.basename(tmp_out)] if shards == 1 else [f"{os.path.basename(tmp_out)}{k}" for k in range(shards)]
     rejects.sort(key=lambda entry: entry["line"])
-    return {"accepted": accepted, "files": files, **flags}
+    return {"accepted": accepted, "files": files, "counts": counts, "listed": listed, **flags}
 
 
 def _processed(jobs, workers, settings):
@@ -502,13 +543,36 @@ def _report(manifest, out, vocab, settings, summary, rejects, strict):
         "rejected": len(rejects),
         "rejected_by_reason": dict(sorted(Counter(entry["reason"] for entry in rejects).items())),
         "first_rejected": rejects[:REPORTED_REJECTS],
+        "images": {"rotated": summary["counts"]["rotated"], "composited": summary["counts"]["composited"],
+                   "upsampled": summary["counts"]["upsampled"], "first_upsampled": summary["listed"]["upsampled"]},
+        "image_notes": {"rotated": "EXIF orientation applied when read (src.data.transforms.to_rgb)",
+                        "composited": "some pixels transparent: composited onto data.background when read",
+                        "upsampled": f"shorter side below --min_image_size {settings['min_image_size']} px: kept "
+                                     "(a warning, not a reject), but stretched a lot to the model's size"},
+        "texts": _text_report(summary, settings),
         "reasons": REASONS,
         "vocab": os.path.abspath(vocab),
         "vocab_sha256": vocab_sha256(vocab),
-        "settings": {key: settings[key] for key in ("lower_case", "max_frames", "image_size", "audio_dim",
-                                                    "region_dim", "region_box_dim")},
+        "settings": {key: settings[key] for key in ("lower_case", "max_frames", "image_size", "min_image_size",
+                                                    "text_max_len", "audio_dim", "region_dim", "region_box_dim")},
         "schema": record_schema(settings["audio_dim"], _region_width(settings)),
     }
+
+
+def _text_report(summary, settings):
+    """Tokenised captions and questions: [UNK] counts and share, texts cut (stored limit) or longer than the
+    model's text length (--text_max_len), each with the first sample ids."""
+    counts, listed = summary["counts"], summary["listed"]
+    return {"count": counts["texts"], "tokens": counts["text_tokens"], "unk_tokens": counts["unk_tokens"],
+            "unk_share": round(counts["unk_tokens"] / counts["text_tokens"], 6) if counts["text_tokens"] else 0.0,
+            "with_unk": counts["texts_with_unk"], "first_with_unk": listed["texts_with_unk"],
+            "cut_at_stored_limit": counts["texts_cut"], "stored_limit": MAX_TEXT_TOKENS,
+            "over_max_len": counts["texts_over_max_len"], "max_len": settings["text_max_len"],
+            "first_over_max_len": listed["texts_over_max_len"],
+            "notes": "tokens exclude [CLS] / [SEP]; with_unk: texts holding at least one [UNK] (characters the "
+                     "vocabulary lacks: rebuild it with src.data.vocab or check lower_case); over_max_len: texts "
+                     "that [CLS] pieces [SEP] makes longer than max_len, cut when a model with model.text.max_len = "
+                     "max_len reads them"}
 
 
 def _meta(report, summary):
@@ -543,7 +607,12 @@ def summary_line(report):
     where = report["out"] if report["written"] else "nothing written"
     if report.get("removed_previous"):
         where += f" (previous MindRecord removed: {', '.join(report['removed_previous'])})"
-    return f"accepted {report['accepted']}, {rejected}; {where}; report {report['out']}.report.json"
+    images, texts = report["images"], report["texts"]
+    notes = [f"{n} {what}" for n, what in ((images["upsampled"], "images upsampled"),
+                                            (texts["with_unk"], "texts with [UNK]"),
+                                            (texts["over_max_len"], f"texts over {texts['max_len']} tokens")) if n]
+    notes = f"; warnings: {', '.join(notes)}" if notes else ""
+    return f"accepted {report['accepted']}, {rejected}{notes}; {where}; report {report['out']}.report.json"
 
 
 def _bool(text):
@@ -566,12 +635,18 @@ def main(argv=None):
     parser.add_argument("--max_frames", type=int, default=512, help="audio frames kept per sample (default 512)")
     parser.add_argument("--image_size", type=int, default=0,
                         help="downscale images whose shorter side is larger to this size (default 0 = keep)")
+    parser.add_argument("--min_image_size", type=int, default=MIN_IMAGE_SIZE,
+                        help=f"report images whose shorter side is smaller as upsampled (default {MIN_IMAGE_SIZE}; "
+                             "a warning, never a reject)")
+    parser.add_argument("--text_max_len", type=int, default=TEXT_MAX_LEN,
+                        help=f"report texts longer than this (model.text.max_len, default {TEXT_MAX_LEN})")
     parser.add_argument("--lower_case", type=_bool, default=True, help="lower-case text (default true)")
     args = parser.parse_args(argv)
     try:
         report = build_mindrecord(args.manifest, args.out, args.vocab, shards=args.shards, workers=args.workers,
                                   strict=args.strict, max_frames=args.max_frames, image_size=args.image_size,
-                                  lower_case=args.lower_case)
+                                  lower_case=args.lower_case, min_image_size=args.min_image_size,
+                                  text_max_len=args.text_max_len)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -34,13 +34,15 @@ class _FileBytes:
 class ImageSource:
     """The unique images of a manifest (`.jsonl`) or a MindRecord (its --out name or first shard file).
 
+    `rules`: the image keywords of `src.data.transforms.image_rules` (background, resize, pad_color).
     `ids[i]` is the image_id of image i; `dataset(positions, ...)` reads the images at `positions` in that order.
     """
 
-    def __init__(self, path, workers=2):
+    def __init__(self, path, workers=2, rules=None):
         if not path:
             raise UserError("no image data given: set data.train (and data.val) to a manifest .jsonl or a MindRecord")
         self.path, self.workers = path, int(workers)
+        self.rules = dict(rules or {})  # src.data.transforms.image_rules(cfg.data); {} = the defaults
         if path.endswith(MANIFEST_SUFFIXES):
             self._files, self._records = self._from_manifest(path), None
             self.ids = list(self._files)
@@ -90,7 +92,8 @@ class ImageSource:
             records = [self._records[self.ids[i]] for i in positions]
             data = ds.MindDataset(list(self._info.files), columns_list=["image"],
                                   sampler=ds.SubsetSampler(records), num_parallel_workers=self.workers)
-        transforms = image_transforms(image_size, train=train, **(augment or {"random_resized_crop": False}))
+        transforms = image_transforms(image_size, train=train, **(augment or {"random_resized_crop": False}),
+                                      **self.rules)
         data = data.map(transforms, input_columns=["image"], num_parallel_workers=self.workers)
         return data.batch(batch_size, drop_remainder=drop_remainder)
 

@@ -29,7 +29,7 @@ from src.data.masking import (image_token_targets, itm_batch, mask_positions, ma
                               modality_schedule, pair_match_batch, sample_rng, text_generation_targets)
 from src.data.tokenizer import tokenizer_fingerprint
 from src.data.regions import pack_regions
-from src.data.transforms import image_transforms, pad_or_truncate
+from src.data.transforms import image_rules, image_transforms, pad_or_truncate
 from src.errors import UserError
 
 PRETRAIN_TASKS = ("mlm", "mvm", "mam", "itm", "itc", "td", "id")
@@ -224,9 +224,9 @@ def map_vision(data, cfg, train):
                         num_parallel_workers=workers)
     if train:
         transform = image_transforms(cfg.model.image.image_size, train=True, random_resized_crop=cfg.data.random_crop,
-                                     crop_scale=cfg.data.crop_scale, hflip=cfg.data.hflip)
+                                     crop_scale=cfg.data.crop_scale, hflip=cfg.data.hflip, **image_rules(cfg.data))
     else:
-        transform = image_transforms(cfg.model.image.image_size, train=False)
+        transform = image_transforms(cfg.model.image.image_size, train=False, **image_rules(cfg.data))
     return data.map(transform, input_columns=["image"], num_parallel_workers=workers)
 
 

@@ -1,11 +1,15 @@
 """Image and audio transforms that turn raw files into the model's input arrays.
 
-Image: float32 (3, S, S), ImageNet mean/std on 0-255 pixels. Audio: float32 (T, D) frames plus an int32 frame mask,
+Image: float32 (3, S, S), ImageNet mean/std on 0-255 pixels. Every image path (build_mindrecord, the dataset
+pipelines, inference, the image tokenizer, the MindIR runner) decodes with `decode_image` (EXIF orientation applied,
+transparency composited onto `data.background`) and fits the square with `fit_ops` (`data.resize`: crop | pad).
+Audio: float32 (T, D) frames plus an int32 frame mask,
 either 80-bin log-mel frames of 16 kHz speech (25 ms window, 10 ms hop) from a `.wav`, or pre-extracted features
 from a `.npy` file used as they are.
 """
 
 import functools
+import io
 import math
 import os
 import wave
@@ -20,6 +24,9 @@ from src.utils.files import atomic_write
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+DEFAULT_BACKGROUND = (255, 255, 255)  # config/defaults.yaml data.background
+RESIZE_MODES = ("crop", "pad")
+EXIF_ORIENTATION = 0x0112
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 0.025
@@ -32,6 +39,102 @@ _PCM_DTYPES = {1: np.uint8, 2: np.dtype("<i2"), 4: np.dtype("<i4")}
 # ---------------------------------------------------------------------------------------------------- image
 
 
+def image_rules(data_cfg):
+    """The image keywords of `load_image` / `image_transforms` (background, resize, pad_color) from a config's
+    `data` section: the one place that reads them."""
+    pad = data_cfg.pad_color
+    return {"background": _colour(data_cfg.background, "data.background"), "resize": _resize_mode(data_cfg.resize),
+            "pad_color": None if pad is None else _colour(pad, "data.pad_color")}
+
+
+def _colour(value, key):
+    try:
+        colour = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        colour = ()
+    if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
+        raise UserError(f"{key} must be three 0-255 values [R, G, B], got {value!r}; e.g. [255, 255, 255]")
+    return colour
+
+
+def _resize_mode(mode):
+    if mode not in RESIZE_MODES:
+        raise UserError(f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+    return mode
+
+
+def to_rgb(image, background=DEFAULT_BACKGROUND):
+    """A PIL image -> (RGB PIL image, rotated, composited); with `background` None, an image with transparency
+    stays RGBA (build_mindrecord re-encodes it so, leaving the background to `data.background` when read).
+
+    EXIF orientation (tag 274, values 2-8) is applied (`PIL.ImageOps.exif_transpose`): `rotated` is True then.
+    16-bit grey images keep their high byte (as OpenCV, which `mindspore.dataset.vision.Decode` uses).
+    Transparency (RGBA, LA, PA, a palette or grey / RGB image with a `transparency` entry) is composited onto the
+    `background` colour instead of being dropped (dropping it shows whatever colour the transparent pixels hold):
+    `composited` is True when some pixel was not fully opaque.
+    """
+    from PIL import Image, ImageOps
+    rotated = image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None)
+    if rotated:
+        image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):  # 16-bit grey: keep the high byte, as OpenCV does (PIL's convert would clip)
+        image = Image.fromarray((np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8), "L")
+    composited = False
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        composited = rgba.getchannel("A").getextrema()[0] < 255
+        if composited and background is None:
+            return rgba, rotated, composited
+        if composited:
+            base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+            image = Image.alpha_composite(base, rgba)
+    return (image if image.mode == "RGB" else image.convert("RGB")), rotated, composited
+
+
+def decode_image(path_or_bytes, background=DEFAULT_BACKGROUND):
+    """Decode a path, encoded bytes or a MindRecord bytes column into uint8 RGB (H, W, 3) with `to_rgb`'s rules."""
+    from PIL import Image
+    data, name = _image_bytes(path_or_bytes)
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as image:
+            image.load()
+            rgb = to_rgb(image, background)[0]
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"{name}: not a decodable image (JPEG, PNG, BMP or TIFF expected; {err}); "
+                        "replace or drop this sample") from err
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+class DecodeImage:
+    """`decode_image` as a `dataset.map` op (encoded bytes -> uint8 RGB HWC)."""
+
+    def __init__(self, background=DEFAULT_BACKGROUND):
+        self.background = tuple(background)
+
+    def __call__(self, data):
+        return decode_image(data, self.background)
+
+
+class PadToSquare:
+    """`data.resize: pad`: resize the longer side to `size` (bilinear, as vision.Resize) and centre the image on a
+    size x size square of `color`; nothing of the image is cut."""
+
+    def __init__(self, size, color):
+        self.size, self.color = int(size), np.asarray(color, np.uint8)
+
+    def __call__(self, image):
+        height, width = image.shape[:2]
+        scale = self.size / max(height, width)
+        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        if (new_h, new_w) != (height, width):
+            image = vision.Resize((new_h, new_w), vision.Inter.BILINEAR)(image)
+        out = np.empty((self.size, self.size, 3), np.uint8)
+        out[:] = self.color
+        top, left = (self.size - new_h) // 2, (self.size - new_w) // 2
+        out[top:top + new_h, left:left + new_w] = image
+        return out
+
+
 def _normalise_ops():
     """Scale 0-255 pixels with the ImageNet statistics and move channels first."""
     mean = [255.0 * m for m in IMAGENET_MEAN]
@@ -39,24 +142,29 @@ def _normalise_ops():
     return [vision.Normalize(mean=mean, std=std), vision.HWC2CHW()]
 
 
-def _resize_center_crop_ops(image_size):
-    """Resize the shorter side to `image_size`, then cut the central square (bilinear)."""
+def fit_ops(image_size, resize="crop", pad_color=None, background=DEFAULT_BACKGROUND):
+    """The ops that make the image_size square (`data.resize`): crop = resize the shorter side to `image_size`, then
+    cut the central square (bilinear); pad = `PadToSquare` with `pad_color` (None = the background)."""
+    if _resize_mode(resize) == "pad":
+        return [PadToSquare(image_size, background if pad_color is None else pad_color)]
     return [vision.Resize(image_size, vision.Inter.BILINEAR), vision.CenterCrop(image_size)]
 
 
-def image_transforms(image_size, train, random_resized_crop=True, crop_scale=(0.8, 1.0), hflip=False):
-    """Return the `mindspore.dataset.vision` ops for `dataset.map` over encoded image bytes.
+def image_transforms(image_size, train, random_resized_crop=True, crop_scale=(0.8, 1.0), hflip=False,
+                     background=DEFAULT_BACKGROUND, resize="crop", pad_color=None):
+    """Return the ops for `dataset.map` over encoded image bytes.
 
-    Evaluation: decode, resize the shorter side, centre-crop, normalise, HWC->CHW. Training replaces the resize and
-    centre crop with a random resized crop (when `random_resized_crop`) and adds a random horizontal flip when `hflip`
-    (off by default: captions may say "left" or "right"). Random ops draw from `mindspore.dataset.config`'s seed.
+    Evaluation: `DecodeImage` (EXIF orientation, alpha onto `background`), `fit_ops` (`resize` crop | pad),
+    normalise, HWC->CHW. Training replaces the fit with a random resized crop (when `random_resized_crop`) and adds
+    a random horizontal flip when `hflip` (off by default: captions may say "left" or "right"). Random ops draw from
+    `mindspore.dataset.config`'s seed.
     """
-    ops = [vision.Decode()]
+    ops = [DecodeImage(background)]
     if train and random_resized_crop:
         ops.append(vision.RandomResizedCrop(image_size, scale=tuple(crop_scale), ratio=CROP_RATIO,
                                             interpolation=vision.Inter.BILINEAR))
     else:
-        ops.extend(_resize_center_crop_ops(image_size))
+        ops.extend(fit_ops(image_size, resize, pad_color, background))
     if train and hflip:
         ops.append(vision.RandomHorizontalFlip(0.5))
     return ops + _normalise_ops()
@@ -105,20 +213,17 @@ def _image_bytes(path_or_bytes):
 
 
 def load_image(path_or_bytes, image_size, train=False, rng=None, random_resized_crop=True,
-               crop_scale=(0.8, 1.0), hflip=False):
+               crop_scale=(0.8, 1.0), hflip=False, background=DEFAULT_BACKGROUND, resize="crop", pad_color=None):
     """Decode and transform one image eagerly into float32 (3, image_size, image_size).
 
-    Evaluation applies exactly `image_transforms(image_size, train=False)`. Training applies the same kinds of ops
-    but draws the crop box and flip from `rng` (a numpy Generator), so a sample's augmentation is reproducible.
+    Evaluation applies exactly `image_transforms(image_size, train=False, ...)` (same decode and fit rules).
+    Training applies the same kinds of ops but draws the crop box and flip from `rng` (a numpy Generator), so a
+    sample's augmentation is reproducible.
     """
-    data, name = _image_bytes(path_or_bytes)
-    try:
-        image = vision.Decode()(data)
-    except RuntimeError as err:
-        raise UserError(f"{name}: not a decodable image (JPEG, PNG, BMP or TIFF expected); "
-                        "replace or drop this sample") from err
+    image = decode_image(path_or_bytes, background)
+    fit = fit_ops(image_size, resize, pad_color, background)
     if not train:
-        geometry = _resize_center_crop_ops(image_size)
+        geometry = fit
     else:
         rng = np.random.default_rng() if rng is None else rng
         if random_resized_crop:
@@ -126,7 +231,7 @@ def load_image(path_or_bytes, image_size, train=False, rng=None, random_resized_
             geometry = [vision.Crop((top, left), (crop_h, crop_w)),
                         vision.Resize((image_size, image_size), vision.Inter.BILINEAR)]
         else:
-            geometry = _resize_center_crop_ops(image_size)
+            geometry = fit
         if hflip and rng.random() < 0.5:
             geometry.append(vision.HorizontalFlip())
     for op in geometry + _normalise_ops():

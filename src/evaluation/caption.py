@@ -62,9 +62,10 @@ def split_path(cfg, split):
 
 
 def eval_batch_size(count, wanted):
-    """The largest batch size <= `wanted` that divides `count`: build_eval_dataset's filler rows must not take the
-    number of read positions above the number of records (MindDataset's SubsetSampler refuses that)."""
-    return max(b for b in range(1, min(wanted, count) + 1) if count % b == 0)
+    """`wanted`, or the record count when smaller (no batch of filler rows only): build_eval_dataset fills the last
+    batch by repeating a record (marked invalid), whatever the count. (This used to be the largest divisor of the
+    count up to `wanted`, from before the filler rows came from a separate reader: 157 records ran at batch 1.)"""
+    return max(1, min(int(wanted), count))
 
 
 def eval_batches(data_path, cfg, tokenizer, batch_size, desc):

@@ -59,24 +59,30 @@ def read_split(path):
     return [r["id"] for r in references], [r["captions"][0] for r in references], images
 
 
-def reference_images(sources, size):
-    """Images (paths or bytes) -> float32 (N, 3, size, size), the evaluation transform."""
+def reference_images(sources, size, rules=None):
+    """Images (paths or bytes) -> float32 (N, 3, size, size), the evaluation transform with the image `rules`
+    (src.data.transforms.image_rules of the config)."""
     from src.data.transforms import load_image
-    return np.stack([load_image(source, size) for source in sources])
+    return np.stack([load_image(source, size, **(rules or {})) for source in sources])
+
+
+def _rules(t2i):
+    from src.data.transforms import image_rules
+    return image_rules(t2i.cfg.data)
 
 
 def real_image_features(t2i, sources):
     """Contrastive features (N, D) of the split's real images (the R-precision scorer's ceiling)."""
     from src.inference.retrieval import run_batched
-    size, step = t2i.image_size, t2i.batch_size
-    return np.concatenate([run_batched(t2i.image_tower, [reference_images(sources[i:i + step], size)], step,
+    size, step, rules = t2i.image_size, t2i.batch_size, _rules(t2i)
+    return np.concatenate([run_batched(t2i.image_tower, [reference_images(sources[i:i + step], size, rules)], step,
                                        "real images")[2] for i in range(0, len(sources), step)])
 
 
 def split_codes(t2i, sources):
     """VQ codes (N, h, w) of the split's real images."""
-    size, step = t2i.vq.image_size, t2i.batch_size
-    return np.concatenate([t2i.vq.encode(reference_images(sources[i:i + step], size))
+    size, step, rules = t2i.vq.image_size, t2i.batch_size, _rules(t2i)
+    return np.concatenate([t2i.vq.encode(reference_images(sources[i:i + step], size, rules))
                            for i in range(0, len(sources), step)])
 
 
@@ -113,11 +119,11 @@ def first_sampled(result):
     return result.image_features[first_index(result)]
 
 
-def hook_records(results, ids, prompts, sources, size):
+def hook_records(results, ids, prompts, sources, size, rules=None):
     """One record per prompt for metrics hooks: id, prompt, image (the real image, uint8 (size, size, 3)),
     candidates (uint8 (C, size, size, 3), best first) and first_sample (index of the first sampled candidate)."""
     from src.data.transforms import to_uint8
-    real = to_uint8(reference_images(sources, size))
+    real = to_uint8(reference_images(sources, size, rules))
     return [{"id": i, "prompt": p, "image": image, "candidates": r.images, "first_sample": first_index(r)}
             for i, p, image, r in zip(ids, prompts, real, results)]
 
@@ -126,7 +132,7 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
     """Generate for every prompt of `data_path`, compute the metrics (plus those of `metrics_hooks`,
     src.evaluation.hooks), write the report; returns the results."""
     from src.data.image_dataset import ImageSource
-    from src.data.transforms import to_uint8, write_png
+    from src.data.transforms import image_rules, to_uint8, write_png
     from src.evaluation.caption import write_report
     from src.evaluation.hooks import Evaluation, run_hooks
     from src.evaluation.image_tokenizer import evaluate_reconstruction
@@ -136,8 +142,8 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
         ids, prompts, sources = ids[:limit], prompts[:limit], sources[:limit]
     if len(prompts) < 2:
         raise UserError(f"{data_path}: R-precision needs at least 2 prompts, found {len(prompts)}")
-    reconstruction, _ = evaluate_reconstruction(t2i.vq, ImageSource(data_path, t2i.cfg.data.workers),
-                                                t2i.vq.image_size, t2i.batch_size)
+    source = ImageSource(data_path, t2i.cfg.data.workers, image_rules(t2i.cfg.data))
+    reconstruction, _ = evaluate_reconstruction(t2i.vq, source, t2i.vq.image_size, t2i.batch_size)
     results = t2i.generate(prompts)
     texts = np.stack([r.text_features for r in results])
     pools = {"": np.stack([r.image_features[0] for r in results]),
@@ -155,12 +161,12 @@ def evaluate(t2i, data_path, out_dir, split, pool_size=POOL_SIZE, limit=0, examp
                     "filled_cells": int(sum(r.filled.sum() for r in results)),
                     "settings": dict(t2i.settings)})
     if metrics_hooks:
-        records = hook_records(results, ids, prompts, sources, t2i.vq.image_size)
+        records = hook_records(results, ids, prompts, sources, t2i.vq.image_size, _rules(t2i))
         metrics.update(run_hooks(metrics_hooks, Evaluation("t2i", split, data_path, out_dir, dict(metrics), records)))
     metrics["seconds"] = round(time.time() - start, 1)
     name = f"t2i_{split}"
     shown = list(range(min(examples, len(prompts))))
-    real = to_uint8(reference_images([sources[k] for k in shown], t2i.vq.image_size)) if shown else []
+    real = to_uint8(reference_images([sources[k] for k in shown], t2i.vq.image_size, _rules(t2i))) if shown else []
     rows = []
     for k in shown:
         file = f"{name}_examples/{k:02d}.png"

@@ -244,9 +244,18 @@ def preprocessing(cfg, tokenizer):
     from src.data import transforms
     m = cfg.model
     if m.image.mode == "pixels":
+        rules = transforms.image_rules(cfg.data)
+        pad_color = rules["background"] if rules["pad_color"] is None else rules["pad_color"]
+        resize = {"crop": "shorter side to size, bilinear without antialiasing (OpenCV INTER_LINEAR, as "
+                          "mindspore.dataset.vision.Resize); then the central size x size square",
+                  "pad": "longer side to size (the other side round(side * size / longer)), bilinear without "
+                         "antialiasing (OpenCV INTER_LINEAR, as mindspore.dataset.vision.Resize); then centred on a "
+                         "size x size square of pad_color (offsets (size - side) // 2)"}[rules["resize"]]
         image = {"mode": "pixels", "size": m.image.image_size, "color": "RGB", "decode": "any PIL-readable file",
-                 "resize": "shorter side to size, bilinear without antialiasing (OpenCV INTER_LINEAR, as "
-                           "mindspore.dataset.vision.Resize); then the central size x size square",
+                 "orientation": "EXIF orientation applied (PIL.ImageOps.exif_transpose)",
+                 "alpha": "transparent pixels composited onto background (PIL.Image.alpha_composite)",
+                 "background": list(rules["background"]), "fit": rules["resize"], "pad_color": list(pad_color),
+                 "resize": resize,
                  "scale": "0-255 float32, then (x - mean) / std per channel",
                  "mean": [round(255.0 * v, 6) for v in transforms.IMAGENET_MEAN],
                  "std": [round(255.0 * v, 6) for v in transforms.IMAGENET_STD],

@@ -69,6 +69,9 @@ def preprocessing_settings(manifest):
                 "model.audio.max_frames": int(audio["max_frames"])}
     if image["mode"] == "pixels":
         settings["model.image.image_size"] = int(image["size"])
+        if "fit" in image:  # exports before the image rules were crop onto white
+            settings.update({"data.resize": image["fit"], "data.background": list(image["background"]),
+                             "data.pad_color": list(image["pad_color"])})
     else:
         settings.update({"model.image.max_regions": int(image["regions"]),
                          "model.image.feature_dim": int(image["feature_dim"])})

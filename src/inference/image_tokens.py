@@ -33,8 +33,9 @@ def token_file_name(image_id):
     return f"{safe}.npy"
 
 
-def extract_image_tokens(vq, manifest, out, batch_size=32, workers=2):
-    """Encode the unique images of `manifest` with `vq`; write the token files and the manifest `out`.
+def extract_image_tokens(vq, manifest, out, batch_size=32, workers=2, rules=None):
+    """Encode the unique images of `manifest` with `vq`; write the token files and the manifest `out`. `rules`: the
+    image keywords of src.data.transforms.image_rules (the tokenizer run's data.background / resize / pad_color).
 
     Returns {"images": unique images encoded, "samples": manifest lines written, "grid": [h, w], "tokens_dir"}.
     """
@@ -43,7 +44,7 @@ def extract_image_tokens(vq, manifest, out, batch_size=32, workers=2):
     if os.path.abspath(out) == os.path.abspath(manifest):
         raise UserError(f"--out {out} would overwrite the input manifest; choose another file")
     samples = read_manifest(manifest, required=("image",))
-    source = ImageSource(manifest, workers)
+    source = ImageSource(manifest, workers, rules)
     out_folder = os.path.dirname(os.path.abspath(out))
     tokens_dir = os.path.join(out_folder, TOKENS_DIR)
     os.makedirs(tokens_dir, exist_ok=True)
@@ -106,7 +107,9 @@ def main(argv=None):
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     import mindspore as ms
-    from src.inference.loading import load_vq
+    from src.config import load_config
+    from src.data.transforms import image_rules
+    from src.inference.loading import load_vq, run_config_for
     from src.models.vq import decode_to_png
     ms.set_context(mode=ms.GRAPH_MODE)
     vq = load_vq(args.vq, args.vq_config)
@@ -114,7 +117,8 @@ def main(argv=None):
         path = decode_to_png(vq, read_codes(args.decode), args.out)
         print(f"wrote {path}")
         return 0
-    report = extract_image_tokens(vq, args.manifest, args.out, args.batch_size, args.workers)
+    rules = image_rules(load_config(args.vq_config or run_config_for(args.vq)).data)  # load_vq checked the path
+    report = extract_image_tokens(vq, args.manifest, args.out, args.batch_size, args.workers, rules)
     print(f"encoded {report['images']} images into {report['grid'][0]}x{report['grid'][1]} codes in "
           f"{report['tokens_dir']}; wrote {report['samples']} samples to {args.out}")
     return 0

@@ -15,7 +15,7 @@ import numpy as np
 
 from src.data.tokenizer import Tokenizer
 from src.data.regions import pack_regions, read_regions
-from src.data.transforms import load_audio, load_image
+from src.data.transforms import image_rules, load_audio, load_image
 from src.inference.retrieval import ImageTower, TextTower
 from src.engine.context import setup_context
 from src.errors import UserError
@@ -62,8 +62,9 @@ class _Loaded:
             def packed(x):
                 return pack_regions(*read_regions(x, image.feature_dim, image.box_dim), image.max_regions)
             return np.stack([np.asarray(x, np.float32) if isinstance(x, np.ndarray) else packed(x) for x in images])
-        return np.stack([np.asarray(x, np.float32) if isinstance(x, np.ndarray) else load_image(x, image.image_size)
-                         for x in images])
+        rules = image_rules(self.cfg.data)
+        return np.stack([np.asarray(x, np.float32) if isinstance(x, np.ndarray)
+                         else load_image(x, image.image_size, **rules) for x in images])
 
     def audio(self, paths):
         a = self.cfg.model.audio

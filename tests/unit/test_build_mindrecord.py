@@ -10,7 +10,7 @@ from PIL import Image
 
 import mindspore.dataset as ds
 
-from src.data.build_mindrecord import build_mindrecord, main, record_schema, vocab_sha256
+from src.data.build_mindrecord import build_mindrecord, main, record_schema, summary_line, vocab_sha256
 from demo.data import generate_demo
 from src.data.manifest import read_manifest
 from src.data.tokenizer import Tokenizer
@@ -240,3 +240,80 @@ def test_pool_workers_and_shards_give_the_same_records(demo, tmp_path):
                 assert b[key].ndim == 0
             else:
                 np.testing.assert_array_equal(a[key], b[key])
+
+
+def _write_special_images(folder):
+    """clear.png: RGBA, every pixel pink and fully transparent; turned.jpg: 64x32, left half red, right half blue,
+    EXIF Orientation 6 (view rotated 90 degrees clockwise: red on top)."""
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., :3] = (255, 105, 180)
+    Image.fromarray(rgba, "RGBA").save(folder / "clear.png")
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32] = (255, 0, 0)
+    pixels[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(folder / "turned.jpg", quality=95, exif=exif.tobytes())
+
+
+def test_report_counts_composited_and_rotated_images(demo, tmp_path):
+    root, vocab = demo
+    _write_special_images(tmp_path)
+    lines = [{"id": "clear", "image": "clear.png", "text": "一个圆"},
+             {"id": "turned", "image": "turned.jpg", "text": "一个圆"},
+             {"id": "plain", "image": str(root / "images" / "train_000001.jpg"), "text": "一个圆"}]
+    manifest = tmp_path / "special.jsonl"
+    manifest.write_text("".join(json.dumps(s) + "\n" for s in lines), encoding="utf-8")
+    report = build_mindrecord(str(manifest), str(tmp_path / "s.mindrecord"), vocab, workers=1)
+    assert report["images"]["composited"] == 1 and report["images"]["rotated"] == 1
+    assert json.loads((tmp_path / "s.mindrecord.report.json").read_text())["images"] == report["images"]
+    # downscaled images are re-encoded with the orientation applied and the transparency kept (the reader composites)
+    build_mindrecord(str(manifest), str(tmp_path / "d.mindrecord"), vocab, workers=1, image_size=16)
+    clear, turned, _ = [Image.open(io.BytesIO(row["image"].reshape(-1)[0]))
+                        for row in read_rows(tmp_path / "d.mindrecord")]
+    assert (clear.format, clear.mode, turned.format, turned.size) == ("PNG", "RGBA", "JPEG", (16, 32))
+    turned = np.asarray(turned.convert("RGB"), np.int32)
+    assert abs(turned[4, 8] - [255, 0, 0]).max() < 40 and abs(turned[28, 8] - [0, 0, 255]).max() < 40
+
+
+def test_small_images_are_reported_as_upsampled_not_rejected(demo, tmp_path):
+    root, vocab = demo
+    for name, size in (("tiny", (20, 40)), ("edge", (32, 90)), ("big", (64, 64))):
+        Image.fromarray(np.full(size + (3,), 128, np.uint8)).save(tmp_path / f"{name}.png")
+    lines = [{"id": name, "image": f"{name}.png", "text": "一个圆"} for name in ("tiny", "edge", "big")]
+    manifest = tmp_path / "small.jsonl"
+    manifest.write_text("".join(json.dumps(s) + "\n" for s in lines), encoding="utf-8")
+    report = build_mindrecord(str(manifest), str(tmp_path / "s.mindrecord"), vocab, workers=1, strict=True)
+    assert report["accepted"] == 3 and report["rejected"] == 0 and report["written"]   # a warning, not a reject
+    assert report["images"]["upsampled"] == 1 and report["images"]["first_upsampled"] == ["tiny"]  # 20 < 32 <= 32
+    assert report["settings"]["min_image_size"] == 32
+    report = build_mindrecord(str(manifest), str(tmp_path / "s.mindrecord"), vocab, workers=1, min_image_size=64)
+    assert report["images"]["upsampled"] == 2 and report["images"]["first_upsampled"] == ["tiny", "edge"]
+    assert main(["--manifest", str(manifest), "--out", str(tmp_path / "c.mindrecord"), "--vocab", vocab,
+                 "--workers", "1", "--min_image_size", "0"]) == 0
+    assert json.loads((tmp_path / "c.mindrecord.report.json").read_text())["images"]["upsampled"] == 0
+
+
+def test_report_counts_unknown_tokens_and_long_texts(tmp_path):
+    """Vocabulary: specials + 猫 狗 在 跑. "猫在跑" has 3 known tokens; "猫🦄跑" has 2 known and 1 [UNK]; the
+    question "狗" x 60 is 62 long with [CLS] / [SEP], over --text_max_len 10; "猫在跑狗" is 6 long, within it;
+    "猫" x 600 is over both --text_max_len and the stored limit (512)."""
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "猫", "狗", "在", "跑"]) + "\n",
+                     encoding="utf-8")
+    lines = [{"id": "known", "captions": ["猫在跑", "猫在跑狗"]},
+             {"id": "unknown", "captions": ["猫🦄跑"]},
+             {"id": "long", "question": "狗" * 60, "answers": ["狗"]},
+             {"id": "huge", "captions": ["猫" * 600]}]
+    manifest = tmp_path / "texts.jsonl"
+    manifest.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in lines), encoding="utf-8")
+    report = build_mindrecord(str(manifest), str(tmp_path / "t.mindrecord"), str(vocab), workers=1,
+                              text_max_len=10)
+    texts = report["texts"]
+    assert (texts["count"], texts["tokens"], texts["unk_tokens"]) == (5, 3 + 4 + 3 + 60 + 600, 1)
+    assert texts["unk_share"] == round(1 / 670, 6)
+    assert (texts["with_unk"], texts["first_with_unk"]) == (1, ["unknown"])
+    assert (texts["over_max_len"], texts["first_over_max_len"], texts["max_len"]) == (2, ["long", "huge"], 10)
+    assert texts["cut_at_stored_limit"] == 1 and texts["stored_limit"] == 512   # 602 > 512: stored cut
+    assert report["settings"]["text_max_len"] == 10
+    assert "warnings: 1 texts with [UNK], 2 texts over 10 tokens;" in summary_line(report)

@@ -260,6 +260,6 @@ def test_decoding_settings_read_the_config_and_cap_max_len(tiny_cfg):
     assert decoding_settings(tiny_cfg, "vqa")["strategy"] == "greedy"
 
 
-@pytest.mark.parametrize("count,wanted,expected", [(200, 16, 10), (8, 16, 8), (7, 4, 1), (24, 16, 12)])
-def test_eval_batch_size_divides_the_record_count(count, wanted, expected):
+@pytest.mark.parametrize("count,wanted,expected", [(200, 16, 16), (8, 16, 8), (7, 4, 4), (157, 16, 16), (0, 16, 1)])
+def test_eval_batch_size_is_the_configured_one_whatever_the_count(count, wanted, expected):
     assert eval_batch_size(count, wanted) == expected

@@ -295,6 +295,7 @@ def test_likelihood_metrics_rank_each_images_own_prompt_within_its_pool(monkeypa
 
     class Stub:
         n_codes, batch_size = 4, 2
+        cfg = SimpleNamespace(data=SimpleNamespace(background=[255, 255, 255], resize="crop", pad_color=None))
         vq = SimpleNamespace(image_size=8, encode=lambda images: images[:, 0, :2, :2].round().astype(np.int32))
 
         def encode_texts(self, prompts):
@@ -308,7 +309,7 @@ def test_likelihood_metrics_rank_each_images_own_prompt_within_its_pool(monkeypa
             return -(i - j) ** 2 - 0.1 * j - 1.0 * ((i == 4) & (j == 4))
 
     images = [np.full((3, 8, 8), float(i), np.float32) for i in range(6)]   # the "files" are the pixels
-    monkeypatch.setattr("src.evaluation.t2i.reference_images", lambda sources, size: np.stack(sources))
+    monkeypatch.setattr("src.evaluation.t2i.reference_images", lambda sources, size, rules: np.stack(sources))
     metrics = likelihood_metrics(Stub(), [str(j) for j in range(6)], images, pool_size=4)
     own = -0.1 * np.arange(6) - 1.0 * (np.arange(6) == 4)
     assert metrics["code_nll"] == pytest.approx(-own.mean() / 4)

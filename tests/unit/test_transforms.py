@@ -247,3 +247,132 @@ def test_log_mel_equals_mindspore_mel_spectrogram():
     x = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
     reference = audio_ops.MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=80)(x)
     np.testing.assert_allclose(log_mel(x), np.log(reference.T + 1e-6), atol=1e-4)
+
+
+# ------------------------------------------------------------------------- image rules: alpha, EXIF, crop | pad
+
+
+def _normalised(colour):
+    """ImageNet-normalised value of an RGB pixel, computed by hand: ((p / 255) - mean) / std per channel."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    return ((np.array(colour, np.float64) / 255.0 - mean) / std).astype(np.float32)
+
+
+def _rgba_png(alpha):
+    """A 40x40 RGBA PNG: every pixel's colour pink (255, 105, 180), alpha as given (0 = fully transparent)."""
+    pixels = np.zeros((40, 40, 4), np.uint8)
+    pixels[..., :3] = (255, 105, 180)
+    pixels[..., 3] = alpha
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0)])
+def test_transparent_pixels_take_the_background_not_their_colour(background):
+    image = load_image(_rgba_png(0), 32, background=background)
+    np.testing.assert_allclose(image[:, 5, 5], _normalised(background), atol=1e-5)
+    np.testing.assert_allclose(image, np.broadcast_to(_normalised(background)[:, None, None], image.shape), atol=1e-5)
+
+
+def test_half_transparent_pixels_are_blended_and_the_pipeline_agrees():
+    """alpha 128 over white: 255 * a + bg * (1 - a), rounded by PIL's alpha_composite; the dataset map equals."""
+    image = load_image(_rgba_png(128), 32)
+    a = 128 / 255
+    expected = [round(c * a + 255 * (1 - a)) for c in (255, 105, 180)]
+    np.testing.assert_allclose(image[:, 16, 16], _normalised(expected), atol=0.02)  # +-1 grey level of rounding
+    mapped = _apply(image_transforms(32, train=False), np.frombuffer(_rgba_png(128), np.uint8))
+    np.testing.assert_array_equal(mapped, image)
+
+
+def test_palette_and_la_transparency_are_composited():
+    palette = Image.new("P", (40, 40), 0)
+    palette.putpalette([255, 105, 180] + [0, 0, 0] * 255)
+    buffer = io.BytesIO()
+    palette.save(buffer, "PNG", transparency=0)
+    la = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40, 2), np.uint8), "LA").save(la, "PNG")
+    for data in (buffer.getvalue(), la.getvalue()):
+        image = load_image(data, 32, background=(0, 0, 255))
+        np.testing.assert_allclose(image[:, 10, 10], _normalised((0, 0, 255)), atol=1e-5)
+
+
+def _exif_jpeg(orientation):
+    """A 64x32 (w x h) JPEG, left half red and right half blue, stored with EXIF Orientation `orientation`."""
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32] = (255, 0, 0)
+    pixels[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation, top, bottom", [(6, "red", "blue"), (8, "blue", "red")])
+def test_exif_orientation_is_applied(orientation, top, bottom):
+    """Orientation 6 means "rotate 90 degrees clockwise to view": the left (red) half comes out on top; 8 is the
+    other way. The stored 64x32 layout becomes 32 wide and 64 high; the centre crop keeps rows 16-47 of it."""
+    colours = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+    image = load_image(_exif_jpeg(orientation), 32)
+    np.testing.assert_allclose(image[:, 2, 16], _normalised(colours[top]), atol=0.15)
+    np.testing.assert_allclose(image[:, 29, 16], _normalised(colours[bottom]), atol=0.15)
+    from src.data.transforms import decode_image
+    assert decode_image(_exif_jpeg(orientation)).shape == (64, 32, 3)
+    mapped = _apply(image_transforms(32, train=False), np.frombuffer(_exif_jpeg(orientation), np.uint8))
+    np.testing.assert_array_equal(mapped, image)
+
+
+def _elongated():
+    """200 wide, 50 high, green, with a red object at the left end (x < 20)."""
+    pixels = _solid(50, 200, (0, 255, 0))
+    pixels[:, :20] = (255, 0, 0)
+    return _encode(pixels, "PNG")
+
+
+def test_resize_crop_cuts_an_elongated_image_and_pad_keeps_it():
+    """crop: 50 -> 32 high, 200 -> 128 wide, the central 32 columns are original x 75-125: all green, the red end is
+    gone. pad: 200 -> 32 wide, 50 -> 8 high, rows 12-19 hold the image (offset (32 - 8) // 2), the rest is the pad
+    colour; the red end (x < 20) becomes columns 0-2."""
+    red, green = _normalised((255, 0, 0)), _normalised((0, 255, 0))
+    crop = load_image(_elongated(), 32)
+    np.testing.assert_allclose(crop, np.broadcast_to(green[:, None, None], crop.shape), atol=1e-5)
+    pad = load_image(_elongated(), 32, resize="pad", pad_color=(0, 0, 255))
+    np.testing.assert_allclose(pad[:, 16, 1], red, atol=1e-5)
+    np.testing.assert_allclose(pad[:, 16, 20], green, atol=1e-5)
+    blue = _normalised((0, 0, 255))[:, None, None]
+    np.testing.assert_allclose(pad[:, :12], np.broadcast_to(blue, (3, 12, 32)), atol=1e-5)
+    np.testing.assert_allclose(pad[:, 20:], np.broadcast_to(blue, (3, 12, 32)), atol=1e-5)
+    np.testing.assert_allclose(pad[:, 12:20, 5:], np.broadcast_to(green[:, None, None], (3, 8, 27)), atol=1e-5)
+    white = load_image(_elongated(), 32, resize="pad")  # pad_color None: the background
+    np.testing.assert_allclose(white[:, 0, 0], _normalised((255, 255, 255)), atol=1e-5)
+    mapped = _apply(image_transforms(32, train=False, resize="pad", pad_color=(0, 0, 255)),
+                    np.frombuffer(_elongated(), np.uint8))
+    np.testing.assert_array_equal(mapped, pad)
+
+
+def test_image_rules_come_from_the_config_and_are_checked():
+    from src.config import load_config
+    from src.data.transforms import image_rules
+    from tests.helpers import ROOT
+    import os
+    cfg = load_config(os.path.join(ROOT, "config", "caption", "tiny.yaml"),
+                      ["data.resize=pad", "data.background=[0,0,0]"])
+    assert image_rules(cfg.data) == {"background": (0, 0, 0), "resize": "pad", "pad_color": None}
+    with pytest.raises(UserError, match="data.resize"):
+        image_rules(cfg.with_updates({"data.resize": "stretch"}).data)
+    with pytest.raises(UserError, match="data.background"):
+        image_rules(cfg.with_updates({"data.background": [0, 0]}).data)
+
+
+def test_sixteen_bit_grey_png_keeps_its_high_byte_like_vision_decode():
+    """PIL's convert("RGB") clips 16-bit grey to white; the decode keeps the high byte, as vision.Decode does."""
+    import mindspore.dataset.vision as vision
+    from src.data.transforms import decode_image
+    grey = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, "PNG")
+    data = np.frombuffer(buffer.getvalue(), np.uint8)
+    decoded = decode_image(data)
+    np.testing.assert_array_equal(decoded[..., 0], grey >> 8)
+    np.testing.assert_array_equal(decoded, vision.Decode()(data))
