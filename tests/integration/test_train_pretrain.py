@@ -35,7 +35,8 @@ def test_all_default_tasks_train_and_write_outputs(tiny_data, pretrain_cmd, tmp_
     plan = steps_until_all_tasks_drawn(tasks)
     assert len(plan) <= 30  # keeps the run short; a change of seed or mixer could need a longer run
     out = tmp_path / "out"
-    result = run(pretrain_cmd(out, *tasks, f"train.steps={len(plan)}", "checkpoint.every=3"), tiny_data)
+    result = run(pretrain_cmd(out, *tasks, f"train.steps={len(plan)}", "checkpoint.every=3",
+                              "pretrain.val_batches=8"), tiny_data)   # the shipping default: validation on data.val
     assert result.returncode == 0, result.stderr[-3000:]
 
     records = read_metrics(out)
@@ -66,6 +67,15 @@ def test_all_default_tasks_train_and_write_outputs(tiny_data, pretrain_cmd, tmp_
         assert stats["last"] == pytest.approx(sum(losses[-k:]) / k, rel=1e-6)
     table = (out / "summary.md").read_text(encoding="utf-8")
     assert all(f"| {t} |" in table for t in DEFAULT_TASKS)
+
+    # validation at the end: every task's loss on data.val (8 samples = 2 batches of 4), the best model kept
+    [evaluation] = summary["evaluations"]
+    assert evaluation["step"] == last and set(evaluation) == {"step", "score", "val_loss"} | {
+        f"val_loss/{t}" for t in DEFAULT_TASKS}
+    assert all(0 < evaluation[f"val_loss/{t}"] < 50 for t in DEFAULT_TASKS)
+    assert evaluation["val_loss"] == pytest.approx(sum(evaluation[f"val_loss/{t}"] for t in DEFAULT_TASKS) / 6)
+    assert summary["best_score"] == pytest.approx(-evaluation["val_loss"])
+    assert os.listdir(out / "best") == [f"step_{last:08d}"]
 
 
 def one_line_error(result):
