@@ -66,6 +66,9 @@ def task_batch(task, model_cfg, pretrain_cfg, batch=4, seed=0, has_audio=True):
         cols["audio_masked"] = masked(n_audio, 0.3)
     if task == "itm":
         cols["itm_labels"] = rng.integers(0, 5, batch).astype(np.int32)
+        cols["itm_image_src"] = np.arange(batch, dtype=np.int32)  # each text's own image and audio
+        if has_audio:
+            cols["itm_audio_src"] = np.arange(batch, dtype=np.int32)
     if task == "td":
         cols["dec_input"] = rng.integers(1, model_cfg.text.vocab_size, (batch, ld)).astype(np.int32)
         cols["dec_target"] = rng.integers(1, model_cfg.text.vocab_size, (batch, ld)).astype(np.int32)

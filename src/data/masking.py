@@ -133,6 +133,20 @@ def itm_batch(batch_size, rng):
     return labels, image_src, audio_src
 
 
+def rank_rows(rank, world, per_rank):
+    """Where rank `rank`'s batch rows sit in the global batch of `world` ranks with `per_rank` rows each, in the
+    global batch's sample order (the order one process reads it in: row j of rank r is sample j * world + r, since
+    rank r reads the epoch permutation's slice [r::world], see pretrain_data.epoch_indices)."""
+    return np.arange(per_rank, dtype=np.int32) * world + rank
+
+
+def gathered_rows(rows, world, per_rank):
+    """Global-batch rows (sample order, as rank_rows) -> rows of the batch as an AllGather lays it out (rank 0's
+    rows, then rank 1's, ...): sample j * world + r is row r * per_rank + j there."""
+    rows = np.asarray(rows)
+    return ((rows % world) * per_rank + rows // world).astype(np.int32)
+
+
 def pair_match_batch(batch_size, rng, neg_prob=0.5):
     """Draw in-batch two-way matching: (labels int32 (B,) with 1 = matched and 0 = not, src int32 (B,)).
 

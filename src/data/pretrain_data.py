@@ -3,8 +3,9 @@
 Which samples a rank reads, and in which order, is decided here (`epoch_indices`) and handed to `MindDataset` as a
 `SubsetSampler`: every rank reads its own slice of one seeded permutation per epoch, and resuming mid-epoch is slicing
 that list. Each sample draws all its randomness (which caption, which tokens / patches / frames to mask) from
-`sample_rng(seed, epoch, index)`, and in-batch matching from the batch's index list, so a batch is a pure function of
-(seed, epoch, index list). Images are decoded and resized by C++ vision ops; text and masking run in a Python map.
+`sample_rng(seed, epoch, index)`, and matching from the index list of the global batch (every rank's batch of the
+step), so a batch is a pure function of (seed, epoch, index list). Images are decoded and resized by C++ vision ops;
+text and masking run in a Python map.
 The optional augmentations data.random_crop / data.hflip are C++ ops drawing from `mindspore.dataset.config`'s seed:
 with them on, the image crop is the one thing not fixed by (seed, epoch, index).
 
@@ -25,8 +26,9 @@ import mindspore.dataset as ds
 
 from src.data.build_mindrecord import vocab_sha256
 from src.data.labels import ITM_IMAGE_SWAPPED, ITM_MATCHED
-from src.data.masking import (image_token_targets, itm_batch, mask_positions, mask_tokens, mask_whole_text,
-                              modality_schedule, pair_match_batch, sample_rng, text_generation_targets)
+from src.data.masking import (gathered_rows, image_token_targets, itm_batch, mask_positions, mask_tokens,
+                              mask_whole_text, modality_schedule, pair_match_batch, rank_rows, sample_rng,
+                              text_generation_targets)
 from src.data.tokenizer import tokenizer_fingerprint
 from src.data.regions import pack_regions
 from src.data.transforms import image_rules, image_transforms, pad_or_truncate
@@ -38,7 +40,7 @@ _TASK_EXTRAS = {
     "mlm": ["mlm_positions", "mlm_labels", "mlm_weights"],
     "mvm": ["image_masked"],
     "mam": ["audio_masked"],
-    "itm": ["itm_labels"],
+    "itm": ["itm_labels", "itm_image_src", "itm_audio_src"],
     "itc": [],
     "td": ["image_masked", "audio_masked", "dec_input", "dec_target", "dec_weights"],
     "id": ["image_masked", "img_dec_input", "img_dec_target", "img_dec_weights"],
@@ -139,7 +141,7 @@ def task_columns(task, has_audio):
     if "audio" in task_requirements(task) and not has_audio:
         raise UserError(f"pretraining task '{task}' needs audio; switch it off with --set pretrain.tasks.{task}=0")
     base = ["text_ids", "text_mask", "image"] + (["audio", "frame_mask"] if has_audio else [])
-    return base + [c for c in _TASK_EXTRAS[task] if has_audio or c != "audio_masked"]
+    return base + [c for c in _TASK_EXTRAS[task] if has_audio or c not in ("audio_masked", "itm_audio_src")]
 
 
 def _check_task(task):
@@ -247,20 +249,35 @@ def build_pretrain_dataset(data_path, task, cfg, tokenizer, batch_size, epoch, r
     _check_task(task)
     info = open_mindrecord(data_path, cfg.data.vocab)
     has_audio = _check_data(info, cfg, task)
-    if task == "itm" and batch_size < 3:
-        raise UserError(f"pretraining task 'itm' swaps images and audio inside a batch and needs a batch size of at "
-                        f"least 3, got {batch_size}; raise train.batch_size or switch it off with "
-                        "--set pretrain.tasks.itm=0")
+    if task == "itm" and batch_size * world < 3:
+        raise UserError(f"pretraining task 'itm' swaps images and audio inside the global batch and needs one of at "
+                        f"least 3 samples, got {batch_size} x {world} device(s); raise train.batch_size or switch it "
+                        "off with --set pretrain.tasks.itm=0")
     positions = training_positions(info, cfg, batch_size, epoch, rank, world, start_batch)
     data = training_samples(info, cfg, _PretrainSample(task, cfg, tokenizer, epoch, has_audio), positions)
     workers = cfg.data.workers
     if task == "itm":
-        swap = (_SwapForMatching if has_audio else _SwapPairs)(cfg.run.seed, epoch)
-        data = data.batch(batch_size, drop_remainder=True, per_batch_map=swap, input_columns=swap.input_columns,
-                          output_columns=swap.output_columns, num_parallel_workers=workers)
+        batches = _global_batches(info, cfg, batch_size, epoch, rank, world, start_batch) if world > 1 else None
+        draw = _MatchingPartners(cfg.run.seed, epoch, has_audio, rank, world, batches)
+        data = data.batch(batch_size, drop_remainder=True, per_batch_map=draw, input_columns=draw.input_columns,
+                          output_columns=draw.output_columns, num_parallel_workers=workers)
     else:
         data = data.batch(batch_size, drop_remainder=True, num_parallel_workers=workers)
     return data.project(task_columns(task, has_audio))
+
+
+def _global_batches(info, cfg, batch_size, epoch, rank, world, start_batch):
+    """{stored index of the first sample of each of this rank's batches: the stored indices of the global batch of
+    that step (every rank's batch), in sample order (the order one process at batch_size * world reads them)}."""
+    stored = np.array([int(row[0]) for row in ds.MindDataset(list(info.files), columns_list=["index"], shuffle=False)
+                       .create_tuple_iterator(num_epochs=1, output_numpy=True)], np.int64)
+    shards = [epoch_indices(info.count, cfg.run.seed, epoch, r, world, drop_remainder_to=batch_size)
+              for r in range(world)]
+    batches = {}
+    for k in range(start_batch, len(shards[rank]) // batch_size):
+        step = slice(k * batch_size, (k + 1) * batch_size)
+        batches[int(stored[shards[rank][step][0]])] = stored[np.stack([s[step] for s in shards], 1).reshape(-1)]
+    return batches
 
 
 def build_eval_dataset(data_path, cfg, tokenizer, batch_size, rank=0, world=1, columns=None):
@@ -389,7 +406,7 @@ class _PretrainSample(_SampleArrays):
         self.input_columns = (["index", "caption_ids", "caption_lens"] + (["audio", "audio_frames"] if has_audio
                                                                            else [])
                               + (["image_tokens"] if task == "id" else []))
-        not_made_here = ("image", "itm_labels")  # from the vision map and the batch map
+        not_made_here = ("image", "itm_labels", "itm_image_src", "itm_audio_src")  # vision map, batch map
         self.output_columns = ["index"] + [c for c in task_columns(task, has_audio) if c not in not_made_here]
 
     def __call__(self, index, caption_ids, caption_lens, *rest):
@@ -418,7 +435,7 @@ class _PretrainSample(_SampleArrays):
         out["audio_masked"] = mask_positions(self._audio_valid(out), rng, self.pretrain.mam_prob)
 
     def _itm(self, out, rng, caption, rest):
-        """Nothing per sample: images and audio are swapped per batch (_SwapForMatching)."""
+        """Nothing per sample: the matching partners are drawn per batch (_MatchingPartners)."""
 
     def _itc(self, out, rng, caption, rest):
         """Nothing beyond the common columns."""
@@ -447,36 +464,41 @@ class _PretrainSample(_SampleArrays):
             codes, self.codebook_size, self.image_decoder_len)
 
 
-class _SwapForMatching:
-    """Batch map of three-modal matching: swap images / audio between rows (masking.itm_batch), add itm_labels."""
+class _MatchingPartners:
+    """Batch map of matching: which image (and audio) each text is paired with, drawn over the global batch.
 
-    input_columns = ["index", "image", "audio", "frame_mask"]
-    output_columns = input_columns + ["itm_labels"]
+    The draw (masking.itm_batch with audio, else pair_match_batch labelled ITM_MATCHED / ITM_IMAGE_SWAPPED) covers
+    all world * batch_size samples of the step, keyed by their stored indices in sample order, and this rank keeps
+    its own rows: `itm_labels`, and `itm_image_src` / `itm_audio_src`, the partners' rows in the global batch as an
+    AllGather lays it out (masking.gathered_rows). The ITM task gathers the images and audio of every rank and picks
+    those rows, so a negative partner can be any rank's sample and the pairs of a step do not depend on how many
+    devices share it. With one process the global batch is the batch and the rows index it directly.
+    `global_batches` is _global_batches' table when world > 1.
+    """
 
-    def __init__(self, seed, epoch):
-        self.seed, self.epoch = seed, epoch
+    def __init__(self, seed, epoch, has_audio, rank=0, world=1, global_batches=None):
+        self.seed, self.epoch, self.has_audio = seed, epoch, has_audio
+        self.rank, self.world, self.global_batches = rank, world, global_batches
+        self.input_columns = ["index"]
+        self.output_columns = ["index", "itm_labels", "itm_image_src"] + (["itm_audio_src"] if has_audio else [])
 
     def rng(self, index):
         return np.random.default_rng([int(self.seed), int(self.epoch), ITM_STREAM] + index.tolist())
 
-    def __call__(self, index, image, audio, frame_mask, batch_info):
+    def __call__(self, index, batch_info):
         index = np.stack(index)
-        labels, image_src, audio_src = itm_batch(len(index), self.rng(index))
-        return index, np.stack(image)[image_src], np.stack(audio)[audio_src], np.stack(frame_mask)[audio_src], labels
-
-
-class _SwapPairs(_SwapForMatching):
-    """Matching without audio: text-image pairs from masking.pair_match_batch, labelled ITM_MATCHED or
-    ITM_IMAGE_SWAPPED so the matching task trains its two-way (text-image) head."""
-
-    input_columns = ["index", "image"]
-    output_columns = input_columns + ["itm_labels"]
-
-    def __call__(self, index, image, batch_info):
-        index = np.stack(index)
-        matched, image_src = pair_match_batch(len(index), self.rng(index))
-        labels = np.where(matched == 1, ITM_MATCHED, ITM_IMAGE_SWAPPED).astype(np.int32)
-        return index, np.stack(image)[image_src], labels
+        everyone = index if self.world == 1 else self.global_batches[int(index[0])]
+        rng = self.rng(everyone)
+        if self.has_audio:
+            labels, image_src, audio_src = itm_batch(len(everyone), rng)
+        else:
+            matched, image_src = pair_match_batch(len(everyone), rng)
+            labels = np.where(matched == 1, ITM_MATCHED, ITM_IMAGE_SWAPPED).astype(np.int32)
+        mine, rows = rank_rows(self.rank, self.world, len(index)), len(index)
+        out = [index, labels[mine], gathered_rows(image_src[mine], self.world, rows)]
+        if self.has_audio:
+            out.append(gathered_rows(audio_src[mine], self.world, rows))
+        return tuple(out)
 
 
 class _EvalSample(_SampleArrays):

@@ -84,7 +84,9 @@ class ScaledLoss(nn.Cell):
 class TrainStep(nn.Cell):
     """`loss_net(*inputs) -> scalar loss`; each call returns (loss, finite, loss_scale, grad_norm).
 
-    Every input's first axis is the batch; with `accumulation` k the batch must be divisible by k. Gradient
+    Every input's first axis is the batch; with `accumulation` k the batch must be divisible by k. Inputs that
+    `loss_net.whole_batch_inputs` names (among its `input_names`) reach every micro-batch whole: a pool the
+    micro-batch's rows index into (the matching task's images and audio); the first input is always split. Gradient
     transforms use HyperMap (a Python comprehension over hundreds of gradients makes graph compilation ~10x slower).
     """
 
@@ -95,6 +97,8 @@ class TrainStep(nn.Cell):
         self.loss_scale = loss_scale
         self.clip_norm = float(clip_norm)
         self.accumulation = int(accumulation)
+        whole = getattr(loss_net, "whole_batch_inputs", ())
+        self.split = tuple(name not in whole for name in loss_net.input_names) if whole else None
         self.rescale = loss_scale.mode != "none" or self.accumulation > 1  # gradients need a 1 / (scale * k)
         differentiated = ScaledLoss(loss_net, loss_scale) if loss_scale.mode != "none" else loss_net
         self.grad_fn = ms.value_and_grad(differentiated, None, optimizer.parameters)
@@ -107,7 +111,9 @@ class TrainStep(nn.Cell):
 
     def micro_batch(self, inputs, i):
         size = inputs[0].shape[0] // self.accumulation
-        return tuple(x[i * size:(i + 1) * size] for x in inputs)
+        if self.split is None:
+            return tuple(x[i * size:(i + 1) * size] for x in inputs)
+        return tuple(x[i * size:(i + 1) * size] if split else x for x, split in zip(inputs, self.split))
 
     def construct(self, *inputs):
         scale = self.loss_scale.scale * 1.0  # a copy: ops.identity(Parameter) would return the updated value

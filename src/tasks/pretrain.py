@@ -11,8 +11,8 @@ audio columns come last and only when the data has audio). The cross-modal seque
 |      |                                                  | standardised input region features) (+ contrastive)   |
 | mam  | text, image, audio with masked tokens            | MSE as for mvm (features mode: to the standardised     |
 |      |                                                  | input frame features) + contrastive (cosine / T)       |
-| itm  | text, image and audio, some swapped in-batch     | 5-way cross-entropy (which was swapped) + 2-way        |
-|      | (text, image) pairs                              | text-image matching; the heads also read the towers'   |
+| itm  | text, image and audio, some swapped within the   | 5-way cross-entropy (which was swapped) + 2-way        |
+|      | global batch; (text, image) pairs                | text-image matching; the heads also read the towers'   |
 |      |                                                  | agreement (models.heads.MatchingHead)                  |
 | itc  | single-modal towers only                         | symmetric InfoNCE for text-image, text-audio,          |
 |      |                                                  | image-audio                                            |
@@ -106,23 +106,6 @@ class MAMTask(PretrainTask):
         return self.masked_feature_loss(pred, target, audio_masked, self.cfg.mam_contrastive_weight)
 
 
-class ITMTask(PretrainTask):
-    """Three-modal matching (5 classes, see src.data.masking.itm_batch) plus text-image pair matching."""
-    extra_inputs = ("itm_labels",)
-
-    def construct(self, text_ids, text_mask, image, itm_labels, audio=None, frame_mask=None):
-        m = self.model
-        text, t_mask = m.encode_text(text_ids, text_mask)
-        img, i_mask = m.encode_image(image)
-        image_matches = ops.logical_or(ops.equal(itm_labels, ITM_MATCHED), ops.equal(itm_labels, ITM_AUDIO_SWAPPED))
-        pair_labels = ops.cast(image_matches, itm_labels.dtype)
-        loss = cross_entropy(m.pair_logits(text, t_mask, img, i_mask), pair_labels)
-        if audio is not None:
-            aud, a_mask = m.encode_audio(audio, frame_mask)
-            loss = loss + cross_entropy(m.matching_logits(text, t_mask, img, i_mask, aud, a_mask), itm_labels)
-        return loss
-
-
 class LocalBatch(nn.Cell):
     """One process: the batch is the global batch."""
 
@@ -165,6 +148,41 @@ def global_batch():
     if GlobalComm.INITED and get_group_size() > 1:
         return GlobalBatch(get_group_size(), get_rank())
     return LocalBatch()
+
+
+class ITMTask(PretrainTask):
+    """Three-modal matching (5 classes, see src.data.masking.itm_batch) plus text-image pair matching.
+
+    Each text is paired with the image (and audio) at rows `itm_image_src` (`itm_audio_src`) of the global batch
+    (src.data.pretrain_data._MatchingPartners): under data parallelism the raw images and audio of every rank are
+    gathered (GlobalBatch; inputs, so nothing flows back to other ranks) and the pairs are encoded here, so the
+    negatives come from all ranks and the loss and gradients are those of one process over the whole batch. Positives
+    and texts stay local. With one process nothing is gathered: the rows index this batch. Under gradient
+    accumulation the images and audio reach every micro-batch whole (src.engine.train_step), as the pool its rows
+    index.
+    """
+    extra_inputs = ("itm_labels", "itm_image_src")
+    audio_inputs = AUDIO_INPUTS + ("itm_audio_src",)
+    whole_batch_inputs = ("image", "audio", "frame_mask")
+
+    def __init__(self, model, pretrain_cfg, has_audio):
+        super().__init__(model, pretrain_cfg, has_audio)
+        self.everyone = global_batch()
+
+    def construct(self, text_ids, text_mask, image, itm_labels, itm_image_src, audio=None, frame_mask=None,
+                  itm_audio_src=None):
+        m = self.model
+        g = self.everyone
+        text, t_mask = m.encode_text(text_ids, text_mask)
+        img, i_mask = m.encode_image(ops.gather(g(image), itm_image_src, 0))
+        image_matches = ops.logical_or(ops.equal(itm_labels, ITM_MATCHED), ops.equal(itm_labels, ITM_AUDIO_SWAPPED))
+        pair_labels = ops.cast(image_matches, itm_labels.dtype)
+        loss = cross_entropy(m.pair_logits(text, t_mask, img, i_mask), pair_labels)
+        if audio is not None:
+            aud, a_mask = m.encode_audio(ops.gather(g(audio), itm_audio_src, 0),
+                                         ops.gather(g(frame_mask), itm_audio_src, 0))
+            loss = loss + cross_entropy(m.matching_logits(text, t_mask, img, i_mask, aud, a_mask), itm_labels)
+        return loss
 
 
 class ITCTask(PretrainTask):

@@ -5,8 +5,9 @@ import pytest
 
 from src.data.labels import (IMAGE_EOS_ID, IMAGE_TOKEN_OFFSET, ITM_AUDIO_SWAPPED, ITM_BOTH_DIFFERENT,
                              ITM_IMAGE_SWAPPED, ITM_MATCHED, ITM_SAME_OTHER, codes_from_tokens, image_vocab_size)
-from src.data.masking import (image_token_targets, itm_batch, mask_positions, mask_tokens, mask_whole_text,
-                              modality_schedule, pair_match_batch, sample_rng, text_generation_targets)
+from src.data.masking import (gathered_rows, image_token_targets, itm_batch, mask_positions, mask_tokens,
+                              mask_whole_text, modality_schedule, pair_match_batch, rank_rows, sample_rng,
+                              text_generation_targets)
 from src.errors import UserError
 
 PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
@@ -195,3 +196,14 @@ def test_image_token_targets_round_trip():
     np.testing.assert_array_equal(codes_from_tokens([1, 4, 2, 7, 8]), [1])  # stops at EOS
     with pytest.raises(UserError, match=r"\[0, 10\)"):
         image_token_targets(np.array([3, 10]), codebook_size=10, max_len=6)
+
+
+def test_global_batch_rows_by_hand():
+    """Two ranks at batch 3 read samples [s0 s2 s4] and [s1 s3 s5] of a step; AllGather lays them out as
+    s0 s2 s4 s1 s3 s5."""
+    assert rank_rows(0, 2, 3).tolist() == [0, 2, 4]
+    assert rank_rows(1, 2, 3).tolist() == [1, 3, 5]
+    assert gathered_rows(np.arange(6), 2, 3).tolist() == [0, 3, 1, 4, 2, 5]
+    assert gathered_rows([5, 2], 3, 2).tolist() == [5, 4]      # three ranks at batch 2: s5 on rank 2, s2 on rank 2
+    assert gathered_rows([1, 4], 3, 2).tolist() == [2, 3]      # s1 is rank 1's first row, s4 its second
+    assert rank_rows(0, 1, 4).tolist() == gathered_rows(np.arange(4), 1, 4).tolist() == [0, 1, 2, 3]

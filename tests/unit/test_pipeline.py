@@ -28,7 +28,7 @@ COLUMNS = {
     "mlm": COMMON + ["mlm_positions", "mlm_labels", "mlm_weights"],
     "mvm": COMMON + ["image_masked"],
     "mam": COMMON + ["audio_masked"],
-    "itm": COMMON + ["itm_labels"],
+    "itm": COMMON + ["itm_labels", "itm_image_src", "itm_audio_src"],
     "itc": COMMON,
     "td": COMMON + ["image_masked", "audio_masked", "dec_input", "dec_target", "dec_weights"],
     "id": COMMON + ["image_masked", "img_dec_input", "img_dec_target", "img_dec_weights"],
@@ -40,6 +40,7 @@ SHAPES = {
     "audio": ((B, 32, 80), "float32"), "frame_mask": ((B, 32), "int32"),
     "mlm_positions": ((B, 8), "int32"), "mlm_labels": ((B, 8), "int32"), "mlm_weights": ((B, 8), "float32"),
     "image_masked": ((B, 16), "float32"), "audio_masked": ((B, 8), "float32"), "itm_labels": ((B,), "int32"),
+    "itm_image_src": ((B,), "int32"), "itm_audio_src": ((B,), "int32"),
     "dec_input": ((B, 12), "int32"), "dec_target": ((B, 12), "int32"), "dec_weights": ((B, 12), "float32"),
     "img_dec_input": ((B, 17), "int32"), "img_dec_target": ((B, 17), "int32"), "img_dec_weights": ((B, 17), "float32"),
 }
@@ -181,15 +182,16 @@ def test_image_decoding_condition_dropout_gives_the_empty_prompt_to_its_share_of
         with_prob(1.5)
 
 
-def test_itm_labels_match_the_swapped_images_and_audio(data):
-    cfg = data["cfg"].with_updates({"model.audio.max_frames": 256})  # whole clips: their starts can be alike
+def test_itm_labels_match_the_partner_rows_and_the_batch_is_unswapped(data):
+    cfg = data["cfg"].with_updates({"model.audio.max_frames": 256})
     itm, itc = pretrain(data, "itm", batch_size=6, cfg=cfg), pretrain(data, "itc", batch_size=6, cfg=cfg)
     labels_seen = set()
-    for swapped, plain in zip(itm, itc):
-        for i, label in enumerate(swapped["itm_labels"]):
-            (image_src,) = [j for j in range(6) if np.array_equal(swapped["image"][i], plain["image"][j])]
-            (audio_src,) = [j for j in range(6) if np.array_equal(swapped["audio"][i], plain["audio"][j])]
-            np.testing.assert_array_equal(swapped["frame_mask"][i], plain["frame_mask"][audio_src])
+    for batch, plain in zip(itm, itc):
+        for name in COMMON:   # the task Cell picks the partners; the batch keeps every sample's own columns
+            np.testing.assert_array_equal(batch[name], plain[name])
+        for i, label in enumerate(batch["itm_labels"]):
+            image_src, audio_src = int(batch["itm_image_src"][i]), int(batch["itm_audio_src"][i])
+            assert 0 <= image_src < 6 and 0 <= audio_src < 6
             expected = {ITM_MATCHED: image_src == audio_src == i,
                         ITM_IMAGE_SWAPPED: image_src != i and audio_src == i,
                         ITM_AUDIO_SWAPPED: image_src == i and audio_src != i,
@@ -197,21 +199,42 @@ def test_itm_labels_match_the_swapped_images_and_audio(data):
                         ITM_BOTH_DIFFERENT: len({i, image_src, audio_src}) == 3}
             assert expected[int(label)], (label, i, image_src, audio_src)
             labels_seen.add(int(label))
-        np.testing.assert_array_equal(swapped["text_ids"], plain["text_ids"])
     assert len(labels_seen) >= 3
 
 
-def test_itm_without_audio_swaps_only_images_and_labels_the_pairs(data):
+def test_itm_without_audio_pairs_only_images_and_labels_the_pairs(data):
     cfg = data["cfg"].with_updates({"data.use_audio": False})
-    itm, itc = pretrain(data, "itm", batch_size=6, cfg=cfg), pretrain(data, "itc", batch_size=6, cfg=cfg)
     labels_seen = set()
-    for swapped, plain in zip(itm, itc):
-        assert "audio" not in swapped
-        for i, label in enumerate(swapped["itm_labels"]):
-            (image_src,) = [j for j in range(6) if np.array_equal(swapped["image"][i], plain["image"][j])]
-            assert int(label) == (ITM_MATCHED if image_src == i else ITM_IMAGE_SWAPPED)
+    for batch in pretrain(data, "itm", batch_size=6, cfg=cfg):
+        assert "audio" not in batch and "itm_audio_src" not in batch
+        for i, label in enumerate(batch["itm_labels"]):
+            assert int(label) == (ITM_MATCHED if batch["itm_image_src"][i] == i else ITM_IMAGE_SWAPPED)
             labels_seen.add(int(label))
     assert labels_seen == {ITM_MATCHED, ITM_IMAGE_SWAPPED}
+
+
+@pytest.mark.parametrize("use_audio", [True, False])
+def test_itm_partners_of_two_ranks_are_the_single_process_partners(data, use_audio):
+    """Two ranks at batch 3 draw the pairs of one process at batch 6 over the same samples: each rank's partner rows
+    index the gathered global batch (rank 0's rows, then rank 1's) and name the sample one process pairs with."""
+    cfg = data["cfg"].with_updates({"data.use_audio": use_audio})
+    single = pretrain(data, "itm", batch_size=6, cfg=cfg)
+    ranks = [pretrain(data, "itm", batch_size=3, cfg=cfg, rank=r, world=2) for r in range(2)]
+    sources = {"itm_image_src": "image"} | ({"itm_audio_src": "audio"} if use_audio else {})
+    remote = 0
+    for step, one in enumerate(single):
+        for r in range(2):
+            mine = ranks[r][step]
+            for j in range(3):
+                row = j * 2 + r    # this sample's row in the single process's batch
+                np.testing.assert_array_equal(mine["image"][j], one["image"][row])
+                np.testing.assert_array_equal(mine["text_ids"][j], one["text_ids"][row])
+                assert mine["itm_labels"][j] == one["itm_labels"][row]
+                for src, column in sources.items():
+                    gathered = np.concatenate([ranks[q][step][column] for q in range(2)])
+                    np.testing.assert_array_equal(gathered[mine[src][j]], one[column][one[src][row]])
+                    remote += int(mine[src][j] // 3 != r)
+    assert remote > 0   # some partners live on the other rank
 
 
 def test_two_ranks_read_disjoint_equal_shares_of_the_epoch(data):
@@ -269,8 +292,9 @@ def test_unfeedable_tasks_and_mismatched_data_are_user_errors(data, tmp_path):
         build_pretrain_dataset(train, "mam", no_audio, tokenizer, B, 0)
     with pytest.raises(UserError, match=r"'id' needs image tokens.*pretrain.tasks.id=0"):
         build_pretrain_dataset(data["paths"]["val"], "id", cfg, tokenizer, B, 0)
-    with pytest.raises(UserError, match="batch size of at least 3"):
+    with pytest.raises(UserError, match=r"at least 3 samples, got 2 x 1 device"):
         build_pretrain_dataset(train, "itm", cfg, tokenizer, 2, 0)
+    assert len(pretrain(data, "itm", batch_size=2, rank=1, world=2))  # 2 x 2 devices: the global batch has 4
     with pytest.raises(UserError, match="cannot resume at batch 6"):
         build_pretrain_dataset(train, "mlm", cfg, tokenizer, B, 0, start_batch=6)
     with pytest.raises(UserError, match="unknown pretraining task 'xyz'"):

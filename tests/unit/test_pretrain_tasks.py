@@ -101,12 +101,19 @@ def test_itm_loss_equals_numpy_recomputation(cfg, model, has_audio):
     task = build_task("itm", model, cfg.pretrain, has_audio)
     batch = task_batch("itm", cfg.model, cfg.pretrain, seed=2, has_audio=has_audio)
     batch["itm_labels"] = np.array([ITM_MATCHED, ITM_AUDIO_SWAPPED, ITM_IMAGE_SWAPPED, ITM_SAME_OTHER], np.int32)
+    batch["itm_image_src"] = np.array([0, 1, 3, 0], np.int32)  # the rows whose image / audio each text gets
+    if has_audio:
+        batch["itm_audio_src"] = np.array([0, 3, 2, 0], np.int32)
+    paired = dict(batch, image=batch["image"][batch["itm_image_src"]])
+    if has_audio:
+        src = batch["itm_audio_src"]
+        paired.update(audio=batch["audio"][src], frame_mask=batch["frame_mask"][src])
     heads = (model.pair_head, model.itm_head)
     for head in heads:  # let the towers' agreement count (a new head's gain is 0)
         head.gain.set_data(Tensor(np.float32(0.01)))
     try:
         loss = float(task(*tensors(batch, task.input_names)).asnumpy())
-        parts = encode_all(model, batch, has_audio)
+        parts = encode_all(model, paired, has_audio)
         pair_logits = model.pair_logits(*parts[:4]).asnumpy()
         expected = np_cross_entropy(pair_logits, np.array([1, 1, 0, 0]))  # the image is the text's in rows 0, 1
         if has_audio:
