@@ -79,3 +79,22 @@ def task_batch(task, model_cfg, pretrain_cfg, batch=4, seed=0, has_audio=True):
         cols["img_dec_target"] = rng.integers(1, vocab, (batch, li)).astype(np.int32)
         cols["img_dec_weights"] = np.ones((batch, li), np.float32)
     return cols
+
+
+def half_audio_manifest(manifest, out):
+    """Copy of the JSONL `manifest` in which every second sample (1, 3, 5, ...) loses its audio: a data set
+    where only some samples have audio. Returns the ids of the samples that keep their audio."""
+    import json
+
+    kept, lines = [], []
+    with open(manifest, encoding="utf-8") as f:
+        for n, line in enumerate(x for x in f if x.strip()):
+            sample = json.loads(line)
+            if n % 2:
+                sample.pop("audio", None)
+            elif "audio" in sample:
+                kept.append(sample["id"])
+            lines.append(json.dumps(sample, ensure_ascii=False))
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return kept

@@ -455,6 +455,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
     flags = {"has_audio": False, "has_vqa": False, "has_answer_scores": False, "has_image_tokens": False,
              "has_captions": True, "has_rationales": True, "has_image": settings["require_image"]}
     pending, accepted, counts, listed = [], 0, Counter(), {key: [] for key in LISTED_IDS}
+    audio_samples = 0  # records with a clip; the others store 0 frames (audio_frames 0: no real frame)
     bar = tqdm(total=len(jobs), desc="mindrecord", unit="sample", disable=None)
     for status, _, result in _processed(jobs, workers, settings):
         bar.update()
@@ -469,6 +470,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
                 ids.append(result["id"])
         accepted += 1
         flags["has_audio"] |= len(result["audio"]) > 0
+        audio_samples += len(result["audio"]) > 0
         flags["has_vqa"] |= len(result["question_ids"]) > 0
         flags["has_answer_scores"] |= result["answer_scores"] != "[]"
         flags["has_image_tokens"] |= len(result["image_tokens"]) > 0
@@ -485,7 +487,8 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
         writer.commit()
     files = [os.path.basename(tmp_out)] if shards == 1 else [f"{os.path.basename(tmp_out)}{k}" for k in range(shards)]
     rejects.sort(key=lambda entry: entry["line"])
-    return {"accepted": accepted, "files": files, "counts": counts, "listed": listed, **flags}
+    return {"accepted": accepted, "files": files, "counts": counts, "listed": listed, "audio_samples": audio_samples,
+            **flags}
 
 
 def _processed(jobs, workers, settings):
@@ -540,6 +543,7 @@ def _report(manifest, out, vocab, settings, summary, rejects, strict):
         "out": out,
         "written": not (strict and rejects) and summary["accepted"] > 0,
         "accepted": summary["accepted"],
+        "audio_samples": summary["audio_samples"],
         "rejected": len(rejects),
         "rejected_by_reason": dict(sorted(Counter(entry["reason"] for entry in rejects).items())),
         "first_rejected": rejects[:REPORTED_REJECTS],
@@ -587,6 +591,7 @@ def _meta(report, summary):
         "has_image": summary["has_image"],
         "has_captions": summary["has_captions"],
         "has_audio": summary["has_audio"],
+        "audio_samples": summary["audio_samples"],
         "audio_dim": report["settings"]["audio_dim"],
         "has_vqa": summary["has_vqa"],
         "has_answer_scores": summary["has_answer_scores"],

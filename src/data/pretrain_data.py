@@ -443,7 +443,9 @@ class _PretrainSample(_SampleArrays):
     def _td(self, out, rng, caption, rest):
         out["text_ids"] = mask_whole_text(out["text_ids"], out["text_mask"], self.mask_id)
         image_full, audio_full = (prob == 1.0 for prob in modality_schedule(rng))
-        if not self.has_audio:  # with text and image gone nothing would be left to decode from
+        if not self.has_audio or not out["frame_mask"].any():
+            # this sample has no audio (the data set has none, or its own clip is absent: no real frame), so with
+            # text and image gone nothing would be left to decode from
             image_full = False
         image_prob = 1.0 if image_full else self.pretrain.mvm_prob
         out["image_masked"] = mask_positions(np.ones(self.patches), rng, image_prob)

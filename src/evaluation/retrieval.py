@@ -5,6 +5,7 @@ text -> image (a caption hits when its record's image is in the top K), TR = ima
 of its captions is in the top K); recalls in percent with pessimistic ties, plus the expected recall of a random
 ranking ("chance"). With audio in the data, text -> audio, audio -> text, image -> audio and audio -> image recalls by
 the towers' contrastive embeddings (itc) are added whatever the mode: the cross-encoder heads are not used for audio.
+They are over the records whose clip exists only (n_audio of them; `audio_recalls`), each with its own chance row.
 
 Results go to <out>/retrieval.json and retrieval.md (default out: <run of the checkpoint>/eval_retrieval, or
 <export folder>/eval_retrieval with --mindir); retrieval.json also holds `examples`: the first caption of each of the
@@ -67,6 +68,27 @@ def directional_recall(ir_scores, tr_scores, text_to_image, ks=KS):
     return result
 
 
+def audio_recalls(text_features, image_features, audio_features, has_audio, text_to_image, ks=KS):
+    """Text <-> audio and image <-> audio recalls by cosine of the towers' features over the records whose clip
+    exists (`has_audio` (n_images,) nonzero) only: an absent clip is neither a query nor a candidate, and the captions
+    of a record without audio are no queries. Returns n_audio (records with audio), and when there is any,
+    text_audio / image_audio with their own chance rows chance_text_audio / chance_image_audio (of those items)."""
+    items = np.flatnonzero(np.asarray(has_audio).reshape(-1))
+    out = {"n_audio": int(len(items))}
+    if not len(items):
+        return out
+    record_to_item = np.full(len(has_audio), -1, np.int64)
+    record_to_item[items] = np.arange(len(items))
+    queries = np.flatnonzero(record_to_item[text_to_image] >= 0)
+    text_to_audio = record_to_item[text_to_image[queries]]
+    audio = audio_features[items]
+    out["text_audio"] = retrieval_recall(cosine_scores(text_features[queries], audio), text_to_audio, ks)
+    out["chance_text_audio"] = chance_retrieval_recall(text_to_audio, len(items), ks)
+    out["image_audio"] = retrieval_recall(cosine_scores(image_features[items], audio), np.arange(len(items)), ks)
+    out["chance_image_audio"] = chance_retrieval_recall(np.arange(len(items)), len(items), ks)
+    return out
+
+
 class StageClock:
     """Wall and process CPU seconds of consecutive stages: `lap(name)` closes the stage that ran since the last lap.
     CPU time counts every thread of this process, so it moves far less than wall time when other jobs share the
@@ -104,10 +126,11 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
              gather=all_gather_numpy, retriever=None, return_features=False, return_ranking=False):
     """Retrieval recalls of `model` on the MindRecord `data_path`; the same dict on every rank.
 
-    Keys: mode, k, data, n_texts, n_images, pairs_scored, text_image, chance, text_audio / image_audio when the data
-    has audio, examples (`retrieval_examples`), and seconds / cpu_seconds: wall and process CPU time of this rank
-    per stage (embed_texts, embed_images, shortlist and score when pairs are scored, rank; see `StageClock`). With
-    `return_features`, also "image_features" (n_images, D) for an index; with `return_ranking`, "records": one
+    Keys: mode, k, data, n_texts, n_images, pairs_scored, text_image, chance, n_audio and text_audio / image_audio /
+    chance_text_audio / chance_image_audio when the data has audio (`audio_recalls`), examples
+    (`retrieval_examples`), and seconds / cpu_seconds: wall and process CPU time of this rank per stage (embed_texts,
+    embed_images, shortlist and score when pairs are scored, rank; see `StageClock`). With `return_features`, also
+    "image_features" (n_images, D) for an index; with `return_ranking`, "records": one
     {caption, target, top} per caption for metrics hooks (src.evaluation.hooks).
     """
     from src.data.pretrain_data import build_eval_dataset, open_mindrecord, read_references
@@ -164,9 +187,8 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
                               for caption, target, row in zip(captions, text_to_image.tolist(),
                                                               top_images(ir, HOOK_TOP).tolist())]
     if has_audio:
-        audio = images["audio_features"]
-        results["text_audio"] = retrieval_recall(cosine_scores(texts["features"], audio), text_to_image, KS)
-        results["image_audio"] = retrieval_recall(cosine_scores(images["features"], audio), np.arange(n_images), KS)
+        results.update(audio_recalls(texts["features"], images["features"], images["audio_features"],
+                                     images["has_audio"], text_to_image))
     clock.lap("rank")
     results["seconds"], results["cpu_seconds"] = clock.wall, clock.cpu
     if return_features:
@@ -175,12 +197,13 @@ def evaluate(model, cfg, tokenizer, data_path, mode="itc_itm", k=16, batch_size=
 
 
 def table_rows(results):
-    """One markdown row per retrieval direction (and the chance rows of text-image)."""
+    """One markdown row per retrieval direction, each followed by its chance row."""
     rows = []
     for section, prefix, label in DIRECTIONS:
+        chance = "chance" if section == "text_image" else f"chance_{section}"
         for scoring, source in ((results["mode"] if section == "text_image" else "itc", section),
-                                ("chance", "chance")):
-            if source not in results or (source == "chance" and section != "text_image"):
+                                ("chance", chance)):
+            if source not in results:
                 continue
             values = results[source]
             row = {"retrieval": label, "scoring": scoring}
@@ -350,8 +373,9 @@ def main(argv=None, metrics_hooks=()):
     rows += [{"retrieval": name, "scoring": "metrics hook", "mean": value} for name, value in extra.items()]
     json_path, _ = write_results(out, "retrieval", results, rows, TABLE_COLUMNS)
     print(markdown_table(rows, TABLE_COLUMNS), end="")
-    print(f"{results['n_texts']} captions x {results['n_images']} images, {results['pairs_scored']} pairs through "
-          f"the cross-encoder; results in {json_path}")
+    audio = f" ({results['n_audio']} with audio: the audio recalls are over those)" if "n_audio" in results else ""
+    print(f"{results['n_texts']} captions x {results['n_images']} images{audio}, {results['pairs_scored']} pairs "
+          f"through the cross-encoder; results in {json_path}")
     if args.index_out:
         from src.data.pretrain_data import read_references
         refs = read_references(data)

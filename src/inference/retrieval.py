@@ -97,7 +97,8 @@ class RetrievalRunner:
 
     def embed_image_batches(self, batches, keep_tokens=True, with_audio=False, desc="images"):
         """Batches of `build_eval_dataset` (dicts of numpy columns, any batch size) -> per row, concatenated:
-        index, valid, features, (tokens, token_mask), (audio_features). Rows are re-batched to the fixed size."""
+        index, valid, features, (tokens, token_mask), (audio_features, has_audio: 1 when the item's clip exists). Rows
+        are re-batched to the fixed size."""
         parts = {}
         for batch in tqdm(rebatch(batches, self.batch_size), desc=desc, disable=None, leave=False):
             n = len(batch["index"])
@@ -109,6 +110,8 @@ class RetrievalRunner:
                 audio = self.audio_tower(ms.Tensor(fill_batch(batch["audio"], self.batch_size)),
                                          ms.Tensor(fill_batch(batch["frame_mask"], self.batch_size)))
                 row["audio_features"] = audio.asnumpy()[:n]
+                # per item: whether its clip exists (any real frame); an absent clip's feature is no candidate
+                row["has_audio"] = (np.asarray(batch["frame_mask"]).reshape(n, -1) > 0).any(1).astype(np.int32)
             for key, value in row.items():
                 parts.setdefault(key, []).append(value)
         return {key: np.concatenate(value) for key, value in parts.items()}

@@ -64,6 +64,21 @@ def info_nce(a, b, scale):
     return 0.5 * (cross_entropy(logits, labels) + cross_entropy(logits.T, labels))
 
 
+def masked_info_nce(a, b, scale, present):
+    """info_nce over the rows with `present` (B,) 1: absent rows are neither positives nor negatives, so the value
+    equals info_nce of the present rows alone; 0 (and no gradient) when no row is present."""
+    w = ops.cast(present, ms.float32)
+    pair = ops.expand_dims(w, 1) * ops.expand_dims(w, 0)
+    logits = ops.matmul(a, b.T) * scale + (1.0 - pair) * NEG_INF
+    labels = ops.arange(0, a.shape[0], dtype=ms.int32)
+    return 0.5 * (cross_entropy(logits, labels, w) + cross_entropy(logits.T, labels, w))
+
+
+def present_rows(frame_mask):
+    """(B,) float32: 1 for samples whose audio has at least one real frame (the per-sample audio presence)."""
+    return ops.cast(ops.cast(frame_mask, ms.float32).sum(-1) > 0, ms.float32)
+
+
 def gather_positions(seq, positions):
     """seq (B, L, H), positions (B, P) int -> (B, P, H)."""
     index = ops.broadcast_to(ops.expand_dims(ops.cast(positions, ms.int32), -1),

@@ -20,14 +20,19 @@ audio columns come last and only when the data has audio). The cross-modal seque
 | id   | text, image fully masked, audio                  | label-smoothed cross-entropy of the image decoder      |
 
 Without audio: mam is unavailable, itm keeps only its 2-way text-image part, itc only text-image.
+Per sample, audio is present when its frame_mask has a real frame (losses.present_rows; data sets where only some
+samples have audio): mam takes no loss from a sample without audio, itm's 5-way part counts only rows whose clip
+exists, itc's text-audio and image-audio terms are over the samples with audio alone (a batch with none: text-image
+alone).
 """
+import mindspore as ms
 from mindspore import nn, ops
 from mindspore.communication import GlobalComm, get_group_size, get_rank
 
 from src.data.labels import ITM_AUDIO_SWAPPED, ITM_MATCHED
 
 from .losses import (cross_entropy, feature_contrastive, feature_regression, gather_positions, info_nce,
-                     standardize)
+                     masked_info_nce, present_rows, standardize)
 
 BASE_INPUTS = ("text_ids", "text_mask", "image")
 AUDIO_INPUTS = ("audio", "frame_mask")
@@ -101,6 +106,8 @@ class MAMTask(PretrainTask):
 
     def construct(self, text_ids, text_mask, image, audio_masked, audio, frame_mask):
         target = standardize(ops.stop_gradient(self.model.audio_regression_target(audio, frame_mask)))
+        # samples without audio (no real frame) have nothing to reconstruct, whatever audio_masked says
+        audio_masked = audio_masked * ops.expand_dims(ops.cast(present_rows(frame_mask), audio_masked.dtype), 1)
         seq, _ = self.encode(text_ids, text_mask, image, None, audio, frame_mask, audio_masked)
         pred = self.model.audio_regression_head(self.audio_part(seq))
         return self.masked_feature_loss(pred, target, audio_masked, self.cfg.mam_contrastive_weight)
@@ -179,9 +186,12 @@ class ITMTask(PretrainTask):
         pair_labels = ops.cast(image_matches, itm_labels.dtype)
         loss = cross_entropy(m.pair_logits(text, t_mask, img, i_mask), pair_labels)
         if audio is not None:
-            aud, a_mask = m.encode_audio(ops.gather(g(audio), itm_audio_src, 0),
-                                         ops.gather(g(frame_mask), itm_audio_src, 0))
-            loss = loss + cross_entropy(m.matching_logits(text, t_mask, img, i_mask, aud, a_mask), itm_labels)
+            clip_mask = ops.gather(g(frame_mask), itm_audio_src, 0)
+            aud, a_mask = m.encode_audio(ops.gather(g(audio), itm_audio_src, 0), clip_mask)
+            # a row counts only when the clip it sees exists: its audio-matched / -swapped label says nothing of
+            # an absent clip
+            loss = loss + cross_entropy(m.matching_logits(text, t_mask, img, i_mask, aud, a_mask), itm_labels,
+                                        present_rows(clip_mask))
         return loss
 
 
@@ -206,7 +216,10 @@ class ITCTask(PretrainTask):
             return g.full_gradient(text_image)
         aud, a_mask = m.encode_audio(audio, frame_mask)
         a = g(m.audio_features(aud, a_mask))
-        return g.full_gradient((text_image + info_nce(t, a, scale) + info_nce(i, a, scale)) / 3.0)
+        present = g(present_rows(frame_mask))  # pairs with an absent clip are neither positives nor negatives
+        audio_terms = masked_info_nce(t, a, scale, present) + masked_info_nce(i, a, scale, present)
+        terms = 1.0 + 2.0 * ops.cast(present.sum() > 0, ms.float32)  # a batch without audio: text-image alone
+        return g.full_gradient((text_image + audio_terms) / terms)
 
 
 class TDTask(PretrainTask):

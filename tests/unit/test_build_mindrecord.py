@@ -17,6 +17,7 @@ from src.data.tokenizer import Tokenizer
 from src.data.transforms import load_audio
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from src.errors import UserError
+from tests.helpers import half_audio_manifest
 
 N_GOOD = 24
 EMPTY_ARRAYS = ("question_ids", "image_tokens")
@@ -317,3 +318,18 @@ def test_report_counts_unknown_tokens_and_long_texts(tmp_path):
     assert texts["cut_at_stored_limit"] == 1 and texts["stored_limit"] == 512   # 602 > 512: stored cut
     assert report["settings"]["text_max_len"] == 10
     assert "warnings: 1 texts with [UNK], 2 texts over 10 tokens;" in summary_line(report)
+
+
+def test_samples_without_audio_are_stored_with_no_frame_and_counted(demo, tmp_path):
+    """Per-sample audio presence: a record without a clip holds 0 frames (audio_frames 0); the meta's has_audio says
+    some sample has audio and audio_samples how many."""
+    root, vocab = demo
+    kept = half_audio_manifest(root / "train.jsonl", root / "half.jsonl")  # next to the files it names
+    out = tmp_path / "half.mindrecord"
+    report = build_mindrecord(str(root / "half.jsonl"), str(out), vocab, workers=1)
+    assert report["accepted"] == N_GOOD and report["audio_samples"] == len(kept) == N_GOOD // 2
+    meta = json.loads((tmp_path / "half.mindrecord.meta.json").read_text(encoding="utf-8"))
+    assert meta["has_audio"] is True and meta["audio_samples"] == N_GOOD // 2
+    for row in read_rows(out, ["index", "audio", "audio_frames"]):
+        has_clip = int(row["index"]) % 2 == 0  # manifest order: every second sample lost its clip
+        assert (int(row["audio_frames"]) > 0) == has_clip and (has_clip or not row["audio"].any())

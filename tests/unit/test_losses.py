@@ -6,7 +6,7 @@ import pytest
 from mindspore import Tensor
 
 from src.tasks.losses import (cross_entropy, feature_contrastive, feature_regression, gather_positions, info_nce,
-                              normalize, standardize, weighted_mean)
+                              masked_info_nce, normalize, present_rows, standardize, weighted_mean)
 
 
 @pytest.fixture(autouse=True)
@@ -142,6 +142,24 @@ def test_info_nce_by_hand_and_symmetric():
     assert abs(rows - cols) > 1e-2  # the two directions differ, so the average is really checked
     assert value(info_nce(Tensor(a), Tensor(b), 5.0)) == pytest.approx(0.5 * (rows + cols), rel=1e-5)
     assert value(info_nce(Tensor(b), Tensor(a), 5.0)) == pytest.approx(0.5 * (rows + cols), rel=1e-5)
+
+
+def test_masked_info_nce_equals_info_nce_of_the_present_rows_and_zero_without_any():
+    rng = np.random.default_rng(3)
+    a = np_unit(rng.standard_normal((5, 8))).astype(np.float32)
+    b = np_unit(rng.standard_normal((5, 8))).astype(np.float32)
+    present = np.array([1, 0, 1, 1, 0], np.float32)
+    keep = present == 1
+    assert value(masked_info_nce(Tensor(a), Tensor(b), 5.0, Tensor(present))) == pytest.approx(
+        value(info_nce(Tensor(a[keep]), Tensor(b[keep]), 5.0)), rel=1e-5)
+    assert value(masked_info_nce(Tensor(a), Tensor(b), 5.0, Tensor(np.ones(5, np.float32)))) == pytest.approx(
+        value(info_nce(Tensor(a), Tensor(b), 5.0)), rel=1e-5)
+    assert value(masked_info_nce(Tensor(a), Tensor(b), 5.0, Tensor(np.zeros(5, np.float32)))) == 0.0
+
+
+def test_present_rows_reads_any_real_frame():
+    mask = np.array([[1, 1, 0], [0, 0, 0], [0, 0, 1]], np.int32)
+    assert present_rows(Tensor(mask)).asnumpy().tolist() == [1.0, 0.0, 1.0]
 
 
 def test_gather_positions_by_hand():

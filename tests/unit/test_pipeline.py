@@ -19,7 +19,7 @@ from src.data.finetune_data import build_caption_dataset
 from src.data.tokenizer import Tokenizer, tokenizer_fingerprint
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from src.errors import UserError
-from tests.helpers import model_config
+from tests.helpers import half_audio_manifest, model_config
 
 SEED, B = 7, 4
 N_TRAIN, N_VAL = 24, 7
@@ -430,3 +430,35 @@ def test_vqa_rationale_training_needs_rationales_in_the_data(data, tmp_path):
     with pytest.raises(UserError, match="without rationales.*vqa.rationale=false"):
         build_vqa_dataset(path, cfg, data["tokenizer"], 4, epoch=0)
     build_vqa_dataset(path, cfg.with_updates({"vqa.rationale": False}), data["tokenizer"], 4, epoch=0)
+
+
+@pytest.fixture(scope="module")
+def half_audio(data):
+    """The demo train set with every second sample's audio dropped, as a MindRecord."""
+    root = data["root"]
+    kept = half_audio_manifest(root / "train.jsonl", root / "train_half_audio.jsonl")
+    path = str(root / "train_half_audio.mindrecord")
+    build_mindrecord(str(root / "train_half_audio.jsonl"), path, str(root / "vocab.txt"), workers=1, max_frames=256)
+    return path, kept
+
+
+def test_samples_without_audio_come_with_an_all_zero_frame_mask_and_nothing_to_reconstruct(data, half_audio):
+    path, kept = half_audio
+    assert open_mindrecord(path, None).meta["has_audio"] and len(kept) == N_TRAIN // 2
+    present = []
+    for batch in batches(build_pretrain_dataset(path, "mam", data["cfg"], data["tokenizer"], B, 0)):
+        for frame_mask, audio, masked in zip(batch["frame_mask"], batch["audio"], batch["audio_masked"]):
+            present.append(bool(frame_mask.any()))
+            assert bool(audio.any()) == present[-1] and bool(masked.any()) == present[-1]
+    assert len(present) == N_TRAIN and sum(present) == N_TRAIN // 2
+
+
+def test_text_decoding_never_fully_masks_the_image_of_a_sample_without_audio(data, half_audio):
+    path, _ = half_audio
+    full = {True: 0, False: 0}  # samples whose image is fully masked, by audio presence
+    for epoch in range(3):
+        for batch in batches(build_pretrain_dataset(path, "td", data["cfg"], data["tokenizer"], B, epoch)):
+            for frame_mask, image_masked in zip(batch["frame_mask"], batch["image_masked"]):
+                full[bool(frame_mask.any())] += int(image_masked.sum() == 16)
+    assert full[False] == 0
+    assert full[True] > 0  # samples with audio still get the image fully masked (about 30% of them)

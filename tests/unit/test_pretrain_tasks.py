@@ -168,3 +168,71 @@ def test_masked_feature_targets_pass_no_gradient(cfg, name, head, encoder, monke
     assert encoder_grad_norm() == 0.0
     monkeypatch.setattr(pretrain.ops, "stop_gradient", lambda x: x)
     assert encoder_grad_norm() > 1e-4
+
+
+# ----- per-sample audio presence: a sample's audio exists when its frame_mask has a real frame -----
+
+def without_audio(batch, rows):
+    """`batch` with the clips of `rows` absent, as the pipeline stores them: zero frames, frame_mask all 0 (and,
+    deliberately, audio_masked left as it was: the task must not trust it)."""
+    batch = dict(batch)
+    batch["audio"], batch["frame_mask"] = batch["audio"].copy(), batch["frame_mask"].copy()
+    batch["audio"][rows] = 0.0
+    batch["frame_mask"][rows] = 0
+    return batch
+
+
+def rows_of(batch, rows):
+    return {name: value[rows] for name, value in batch.items()}
+
+
+def itc_expected(model, batch, audio_rows):
+    parts = encode_all(model, batch)
+    t = model.text_features(parts[0], parts[1]).asnumpy()
+    i = model.image_features(parts[2]).asnumpy()
+    a = model.audio_features(parts[4], parts[5]).asnumpy()
+    scale = float(model.contrastive.scale().asnumpy())
+    if not len(audio_rows):
+        return np_info_nce(t, i, scale)
+    r = np.asarray(audio_rows)
+    return (np_info_nce(t, i, scale) + np_info_nce(t[r], a[r], scale) + np_info_nce(i[r], a[r], scale)) / 3
+
+
+@pytest.mark.parametrize("audio_rows", [[0, 1], []], ids=["half_audio", "no_audio"])
+def test_itc_audio_terms_cover_only_the_samples_with_audio(cfg, model, audio_rows):
+    task = build_task("itc", model, cfg.pretrain, True)
+    batch = task_batch("itc", cfg.model, cfg.pretrain, seed=3)
+    batch = without_audio(batch, [r for r in range(4) if r not in audio_rows])
+    loss = float(task(*tensors(batch, task.input_names)).asnumpy())
+    assert math.isfinite(loss)
+    assert loss == pytest.approx(itc_expected(model, batch, audio_rows), rel=1e-5)
+
+
+def test_mam_takes_no_loss_from_samples_without_audio(cfg, model):
+    task = build_task("mam", model, cfg.pretrain, True)
+    batch = without_audio(task_batch("mam", cfg.model, cfg.pretrain, seed=4), [2, 3])
+    assert batch["audio_masked"][2:].sum() > 0  # the absent clips' masks would count if the task trusted them
+    loss = float(task(*tensors(batch, task.input_names)).asnumpy())
+    half = float(task(*tensors(rows_of(batch, slice(0, 2)), task.input_names)).asnumpy())
+    assert loss == pytest.approx(half, rel=1e-5)
+    nothing = without_audio(batch, [0, 1, 2, 3])
+    value = float(task(*tensors(nothing, task.input_names)).asnumpy())
+    assert math.isfinite(value) and value == 0.0
+
+
+def test_itm_three_modal_part_counts_only_rows_whose_clip_exists(cfg, model):
+    task = build_task("itm", model, cfg.pretrain, True)
+    batch = task_batch("itm", cfg.model, cfg.pretrain, seed=2)
+    batch["itm_labels"] = np.array([ITM_MATCHED, ITM_AUDIO_SWAPPED, ITM_IMAGE_SWAPPED, ITM_SAME_OTHER], np.int32)
+    batch = without_audio(batch, [1, 2])  # rows 1 and 2 were given an absent clip
+    loss = float(task(*tensors(batch, task.input_names)).asnumpy())
+    parts = encode_all(model, batch)
+    expected = np_cross_entropy(model.pair_logits(*parts[:4]).asnumpy(), np.array([1, 1, 0, 0]))
+    expected += np_cross_entropy(model.matching_logits(*parts).asnumpy(), batch["itm_labels"],
+                                 np.array([1.0, 0.0, 0.0, 1.0]))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    nothing = without_audio(batch, [0, 3])
+    value = float(task(*tensors(nothing, task.input_names)).asnumpy())
+    assert math.isfinite(value)
+    assert value == pytest.approx(np_cross_entropy(model.pair_logits(*encode_all(model, nothing)[:4]).asnumpy(),
+                                                   np.array([1, 1, 0, 0])), rel=1e-5)

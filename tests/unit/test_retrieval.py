@@ -16,12 +16,12 @@ from src.data.tokenizer import Tokenizer
 from src.data.vocab import build_vocab, manifest_texts, write_vocab
 from src.engine.optim import build_optimizer
 from src.engine.train_step import LossScale, TrainStep
-from src.evaluation.retrieval import directional_recall, evaluate, query_index
+from src.evaluation.retrieval import audio_recalls, directional_recall, evaluate, query_index, table_rows
 from src.inference.retrieval import (RetrievalRunner, gather_items, gather_pair_scores, load_index, mode_matrices,
                                      query_pairs, save_index, search_index, shard_positions, shortlist_mask)
 from src.models.opt import build_model
 from src.tasks.retrieval import RetrievalTask
-from tests.helpers import ROOT
+from tests.helpers import ROOT, half_audio_manifest
 
 N_TRAIN, N_TEST, B = 8, 7, 4  # 7 images x 5 captions: neither count is a multiple of the batch size
 
@@ -296,3 +296,51 @@ def test_fine_tuning_improves_training_set_recall(setup):
     collapsed = math.log(N_TRAIN) + 0.2   # equal scores for every pair: InfoNCE ln B plus the ranking margin
     assert np.mean(losses[-10:]) < 0.75 * collapsed < losses[0]
     assert after >= before + 10   # recall points on the training pairs
+
+
+# ----------------------------------------------------------------------------------------------- per-item audio
+
+
+def test_audio_recalls_rank_only_the_items_with_audio():
+    # 4 records, captions 0-1 of record 0, 2 of record 1, 3 of record 2, 4 of record 3; records 1 and 3 have no clip
+    text_to_image = np.array([0, 0, 1, 2, 3])
+    eye = np.eye(4, dtype=np.float32)
+    texts, images = eye[text_to_image], eye
+    audio = eye.copy()
+    audio[[1, 3]] = eye[[0, 2]]  # an absent clip's feature would tie with the real ones (all-zero input)
+    got = audio_recalls(texts, images, audio, np.array([1, 0, 1, 0]), text_to_image)
+    assert got["n_audio"] == 2
+    assert (got["text_audio"]["n_texts"], got["text_audio"]["n_images"]) == (3, 2)
+    assert got["text_audio"]["ir_r1"] == got["image_audio"]["ir_r1"] == 100.0  # no tie with an absent clip
+    assert got["chance_text_audio"]["ir_r1"] == pytest.approx(50.0)
+    assert got["chance_image_audio"]["n_images"] == 2
+    assert audio_recalls(texts, images, audio, np.zeros(4), text_to_image) == {"n_audio": 0}
+    rows = table_rows({"mode": "itc", "text_image": directional_recall(texts @ images.T, texts @ images.T,
+                                                                        text_to_image),
+                       "chance": got["chance_text_audio"], **got})
+    assert len(rows) == 12  # six directions, each with its chance row
+    assert [(r["retrieval"], r["scoring"]) for r in rows][4:8] == [
+        ("text→audio", "itc"), ("text→audio", "chance"), ("audio→text", "itc"), ("audio→text", "chance")]
+
+
+@pytest.mark.slow
+def test_audio_recalls_of_a_half_audio_set_are_those_of_its_audio_half(setup):
+    """Every second test record loses its clip: the audio recalls are over the other half only (n_audio of them),
+    equal to those of a MindRecord of that half alone, with a chance row of that many items."""
+    root, cfg = setup["root"], setup["cfg"]
+    kept = half_audio_manifest(root / "test.jsonl", root / "test_half_audio.jsonl")
+    lines = (root / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    (root / "test_audio_half.jsonl").write_text("\n".join(lines[::2]) + "\n", encoding="utf-8")
+    results = {}
+    for name in ("test_half_audio", "test_audio_half"):
+        build_mindrecord(str(root / f"{name}.jsonl"), str(root / f"{name}.mindrecord"), cfg.data.vocab, workers=1)
+        results[name] = evaluate(setup["model"], cfg, setup["tokenizer"], str(root / f"{name}.mindrecord"), "itc",
+                                 retriever=setup["retriever"])
+    half, alone = results["test_half_audio"], results["test_audio_half"]
+    n = len(kept)
+    assert n == (N_TEST + 1) // 2 and half["n_images"] == N_TEST and half["n_audio"] == alone["n_audio"] == n
+    for section in ("text_audio", "image_audio", "chance_text_audio", "chance_image_audio"):
+        assert half[section]["n_images"] == n
+        assert half[section] == pytest.approx(alone[section], abs=1e-9), section
+    assert half["chance_text_audio"]["ir_r1"] == pytest.approx(100 / n)
+    assert half["chance_image_audio"]["tr_r1"] == pytest.approx(100 / n)
