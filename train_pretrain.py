@@ -19,7 +19,7 @@ from src.utils.cli import run_main
 
 def build_pretraining(cfg, dist):
     """(cfg with the vocabulary size resolved, Trainer) for a pretraining config."""
-    from src.data.pretrain_data import build_pretrain_dataset, open_mindrecord
+    from src.data.pretrain_data import build_pretrain_dataset, open_mindrecord, unmet_needs, unmet_needs_message
     from src.data.tokenizer import Tokenizer
     from src.engine.mixing import TaskMixer
     from src.engine.trainer import Trainer
@@ -32,6 +32,9 @@ def build_pretraining(cfg, dist):
     info = open_mindrecord(cfg.data.train, cfg.data.vocab)
     has_audio = bool(info.meta["has_audio"]) and cfg.data.use_audio
     mixer = TaskMixer(dict(cfg.pretrain.tasks), cfg.run.seed)
+    unmet = unmet_needs(info, cfg, mixer.tasks)
+    if unmet:   # every task the data cannot feed, in one message, before anything is built
+        raise UserError(unmet_needs_message(unmet))
     model = build_model(cfg.model)
     batch = cfg.train.batch_size
     datasets, tasks = {}, {}

@@ -177,13 +177,32 @@ def _check_data(info, cfg, task=None):
     if not meta["has_captions"]:
         raise UserError(f"MindRecord {info.path} has samples without captions; pretraining needs a caption for "
                         "every sample")
-    for need in task_requirements(task):
-        available = has_audio if need == "audio" else meta["has_image_tokens"]
-        if not available:
-            why = "data.use_audio is false" if need == "audio" and meta["has_audio"] else f"{info.path} has none"
-            raise UserError(f"pretraining task '{task}' needs {need.replace('_', ' ')} but {why}; switch the "
-                            f"task off with --set pretrain.tasks.{task}=0")
+    unmet = unmet_needs(info, cfg, [task])
+    if unmet:
+        raise UserError(unmet_needs_message(unmet))
     return has_audio
+
+
+def unmet_needs(info, cfg, tasks):
+    """[(task, need, why)] of every pretraining task in `tasks` whose inputs the data of `info` cannot give."""
+    meta = info.meta
+    has_audio = meta["has_audio"] and cfg.data.use_audio
+    unmet = []
+    for task in tasks:
+        for need in task_requirements(task):
+            available = has_audio if need == "audio" else meta["has_image_tokens"]
+            if not available:
+                why = "data.use_audio is false" if need == "audio" and meta["has_audio"] else f"{info.path} has none"
+                unmet.append((task, need.replace("_", " "), why))
+    return unmet
+
+
+def unmet_needs_message(unmet):
+    """One message for all unmet needs, with the one --set that switches every such task off."""
+    listed = "; ".join(f"task '{task}' needs {need} but {why}" for task, need, why in unmet)
+    off = " ".join(dict.fromkeys(f"pretrain.tasks.{task}=0" for task, _, _ in unmet))
+    return f"the data cannot feed {len({t for t, _, _ in unmet})} pretraining task(s): {listed}; give data that has " \
+           f"them or switch the tasks off with --set {off}"
 
 
 def _reader(info, columns, positions, workers):

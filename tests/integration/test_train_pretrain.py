@@ -102,3 +102,21 @@ def test_missing_data_file_exits_2_naming_the_file(tiny_data, pretrain_cmd, tmp_
     message = one_line_error(result)
     assert str(missing) in message and "{path}" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_every_task_the_data_cannot_feed_is_named_in_one_error(tiny_data, tmp_path, capsys, monkeypatch):
+    """mam needs audio (switched off here) and id needs image codes (the tiny data has none): one launch names both,
+    with the one --set that switches both off, before anything is built."""
+    import train_pretrain
+    from src.utils.cli import run_main
+    from tests.integration.conftest import train_pretrain_command
+    monkeypatch.chdir(tiny_data["root"])
+    argv = train_pretrain_command(tiny_data, tmp_path / "out", "data.use_audio=false",
+                                  *task_overrides("mlm", "mam", "id"))[2:]
+    assert run_main(train_pretrain.main, argv) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: the data cannot feed 2 pretraining task(s)")
+    assert "task 'mam' needs audio but data.use_audio is false" in message
+    assert "task 'id' needs image tokens" in message
+    assert message.endswith("--set pretrain.tasks.mam=0 pretrain.tasks.id=0")
+    assert not (tmp_path / "out").exists()
