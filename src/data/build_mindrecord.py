@@ -27,7 +27,7 @@ from collections import Counter
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.data.manifest import _resolved, captions_of, check_sample
 from src.data.regions import read_regions
@@ -456,7 +456,7 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
              "has_captions": True, "has_rationales": True, "has_image": settings["require_image"]}
     pending, accepted, counts, listed = [], 0, Counter(), {key: [] for key in LISTED_IDS}
     audio_samples = 0  # records with a clip; the others store 0 frames (audio_frames 0: no real frame)
-    bar = tqdm(total=len(jobs), desc="mindrecord", unit="sample", disable=None)
+    bar = progress(total=len(jobs), desc="mindrecord", unit="sample")
     for status, _, result in _processed(jobs, workers, settings):
         bar.update()
         if status == "rejected":

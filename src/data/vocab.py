@@ -11,7 +11,7 @@ import os
 import sys
 from collections import Counter
 
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.data.manifest import captions_of, read_manifest
 from src.errors import UserError
@@ -68,7 +68,7 @@ def build_vocab(texts, min_count=1, max_size=None):
     if max_size is not None and max_size < len(SPECIAL_TOKENS):
         raise UserError(f"max_size {max_size} is too small: the special tokens alone need {len(SPECIAL_TOKENS)}")
     counts = Counter()
-    for text in tqdm(texts, desc="counting words", unit="text", disable=None):
+    for text in progress(texts, desc="counting words", unit="text"):
         counts.update(basic_tokenize(text))
     for token in SPECIAL_TOKENS:
         counts.pop(token, None)

@@ -26,6 +26,7 @@ from src.engine.optim import build_optimizer, current_lr, select_trainable
 from src.engine.run_log import LossTracker, MetricsLog
 from src.engine.train_step import LossScale, TrainStep
 from src.errors import UserError
+from src.utils.progress import progress
 from src.utils.results import markdown_table, write_results
 from src.weights.checkpoint import (CheckpointManager, capture_rng_state, init_from_checkpoint, load_checkpoint,
                                     load_into, restore_rng_state)
@@ -321,7 +322,7 @@ class Trainer:
         self.compile_steps()
         log = MetricsLog(self.out_dir, main, resume_step=self.start_step)
         total, every = cfg.train.steps, cfg.checkpoint.every
-        bar = tqdm(range(self.start_step, total), initial=self.start_step, total=total, disable=not main or None,
+        bar = progress(range(self.start_step, total), initial=self.start_step, total=total, disable=not main,
                    desc="train", dynamic_ncols=True)
         if notice and main:
             tqdm.write(notice)

@@ -14,7 +14,7 @@ import json
 import os
 
 import numpy as np
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.utils.cli import docstring_parser
 from src.config import add_config_arguments
@@ -73,8 +73,8 @@ def eval_batches(data_path, cfg, tokenizer, batch_size, desc):
     from src.data.pretrain_data import build_eval_dataset, open_mindrecord
     count = open_mindrecord(data_path, cfg.data.vocab).count
     data = build_eval_dataset(data_path, cfg, tokenizer, eval_batch_size(count, batch_size))
-    for batch in tqdm(data.create_dict_iterator(num_epochs=1, output_numpy=True), total=data.get_dataset_size(),
-                      desc=desc, disable=None, leave=False):
+    for batch in progress(data.create_dict_iterator(num_epochs=1, output_numpy=True), total=data.get_dataset_size(),
+                      desc=desc, leave=False):
         yield batch, batch["valid"].astype(bool)
 
 

@@ -1,6 +1,6 @@
 """Reconstruction quality of the image tokenizer on a split: PSNR (dB, 0-255 images) and codebook usage."""
 import numpy as np
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.data.transforms import to_uint8
 from src.models.vq import codebook_usage, psnr
@@ -16,8 +16,8 @@ def evaluate_reconstruction(vq, source, image_size, batch_size, grid_images=0):
     per_image, squared, codes, pairs = [], [], [], []
     batches = source.dataset(np.arange(len(source)), image_size, batch_size)
     total = -(-len(source) // batch_size)
-    for batch in tqdm(batches.create_dict_iterator(num_epochs=1, output_numpy=True), total=total, desc="eval",
-                      disable=None, leave=False):
+    for batch in progress(batches.create_dict_iterator(num_epochs=1, output_numpy=True), total=total, desc="eval",
+                          leave=False):
         images = batch["image"]
         batch_codes = vq.encode(images)
         original, rebuilt = to_uint8(images), to_uint8(vq.decode(batch_codes))

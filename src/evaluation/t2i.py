@@ -92,13 +92,13 @@ def likelihood_metrics(t2i, prompts, sources, pool_size=POOL_SIZE):
     code_perplexity = exp(code_nll); likelihood_r1 (r5, r10), the percentage of images whose own prompt is among the
     1 (5, 10) prompts under which their codes are most likely, of a pool of their own prompt and pool_size - 1 others
     (the pools of R-precision; ties count against the own prompt)."""
-    from tqdm import tqdm
+    from src.utils.progress import progress
     codes = split_codes(t2i, sources)
     memory, memory_mask = t2i.memory(*t2i.encode_texts(prompts))
     n = len(prompts)
     own = t2i.code_log_likelihood(codes, memory, memory_mask)   # log p(codes of image i | prompt i)
     ranks = []
-    for i, others in enumerate(tqdm(pool_others(n, pool_size), desc="t2i likelihood pools", disable=None,
+    for i, others in enumerate(progress(pool_others(n, pool_size), desc="t2i likelihood pools",
                                     leave=False)):
         rivals = t2i.code_log_likelihood(np.repeat(codes[i:i + 1], len(others), 0), memory[others],
                                          memory_mask[others], batch_size=len(others))

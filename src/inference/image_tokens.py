@@ -16,7 +16,7 @@ import re
 import sys
 
 import numpy as np
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.utils.cli import run_main
 from src.errors import UserError
@@ -51,8 +51,8 @@ def extract_image_tokens(vq, manifest, out, batch_size=32, workers=2, rules=None
     token_path = {}
     batches = source.dataset(np.arange(len(source)), vq.image_size, batch_size)
     done = 0
-    for batch in tqdm(batches.create_dict_iterator(num_epochs=1, output_numpy=True),
-                      total=-(-len(source) // batch_size), desc="encode", unit="batch", disable=None):
+    for batch in progress(batches.create_dict_iterator(num_epochs=1, output_numpy=True),
+                      total=-(-len(source) // batch_size), desc="encode", unit="batch"):
         for codes in vq.encode(batch["image"]):
             image_id = source.ids[done]
             path = os.path.join(tokens_dir, token_file_name(image_id))

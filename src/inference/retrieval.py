@@ -18,7 +18,7 @@ import os
 import mindspore as ms
 import numpy as np
 from mindspore import nn
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.engine.distributed import all_gather_numpy
 from src.errors import UserError
@@ -100,7 +100,7 @@ class RetrievalRunner:
         index, valid, features, (tokens, token_mask), (audio_features, has_audio: 1 when the item's clip exists). Rows
         are re-batched to the fixed size."""
         parts = {}
-        for batch in tqdm(rebatch(batches, self.batch_size), desc=desc, disable=None, leave=False):
+        for batch in progress(rebatch(batches, self.batch_size), desc=desc, leave=False):
             n = len(batch["index"])
             tokens, token_mask, features = self.image_tower(ms.Tensor(fill_batch(batch["image"], self.batch_size)))
             row = {"index": batch["index"], "valid": batch["valid"], "features": features.asnumpy()[:n]}
@@ -123,7 +123,7 @@ class RetrievalRunner:
         if len(pairs) == 0:
             return np.zeros(0, np.float32)
         scores = []
-        for start in tqdm(range(0, len(pairs), self.batch_size), desc=desc, disable=None, leave=False):
+        for start in progress(range(0, len(pairs), self.batch_size), desc=desc, leave=False):
             chunk = fill_batch(pairs[start:start + self.batch_size], self.batch_size)
             t, i = chunk[:, 0], chunk[:, 1]
             out = self.pair_scorer(ms.Tensor(texts["tokens"][t]), ms.Tensor(texts["token_mask"][t]),
@@ -158,7 +158,7 @@ def run_batched(cell, arrays, batch_size, desc):
     """Call `cell` on fixed-size batches of the row-aligned `arrays`; its outputs, concatenated, filler rows dropped."""
     n = len(arrays[0])
     outputs = []
-    for start in tqdm(range(0, n, batch_size), desc=desc, disable=None, leave=False):
+    for start in progress(range(0, n, batch_size), desc=desc, leave=False):
         inputs = [ms.Tensor(fill_batch(a[start:start + batch_size], batch_size)) for a in arrays]
         result = cell(*inputs)
         result = result if isinstance(result, tuple) else (result,)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.data.labels import IMAGE_BOS_ID, IMAGE_EOS_ID, IMAGE_PAD_ID, codes_from_tokens
 from src.data.masking import image_token_targets
@@ -230,7 +230,7 @@ class TextToImage:
         memory, memory_mask = self.memory(ids, mask)
         text = run_batched(self.text_tower, [ids, mask], self.batch_size, "t2i texts")
         results = []
-        for i, prompt in enumerate(tqdm(texts, desc="t2i", disable=None if len(texts) > 1 else True, leave=False)):
+        for i, prompt in enumerate(progress(texts, desc="t2i", disable=len(texts) <= 1, leave=False)):
             tokens = self.sample_tokens(memory[i], memory_mask[i], prompt_seed(self.settings["seed"], prompt),
                                         strategy)
             grids = [tokens_to_grid(row, self.height, self.width) for row in tokens]

@@ -12,7 +12,7 @@ import json
 import os
 from collections import defaultdict
 
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.data.converters.common import (SOURCE, decode_base64_image, first_file, stem, with_suffix,
                                         write_image_bytes)
@@ -93,7 +93,7 @@ def extract_imgs_tsv(imgs_tsv, image_dir, report):
     to the reason, since neither image can be trusted to be the one its texts describe.
     """
     paths, first, conflicts, repeats, owner_of_path = {}, {}, {}, 0, {}
-    for line_no, line in tqdm(_text_lines(imgs_tsv), desc="extracting images", unit="image", disable=None):
+    for line_no, line in progress(_text_lines(imgs_tsv), desc="extracting images", unit="image"):
         image_id, _, data = line.partition("\t")
         entry = f"{imgs_tsv} line {line_no} (image_id {image_id!r})"
         if not data:

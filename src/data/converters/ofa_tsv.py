@@ -12,7 +12,7 @@ Each image_id's image is written once to --image_dir as `<image_id>.<format>` wi
 
 import os
 
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.data.converters.common import SOURCE, save_base64_image
 from src.errors import UserError
@@ -49,7 +49,7 @@ def _rows(tsv):
     if not os.path.isfile(tsv):
         raise UserError(f"{tsv} not found")
     with open(tsv, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(tqdm(f, desc="reading rows", unit="row", disable=None), start=1):
+        for line_no, line in enumerate(progress(f, desc="reading rows", unit="row"), start=1):
             if line.strip():
                 yield line_no, line.rstrip("\r\n").split("\t")
 

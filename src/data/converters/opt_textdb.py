@@ -13,7 +13,7 @@ import json
 import os
 import re
 
-from tqdm import tqdm
+from src.utils.progress import progress
 
 from src.data.converters.common import SOURCE, first_file, load_json, stem
 from src.data.tokenizer import Tokenizer
@@ -88,7 +88,7 @@ def convert_opt_textdb(txt_db, ids_json, image_dir, vocab_path, report, lang=DEF
     if not isinstance(text_ids, list):
         raise UserError(f"{ids_json}: expected a JSON list of ids")
     captions, seen = {}, set()
-    for index, text_id in enumerate(tqdm(text_ids, desc="decoding texts", unit="text", disable=None)):
+    for index, text_id in enumerate(progress(text_ids, desc="decoding texts", unit="text")):
         entry = f"{ids_json} id {text_id!r}" if isinstance(text_id, str) else f"{ids_json} [{index}]"
         if not isinstance(text_id, str) or not text_id:
             report.bad(entry, "ids must be non-empty strings")
