@@ -135,7 +135,7 @@ def main(argv=None):
     import mindspore as ms
     from tqdm import tqdm
 
-    from src.engine.optim import build_optimizer
+    from src.engine.optim import apply_lr, build_optimizer
     from src.engine.run_log import MetricsLog
     from demo.scene_reader import read_scenes
     from src.engine.train_step import LossScale, TrainStep
@@ -153,14 +153,15 @@ def main(argv=None):
     log = MetricsLog(args.out, enabled=True)
     probe, loss_net = build_probe(cfg)
     steps, batch = cfg.train.steps, cfg.train.batch_size
-    step = TrainStep(loss_net, build_optimizer(probe.trainable_params(), cfg.optim, steps), LossScale("none"),
-                     clip_norm=cfg.train.clip_norm)
+    optimizer = build_optimizer(probe.trainable_params(), cfg.optim, steps)
+    step = TrainStep(loss_net, optimizer, LossScale("none"), clip_norm=cfg.train.clip_norm)
     step.set_train(True)
     rng = np.random.default_rng(args.seed)
     history, started = [], time.time()
     bar = tqdm(range(1, steps + 1), desc="probe", unit="step")
     for n in bar:
         idx = rng.integers(0, len(train[0]), batch)
+        apply_lr(optimizer)
         loss = step(*(ms.Tensor(part[idx]) for part in train))[0]
         if n % args.eval_every == 0 or n == steps:
             accuracy = probe_accuracy(*evaluate(probe, test[0]), test[1], test[2])

@@ -44,28 +44,59 @@ def setup_context(cfg):
     return dist
 
 
-def enable_compile_cache(cfg):
-    """Cache compiled graphs under run.compile_cache_dir/<hash of the resolved config, sources and launch>.
+# Settings that never change a compiled graph, left out of the compile-cache key: where the data lives (what the data
+# decides about the graphs enters the key through `graphs`; the vocabulary enters by content), host-side counts and
+# outputs, and the learning-rate schedule (data: src.engine.optim.apply_lr). A whole section is named without a dot.
+# Everything else, including any key added later, stays in the key.
+NOT_IN_GRAPHS = ("data.train", "data.val", "data.test", "data.vocab", "data.workers",
+                 "train.steps", "train.eval_every",
+                 "optim.lr", "optim.end_lr", "optim.warmup_steps", "optim.schedule", "caption.scst_lr",
+                 "run.output_dir", "run.log_every", "run.compile_cache", "run.compile_cache_dir",
+                 "checkpoint")
 
-    MindSpore's compile cache numbers graphs by compile order, does not check parameter shapes, and of the Python
-    sources hashes only the entry script and its top-level imports (not the models, tasks or engine, which are
-    imported inside functions). So a graph compiled for another config (vocabulary size, LR table length, ...) or
-    older model code would be reused and crash or compute wrongly. The folder is keyed by the config (minus output,
-    logging and checkpoint settings), the repository's Python sources, the data-parallel world size (a
-    single-process graph has no gradient all-reduce) and the rank (the contrastive task's feature gather slices by
-    it).
-    """
-    if not cfg.run.compile_cache:
-        return None
-    # checkpoint, output-folder and logging settings do not shape the graphs, so resumed runs share the cache
+
+def compile_cache_key(cfg, graphs=None):
+    """The JSON text `enable_compile_cache` hashes: the resolved config without NOT_IN_GRAPHS (so the resolved
+    model.text.vocab_size stays), the vocabulary file's content hash, `graphs`, the sources hash, world size and
+    rank."""
     keyed = cfg.to_dict()
-    keyed.pop("checkpoint", None)
-    keyed["run"] = {k: v for k, v in keyed["run"].items() if k not in ("output_dir", "log_every")}
+    for dotted in NOT_IN_GRAPHS:
+        section, _, name = dotted.partition(".")
+        if not name:
+            keyed.pop(section, None)
+        elif isinstance(keyed.get(section), dict):
+            keyed[section].pop(name, None)
+    vocab = cfg.data.vocab if "data" in cfg else None
+    if vocab and os.path.isfile(vocab):
+        with open(vocab, "rb") as f:
+            keyed["vocab_sha256"] = hashlib.sha256(f.read()).hexdigest()   # a copy elsewhere shares the cache
+    keyed["graphs"] = graphs
     keyed["sources"] = _sources_sha256()
     keyed["world_size"] = get_group_size() if is_distributed() else 1
     keyed["rank"] = get_rank() if is_distributed() else 0  # graphs that gather across ranks embed the rank
-    keyed = json.dumps(keyed, sort_keys=True)
-    path = os.path.join(cfg.run.compile_cache_dir, hashlib.sha256(keyed.encode("utf-8")).hexdigest()[:16])
+    return json.dumps(keyed, sort_keys=True, default=str)
+
+
+def enable_compile_cache(cfg, graphs=None):
+    """Cache compiled graphs under run.compile_cache_dir/<16 hex digits of sha256(compile_cache_key)>; returns the
+    folder (None when run.compile_cache is off).
+
+    MindSpore's compile cache numbers graphs by compile order, does not check parameter shapes, and of the Python
+    sources hashes only the entry script and its top-level imports (not the models, tasks or engine, which are
+    imported inside functions). So a graph compiled for another model shape or older model code would be reused and
+    crash or compute wrongly. The rule: the key holds everything that may change a graph, and leaves out only the
+    settings known not to (NOT_IN_GRAPHS: data paths, train.steps, eval_every, the LR schedule, logging, output and
+    checkpoint settings), so a new or unknown key conservatively stays in it. Besides the config it holds the
+    vocabulary file's content (not its path), `graphs` (what the data decides: the trainer passes each task's input
+    names, shapes and dtypes and the training state's parameter shapes, Trainer.graph_signature), the repository's
+    Python sources, the data-parallel world size (a single-process graph has no gradient all-reduce) and the rank
+    (the contrastive task's feature gather slices by it). A rerun with other data paths, another `train.steps` or
+    another learning rate therefore loads every graph from the cache.
+    """
+    if not cfg.run.compile_cache:
+        return None
+    digest = hashlib.sha256(compile_cache_key(cfg, graphs).encode("utf-8")).hexdigest()[:16]
+    path = os.path.join(cfg.run.compile_cache_dir, digest)
     ms.set_context(enable_compile_cache=True, compile_cache_path=path)
     return path
 

@@ -16,6 +16,6 @@ def run_training(args, build):
     cfg = config_from_args(args)
     dist = setup_context(cfg)
     cfg, trainer = build(cfg, dist)
-    enable_compile_cache(cfg)
+    trainer.compile_cache = enable_compile_cache(cfg, trainer.graph_signature())
     trainer.run()
     return 0

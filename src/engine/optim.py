@@ -2,15 +2,18 @@
 
 AdamWeightDecay with two parameter groups: weight decay for matrices, none for vectors and scalars (biases, every
 LayerNorm's gamma and beta, the temperature) and for parameters whose name contains one of `optim.no_decay`
-(embeddings and special tokens by default). The schedule is a per-step table (linear warm-up, then cosine / linear
-decay or constant) handed to the optimizer, which indexes it with its own `global_step`; so restoring the optimizer's
-state restores the position in the schedule.
+(embeddings and special tokens by default). The learning rate is data, not part of the graph: the optimizer holds
+it in a scalar float32 Parameter (LR_PARAM) that `apply_lr` sets on the host before every step to `lr_at` (linear
+warm-up, then cosine / linear decay or constant) at the optimizer's own `global_step` (the number of updates applied;
+a step skipped for a non-finite gradient does not advance it). Restoring the optimizer's state therefore restores the
+position in the schedule, and neither `train.steps` nor the `optim.lr*` settings change the compiled graphs.
 """
+import functools
 import math
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
+from mindspore import nn, ops
 
 from src.errors import UserError
 
@@ -31,10 +34,9 @@ def lr_at(step, base_lr, end_lr, warmup_steps, total_steps, schedule="cosine"):
     raise ValueError(f"optim.schedule must be cosine, linear or constant, got {schedule!r}")
 
 
-def lr_table(optim_cfg, total_steps):
-    """The whole schedule as float32 array of length total_steps (+1 so the last step has a value)."""
-    return np.array([lr_at(s, optim_cfg.lr, optim_cfg.end_lr, optim_cfg.warmup_steps, total_steps,
-                           optim_cfg.schedule) for s in range(total_steps + 1)], np.float32)
+# Name MindSpore's Optimizer gives the scalar Parameter it builds from a float learning rate; it is derived from
+# global_step, so training checkpoints neither save nor load it (checkpoints of older versions held a whole table here)
+LR_PARAM = "learning_rate"
 
 
 def split_decay(params, no_decay_keywords):
@@ -75,15 +77,27 @@ def build_optimizer(params, optim_cfg, total_steps):
     decay, no_decay = split_decay(params, optim_cfg.no_decay)
     groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    table = lr_table(optim_cfg, total_steps)
-    optimizer = nn.AdamWeightDecay(groups, learning_rate=ms.Tensor(table), beta1=optim_cfg.beta1,
+    schedule = functools.partial(lr_at, base_lr=optim_cfg.lr, end_lr=optim_cfg.end_lr,
+                                 warmup_steps=optim_cfg.warmup_steps, total_steps=total_steps,
+                                 schedule=optim_cfg.schedule)
+    schedule(optim_cfg.warmup_steps)  # a bad optim.schedule fails here (past the warm-up), not at a later step
+    # a float learning rate becomes a scalar Parameter (LR_PARAM) the graph reads; apply_lr sets it every step
+    optimizer = nn.AdamWeightDecay(groups, learning_rate=float(np.float32(schedule(0))), beta1=optim_cfg.beta1,
                                    beta2=optim_cfg.beta2, eps=optim_cfg.eps)
-    optimizer.lr_schedule = table  # host copy, read by current_lr
+    assert optimizer.learning_rate.name == LR_PARAM and optimizer.learning_rate.shape == ()
+    optimizer.lr_schedule = schedule  # step -> learning rate, on the host
     return optimizer
 
 
 def current_lr(optimizer):
-    """The learning rate the optimizer's next step will use."""
-    table = optimizer.lr_schedule
+    """The learning rate the optimizer's next step uses: the schedule at its global_step, rounded to float32."""
     step = int(optimizer.global_step.asnumpy().reshape(-1)[0])
-    return float(table[min(step, len(table) - 1)])
+    return float(np.float32(optimizer.lr_schedule(step)))
+
+
+def apply_lr(optimizer):
+    """Set the optimizer's learning-rate Parameter to `current_lr` (call on the host before every step); returns it."""
+    lr = current_lr(optimizer)
+    # ops.assign, not set_data: in PyNative mode the optimizer kept reading the old value after set_data
+    ops.assign(optimizer.learning_rate, ms.Tensor(np.array(lr, np.float32)))
+    return lr

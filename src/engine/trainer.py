@@ -8,6 +8,7 @@ are pure functions of (seed, step) and (seed, epoch, sample index), so the resum
 uninterrupted one would have.
 """
 import errno
+import hashlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from src.config import save_config
 from src.engine.distributed import all_gather_numpy
 from src.engine.parallel import prepare_model
-from src.engine.optim import build_optimizer, current_lr, select_trainable
+from src.engine.optim import LR_PARAM, apply_lr, build_optimizer, select_trainable
 from src.engine.run_log import LossTracker, MetricsLog
 from src.engine.train_step import LossScale, TrainStep
 from src.errors import UserError
@@ -34,6 +35,7 @@ from src.weights.pretrained import init_from_pretrained, pretrained_sources
 
 
 DROPOUT_STEP = "dropout_step"   # the step counter the dropout masks are drawn from; set every step, never saved
+HOST_SET = (DROPOUT_STEP, LR_PARAM)  # Parameters the trainer sets before every step: never saved, ignored on load
 
 
 class StepDropout(nn.Cell):
@@ -78,14 +80,15 @@ def use_step_dropout(cells, seed, rank):
 
 
 class TrainingState(nn.Cell):
-    """Everything a checkpoint holds: model, optimizer state, loss-scale state (parameter names unchanged)."""
+    """Everything a checkpoint holds: model, optimizer state, loss-scale state (parameter names unchanged), without
+    the Parameters the trainer sets from the step (HOST_SET)."""
 
     def __init__(self, model, optimizer, loss_scale):
         super().__init__(auto_prefix=False)
         self.model, self.optimizer, self.loss_scale = model, optimizer, loss_scale
 
     def tensors(self):
-        return {p.name: p for p in self.get_parameters() if p.name != DROPOUT_STEP}
+        return {p.name: p for p in self.get_parameters() if p.name not in HOST_SET}
 
 
 class DataStream:
@@ -249,6 +252,8 @@ class Trainer:
         self.evaluator = evaluator
         self.best_score = None
         self.evaluations = []
+        self.compile_s = {}
+        self.compile_cache = None  # the compile-cache folder, when the launcher enabled one (for the summary)
 
     def restore(self):
         """Resume from checkpoint.resume, or initialise the model from public pre-trained encoders
@@ -259,7 +264,7 @@ class Trainer:
         positions = {}
         if path:
             tensors, meta = load_checkpoint(path)
-            load_into(self.state, tensors, strict=not ckpt.allow_missing_keys, ignore=(DROPOUT_STEP,), source=path)
+            load_into(self.state, tensors, strict=not ckpt.allow_missing_keys, ignore=HOST_SET, source=path)
             self.start_step = int(meta["step"])
             positions = meta.get("data", {})
             self.tracker.restore(meta.get("losses", {}))
@@ -290,16 +295,32 @@ class Trainer:
         """Bytes of one training checkpoint (every tensor of the training state)."""
         return sum(p.size * p.itemsize for p in self.state.get_parameters())
 
+    def graph_signature(self):
+        """What the built cells, rather than the config, decide about the compiled graphs, for the compile-cache key
+        (src.engine.context.enable_compile_cache): each task's Cell class and input names (they follow e.g. whether
+        the data has audio, or the caption stage) and the name, shape and dtype of every training-state Parameter
+        (e.g. the vocabulary size). Reads no data."""
+        tasks = {name: [type(step.network).__qualname__, list(self.input_names[name])]
+                 for name, step in self.steps.items()}
+        shapes = "\n".join(f"{p.name} {tuple(p.shape)} {p.dtype}" for p in self.state.get_parameters())
+        return {"tasks": tasks, "parameters_sha256": hashlib.sha256(shapes.encode("utf-8")).hexdigest(),
+                "evaluator": type(self.evaluator).__qualname__ if self.evaluator else None}
+
     def compile_steps(self):
         """Compile every task's train step, in the fixed order of `tasks`, on a batch of its data.
 
         MindSpore's compile cache (src.engine.context.enable_compile_cache) numbers graphs by the order they are
         compiled in; compiling lazily at each task's first step would give a resumed run, whose first task can
-        differ, another task's cached graph.
+        differ, another task's cached graph. Returns and keeps {task: seconds} of each compile (or cache load).
         """
+        self.compile_s = {}
         for name, step in self.steps.items():
             batch = next(self.datasets[name](0, 0).create_dict_iterator(num_epochs=1, output_numpy=True))
-            step.compile(*[ms.Tensor(batch[n]) for n in self.input_names[name]])
+            inputs = [ms.Tensor(batch[n]) for n in self.input_names[name]]
+            started = time.time()
+            step.compile(*inputs)
+            self.compile_s[name] = round(time.time() - started, 3)
+        return self.compile_s
 
     def save(self, step):
         if not self.dist.is_main:
@@ -333,7 +354,7 @@ class Trainer:
             batch = self.streams[task].next()
             inputs = [ms.Tensor(batch[n]) for n in self.input_names[task]]
             t1 = time.time()
-            lr = current_lr(self.optimizer)
+            lr = apply_lr(self.optimizer)  # the schedule is data: the graph reads the LR Parameter set here
             if self.dropout_step is not None:
                 self.dropout_step.set_data(ms.Tensor(np.array(step, np.int32)))
             loss, finite, scale, grad_norm = self.steps[task](*inputs)
@@ -398,14 +419,18 @@ class Trainer:
                    "samples_per_s": done * self.samples_per_step / max(elapsed, 1e-9),
                    "data_s_per_step": data_time / max(done, 1), "step_s_per_step": step_time / max(done, 1),
                    "skipped_steps": self.skipped, "losses": losses, "world_size": self.dist.world_size,
-                   "evaluations": self.evaluations, "best_score": self.best_score}
+                   "evaluations": self.evaluations, "best_score": self.best_score, "compile_s": self.compile_s,
+                   "compile_cache": self.compile_cache}
         rows = [{"task": t, "steps": v["steps"], "first loss": v["first"], "last loss": v["last"],
                  "change %": 100.0 * (v["last"] - v["first"]) / abs(v["first"]) if v["first"] else math.nan}
                 for t, v in losses.items()]
         columns = ["task", "steps", "first loss", "last loss", "change %"]
         if self.dist.is_main:
-            write_results(self.out_dir, "summary", summary, rows, columns)
-            print(f"\n{markdown_table(rows, columns, floatfmt='.4f')}\n"
+            compiled = (f"compiled {len(self.compile_s)} task graphs in {sum(self.compile_s.values()):.1f} s ("
+                        + ", ".join(f"{t} {s:.1f}" for t, s in self.compile_s.items()) + ")"
+                        + (f", compile cache {self.compile_cache}" if self.compile_cache else ""))
+            write_results(self.out_dir, "summary", summary, rows, columns, notes=[compiled])
+            print(f"\n{markdown_table(rows, columns, floatfmt='.4f')}\n{compiled}\n"
                   f"{done} steps in {elapsed:.1f} s ({summary['samples_per_s']:.1f} samples/s, data "
                   f"{summary['data_s_per_step'] * 1e3:.0f} ms + step {summary['step_s_per_step'] * 1e3:.0f} ms per "
                   f"step), {self.skipped} skipped; outputs in {self.out_dir}")

@@ -25,11 +25,12 @@ def markdown_table(rows, columns, floatfmt=".2f"):
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir, name, results, table_rows=None, columns=None):
+def write_results(out_dir, name, results, table_rows=None, columns=None, notes=()):
     """Write ``<out_dir>/<name>.json`` (indent 2, UTF-8 kept readable) and ``<out_dir>/<name>.md``, each atomically.
 
     The markdown holds ``table_rows`` as a table (``columns`` default to the keys of the rows, first seen first);
     without rows it is a two-column metric/value table of ``results`` (nested dicts flattened to dotted keys).
+    ``notes`` are lines written below the table.
     Returns ``(json_path, md_path)``.
     """
     os.makedirs(out_dir, exist_ok=True)
@@ -41,7 +42,10 @@ def write_results(out_dir, name, results, table_rows=None, columns=None):
         columns = ["metric", "value"]
     elif columns is None:
         columns = list(dict.fromkeys(key for row in table_rows for key in row))
-    atomic_write_text(md_path, f"# {name}\n\n" + markdown_table(table_rows, columns))
+    text = f"# {name}\n\n" + markdown_table(table_rows, columns)
+    if notes:
+        text = text.rstrip("\n") + "\n\n" + "".join(f"{line}\n" for line in notes)
+    atomic_write_text(md_path, text)
     return json_path, md_path
 
 

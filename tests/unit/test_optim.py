@@ -1,12 +1,14 @@
 """Optimizer: decay groups on the real tiny model, the learning-rate schedule at hand-computed steps, and the built
-optimizer following its table step by step (PyNative)."""
+optimizer following the schedule step by step through its learning-rate Parameter (PyNative)."""
 import math
 
+import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src.engine.optim import build_optimizer, current_lr, lr_at, lr_table, select_trainable, split_decay
+from src.engine.optim import (LR_PARAM, apply_lr, build_optimizer, current_lr, lr_at, select_trainable,
+                              split_decay)
 from src.errors import UserError
 from src.models.opt import build_model
 from tests.helpers import model_config
@@ -85,11 +87,18 @@ def optim_section(cfg, **updates):
     return cfg.with_updates({f"optim.{k}": v for k, v in updates.items()}).optim
 
 
-def test_lr_table_has_one_entry_per_step_plus_the_last(cfg):
-    optim = optim_section(cfg, lr=2.0, end_lr=0.5, warmup_steps=4, schedule="linear")
-    table = lr_table(optim, 12)
-    assert table.dtype == np.float32 and table.shape == (13,)
-    np.testing.assert_allclose(table[[0, 4, 10, 12]], [0.5, 2.0, 0.875, 0.5], rtol=1e-6)
+def test_the_learning_rate_is_a_scalar_parameter_whatever_the_step_count(cfg):
+    """train.steps and the optim.lr* settings must not shape the graph (src.engine.context.enable_compile_cache
+    leaves them out of the compile-cache key): the optimizer holds one float32 scalar, not a table."""
+    params = build_model(cfg.model).trainable_params()
+    for steps in (3, 5000):
+        optimizer = build_optimizer(params, optim_section(cfg, lr=2.0, end_lr=0.5, warmup_steps=4,
+                                                          schedule="linear"), steps)
+        lr = optimizer.learning_rate
+        assert lr.name == LR_PARAM and lr.shape == () and lr.dtype == ms.float32 and not optimizer.dynamic_lr
+        assert float(lr.asnumpy()) == pytest.approx(0.5)   # lr_at(0): warm-up from lr / warmup_steps
+    with pytest.raises(ValueError, match="optim.schedule"):
+        build_optimizer(params, optim_section(cfg, warmup_steps=4, schedule="step"), 10)
 
 
 def test_build_optimizer_rejects_other_names(cfg):
@@ -97,7 +106,7 @@ def test_build_optimizer_rejects_other_names(cfg):
         build_optimizer(build_model(cfg.model).trainable_params(), optim_section(cfg, name="sgd"), 10)
 
 
-def test_optimizer_follows_the_table_and_decays_only_the_decay_group(cfg, pynative):
+def test_optimizer_follows_the_schedule_and_decays_only_the_decay_group(cfg, pynative):
     """With zero gradients AdamW's step is pure weight decay: w <- w * (1 - lr_t * wd) for the decay group, nothing
     for the rest; so the parameters show both the learning rate used at each step and the groups."""
     model = build_model(cfg.model)
@@ -113,6 +122,7 @@ def test_optimizer_follows_the_table_and_decays_only_the_decay_group(cfg, pynati
     for step in range(total):
         expected_lr = lr_at(step, 0.1, 0.01, 2, total, "cosine")
         assert current_lr(optimizer) == pytest.approx(expected_lr, rel=1e-6)
+        assert apply_lr(optimizer) == float(optimizer.learning_rate.asnumpy())
         before = decayed.asnumpy().copy()
         optimizer(zero_grads)
         np.testing.assert_allclose(decayed.asnumpy(), before * (1 - expected_lr * 0.5), rtol=1e-6, atol=1e-9)

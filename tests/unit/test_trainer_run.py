@@ -15,8 +15,10 @@ from src.config import load_config
 from src.engine import trainer as trainer_module
 from src.engine.distributed import DistInfo
 from src.engine.mixing import TaskMixer
+from src.engine.optim import LR_PARAM, lr_at
 from src.engine.trainer import Trainer
 from src.errors import UserError
+from src.weights.checkpoint import load_checkpoint
 
 DIST = DistInfo(rank=0, world_size=1, local_rank=0, device_id=0, is_main=True)
 
@@ -172,3 +174,51 @@ def test_resume_is_exact_with_dropout(tmp_path):
     losses = [r["loss"] for r in strict_records(tmp_path / "b" / "out" / "metrics.jsonl")]
     np.testing.assert_allclose(losses, expected, rtol=1e-6)
     assert "dropout_step" not in resumed.state.tensors()
+
+
+class RecordedStep:
+    """A train step that records the learning-rate Parameter's value each time it runs."""
+
+    def __init__(self, step, optimizer, seen):
+        self.step, self.optimizer, self.seen = step, optimizer, seen
+
+    def compile(self, *inputs):
+        return self.step.compile(*inputs)
+
+    def __call__(self, *inputs):
+        self.seen.append(float(self.optimizer.learning_rate.asnumpy()))
+        return self.step(*inputs)
+
+
+def recording_trainer(cfg, evaluator=None):
+    trainer = make_trainer(cfg, evaluator)
+    seen = []
+    trainer.steps = {name: RecordedStep(step, trainer.optimizer, seen) for name, step in trainer.steps.items()}
+    return trainer, seen
+
+
+@pytest.mark.slow
+def test_learning_rate_parameter_follows_lr_at_across_a_resume(tmp_path):
+    """The graph reads the LR from a Parameter the trainer sets before every step: its value is lr_at at each step,
+    in an uninterrupted run and in one resumed from its step-3 checkpoint; the checkpoint does not hold it."""
+    settings = ("train.steps=7", "checkpoint.every=3", "optim.lr=0.05", "optim.end_lr=0.001", "optim.warmup_steps=2",
+                "optim.schedule=cosine")
+    expected = [float(np.float32(lr_at(s, 0.05, 0.001, 2, 7, "cosine"))) for s in range(7)]
+    assert len(set(expected)) == 6   # warm-up, peak and decay: every step but the peak's neighbour differs
+
+    whole, seen = recording_trainer(config(tmp_path / "a", *settings))
+    whole.run()
+    assert seen == expected
+    assert [r["lr"] for r in strict_records(tmp_path / "a" / "out" / "metrics.jsonl")] == expected
+
+    def stop_at_5(step):
+        raise Crash()
+    stopped, _ = recording_trainer(config(tmp_path / "b", *settings, "train.eval_every=5"), stop_at_5)
+    with pytest.raises(Crash):
+        stopped.run()
+    resumed, seen = recording_trainer(config(tmp_path / "b", *settings, "checkpoint.resume=auto"))
+    resumed.run()
+    assert resumed.start_step == 3 and seen == expected[3:]
+    assert LR_PARAM not in resumed.state.tensors()
+    saved, _ = load_checkpoint(str(tmp_path / "b" / "out" / "checkpoints" / "step_00000003"))
+    assert LR_PARAM not in saved and "global_step" in saved
