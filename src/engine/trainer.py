@@ -299,12 +299,14 @@ class Trainer:
         """What the built cells, rather than the config, decide about the compiled graphs, for the compile-cache key
         (src.engine.context.enable_compile_cache): each task's Cell class and input names (they follow e.g. whether
         the data has audio, or the caption stage) and the name, shape and dtype of every training-state Parameter
-        (e.g. the vocabulary size). Reads no data."""
+        (e.g. the vocabulary size), and what of the validation data shapes the evaluator's graphs (its
+        `graph_signature`, e.g. the number of candidate answers). Reads no data."""
         tasks = {name: [type(step.network).__qualname__, list(self.input_names[name])]
                  for name, step in self.steps.items()}
         shapes = "\n".join(f"{p.name} {tuple(p.shape)} {p.dtype}" for p in self.state.get_parameters())
         return {"tasks": tasks, "parameters_sha256": hashlib.sha256(shapes.encode("utf-8")).hexdigest(),
-                "evaluator": type(self.evaluator).__qualname__ if self.evaluator else None}
+                "evaluator": self.evaluator and getattr(self.evaluator, "graph_signature",
+                                                        type(self.evaluator).__qualname__)}
 
     def compile_steps(self):
         """Compile every task's train step, in the fixed order of `tasks`, on a batch of its data.

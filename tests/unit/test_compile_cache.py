@@ -64,3 +64,29 @@ def test_enable_compile_cache_names_a_folder_per_key(vocab, tmp_path):
         assert enable_compile_cache(cfg.with_updates({"run.compile_cache": False})) is None
     finally:  # later tests of this process must not compile into the temporary folder
         ms.set_context(enable_compile_cache=False)
+
+
+def test_the_validation_datas_graph_shapes_enter_the_signature(monkeypatch):
+    """Data paths are not in the key, so what of the validation data shapes an evaluator's graphs (the number of
+    records: the last batch; the candidate answers of closed-vocabulary VQA) comes through graph_signature."""
+    from types import SimpleNamespace
+
+    import src.data.pretrain_data as pretrain_data
+    import src.inference.text_generator as text_generator
+    from src.engine.trainer import Trainer
+    from src.evaluation import vqa
+    monkeypatch.setattr(pretrain_data, "read_references", lambda path: [{"id": i} for i in range(5)])
+    monkeypatch.setattr(text_generator, "TextGenerator", lambda *args: None)
+    monkeypatch.setattr(text_generator, "Answerer", lambda *args: None)
+    monkeypatch.setattr(text_generator, "decoding_settings", lambda *args, **kwargs: {})
+    cfg = SimpleNamespace(vqa=SimpleNamespace(rationale=False))
+    closed = vqa.validation_evaluator(None, cfg, None, "val.mindrecord", ["1", "2", "3"])
+    free = vqa.validation_evaluator(None, cfg, None, "val.mindrecord")
+    assert closed.graph_signature == {"records": 5, "answers": 3} and free.graph_signature["answers"] == 0
+
+    def signature(evaluator):
+        trainer = SimpleNamespace(steps={}, input_names={}, evaluator=evaluator,
+                                  state=SimpleNamespace(get_parameters=lambda: []))
+        return Trainer.graph_signature(trainer)["evaluator"]
+    assert signature(closed) == {"records": 5, "answers": 3} and signature(closed) != signature(free)
+    assert signature(None) is None
