@@ -4,13 +4,19 @@ import argparse
 from bench import tokenizer as bench
 
 
-def test_tokenizer_benchmark_rows_and_differing_texts(tmp_path, capsys):
+def small_inputs(tmp_path):
+    """A 16-token vocabulary and a one-line manifest whose second caption holds the full-width comma."""
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"左边有一个红色的圆", "，", ","]) + "\n",
                      encoding="utf-8")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"id": "1", "image": "1.jpg", "captions": ["左边有一个红色的圆", "左边，一个圆"]}\n',
                         encoding="utf-8")
+    return vocab, manifest
+
+
+def test_tokenizer_benchmark_rows_and_differing_texts(tmp_path, capsys):
+    vocab, manifest = small_inputs(tmp_path)
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--vocab", str(vocab), "--manifest", str(manifest), "--texts", "4"])
@@ -33,12 +39,7 @@ def test_results_page_gets_one_section_per_command(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("benchmark_cli", os.path.join(ROOT, "scripts", "benchmark.py"))
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"左边有一个红色的圆", "，", ","]) + "\n",
-                     encoding="utf-8")
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text('{"id": "1", "image": "1.jpg", "captions": ["左边有一个红色的圆", "左边，一个圆"]}\n',
-                        encoding="utf-8")
+    vocab, manifest = small_inputs(tmp_path)
     page = tmp_path / "benchmark.md"
     monkeypatch.setattr(bench_package, "PRINTED", [])
 
