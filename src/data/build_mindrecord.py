@@ -485,7 +485,10 @@ def _write_records(jobs, tmp_out, shards, workers, settings, rejects):
         writer.write_raw_data(pending)
     if accepted:
         writer.commit()
-    files = [os.path.basename(tmp_out)] if shards == 1 else [f"{os.path.basename(tmp_out)}{k}" for k in range(shards)]
+    # FileWriter numbers shards with zero-padded suffixes from 11 shards on (name00 ... name31)
+    width = len(str(shards - 1))
+    files = [os.path.basename(tmp_out)] if shards == 1 else [f"{os.path.basename(tmp_out)}{str(k).rjust(width, '0')}"
+                                                             for k in range(shards)]
     rejects.sort(key=lambda entry: entry["line"])
     return {"accepted": accepted, "files": files, "counts": counts, "listed": listed, "audio_samples": audio_samples,
             **flags}

@@ -76,6 +76,7 @@ def use_step_dropout(cells, seed, rank):
                 found += 1
                 salt = (seed * 1000003 + rank * 7919 + found * 104729) % (2 ** 31)
                 sub.dropout = StepDropout(1.0 - drop, salt, counter)
+    counter.name = DROPOUT_STEP   # PyNative renames a Parameter set on a cell after its attribute (dropout.counter)
     return counter if found else None
 
 

@@ -243,6 +243,16 @@ def test_pool_workers_and_shards_give_the_same_records(demo, tmp_path):
                 np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_eleven_shards_or_more_are_numbered_as_file_writer_names_them(demo, tmp_path):
+    """FileWriter zero-pads the shard suffix from 11 shards on (x00 ... x11); the meta must list those names."""
+    root, vocab = demo
+    assert main(["--manifest", str(root / "train.jsonl"), "--out", str(tmp_path / "s.mindrecord"), "--vocab", vocab,
+                 "--workers", "1", "--shards", "12", "--max_frames", "32"]) == 0
+    files = json.loads((tmp_path / "s.mindrecord.meta.json").read_text(encoding="utf-8"))["files"]
+    assert files == [f"s.mindrecord{k:02d}" for k in range(12)]
+    assert all((tmp_path / name).is_file() for name in files)
+
+
 def _write_special_images(folder):
     """clear.png: RGBA, every pixel pink and fully transparent; turned.jpg: 64x32, left half red, right half blue,
     EXIF Orientation 6 (view rotated 90 degrees clockwise: red on top)."""

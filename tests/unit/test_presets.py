@@ -19,7 +19,7 @@ from src.tasks.pretrain import PRETRAIN_TASK_NAMES, build_task
 from src.tasks.retrieval import RetrievalTask
 from tests.helpers import model_config, task_batch
 
-PRESETS = ("opt_1b", "opt_10b", "opt_1b_released", "opt_modelzoo_caption")
+PRESETS = ("medium", "opt_1b", "opt_10b", "opt_1b_released", "opt_modelzoo_caption")
 
 
 def one_layer_overrides(cfg):
