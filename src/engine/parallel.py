@@ -453,7 +453,7 @@ class DeviceTerms:
 # gradient_copies: global-norm clipping materialises the clipped gradients next to the originals (+1.4 GB on base,
 # issue #28), after the backward pass has freed the activations, so it counts as max(activations, copy).
 # logit_copies: the small model's TD step grows by 20 MB per sample more than 3.4x its blocks' activations, six fp32
-# copies of its 40 x 21128 logits (batch 4 and 16).
+# copies of its 40 x 21128 logits (batch 4 and 16). Base TD at batch 1, not fitted: planned 2.9% under measured.
 # Ascend and GPU: assumed 0 / 1 / 0 / 0 (device memory excludes the host runtime, fused kernels keep what Korthikanti
 # counts, memory reuse frees each gradient as it is clipped, logits are left to the margin); not yet measured.
 DEVICE_TERMS = {
