@@ -5,8 +5,9 @@ pipeline batch from generated demo data, split into phases, and reports steps/s,
 train-step process) and achieved GFLOP/s as a fraction of the machine's fp32 matmul throughput measured in the same
 run (2048^3 MatMul in a graph Cell, sampled before and after the phases; the higher sample is the roof, so a moment
 of contention from other processes does not shrink it). The peak memory of the train step stands next to its analytic
-need, by the parallel planner's formula (parameters + gradients + AdamW moments + the activations the task's stacks
-keep for backward), so the gap shows in every run.
+need, by the parallel planner's CPU formula (CPU runtime + parameters + gradients + AdamW moments + the larger of the
+activations the task's stacks keep for backward, times the CPU activation factor, with the decoder logits, and the
+gradient copy of clipping; docs/parallel.md "Device terms"), so the gap shows in every run.
 
 Phases:
 - data: ms per batch of the task's pipeline over `--data_batches` batches after two warm-up ones, with short queues
@@ -176,8 +177,9 @@ def run(args):
                 f"{100 * results['fraction_of_roof']:.0f}% of the {roof:.0f} GFLOP/s matmul roof; peak RSS "
                 f"{results['peak_rss_gb']:.1f} GB against an analytic need of {need['total']:.1f} GB "
                 f"({results['peak_rss_gb'] / need['total']:.2f}x)", rows, ["phase", "ms", "peak_rss_gb"])
-    print_table("Analytic need of the train step (GB; src.engine.parallel.estimate_memory, fp32, one device)",
-                [need], ["weights", "gradients", "optimizer", "activations", "total"], floatfmt=".2f")
+    print_table("Analytic need of the train step (GB; src.engine.parallel.estimate_memory, fp32, one CPU device)",
+                [need], ["runtime", "weights", "gradients", "clip_copy", "optimizer", "activations", "total"],
+                floatfmt=".2f")
     return results
 
 
@@ -268,16 +270,18 @@ TASK_DECODER = {"td": "text decoder", "id": "image decoder"}
 
 
 def analytic_need_gb(model, cfg, task, batch_size, accumulation):
-    """What one fp32 training step must hold, by the parallel planner's formula (src.engine.parallel.estimate_memory
-    at dp = mp = 1): weights, gradients, AdamW moments and the activations the task's stacks keep for backward."""
+    """What one fp32 training step on CPU holds, by the parallel planner's formula (src.engine.parallel.estimate_memory
+    at dp = mp = 1, device cpu): the CPU runtime, weights, gradients (and the copy clipping makes), AdamW moments and
+    the activations the task's stacks keep for backward, times the CPU activation factor."""
     from src.engine.parallel import estimate_memory, split_parameter_counts, token_counts, transformer_stacks
     stacks = [s for s in transformer_stacks(cfg.model, *token_counts(cfg.model))
               if s.group in ("encoders", TASK_DECODER.get(task))]
     sharded, replicated = split_parameter_counts(model, {})
-    memory = estimate_memory(sharded, replicated, stacks, 1, 1, batch_size, accumulation, dtype="fp32")
-    parts = {"weights": memory.weights, "gradients": memory.grads, "optimizer": memory.optimizer,
-             "activations": memory.activations}
-    return {**{k: v / 1e9 for k, v in parts.items()}, "total": sum(parts.values()) / 1e9}
+    memory = estimate_memory(sharded, replicated, stacks, 1, 1, batch_size, accumulation, dtype="fp32",
+                             device="cpu", clip=cfg.train.clip_norm > 0)
+    parts = {"runtime": memory.runtime, "weights": memory.weights, "gradients": memory.grads,
+             "clip_copy": memory.grad_copies, "optimizer": memory.optimizer, "activations": memory.activations}
+    return {**{k: v / 1e9 for k, v in parts.items()}, "total": memory.total(False) / 1e9}
 
 
 class _GradOnly(nn.Cell):

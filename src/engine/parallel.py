@@ -48,6 +48,7 @@ _BLOCK_SECTIONS = (("text", ("layers",)), ("image", ("layers",)), ("audio", ("la
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "momentum": 4, "sgd": 0}  # fp32 state per parameter
 GB = 2 ** 30  # as MindSpore's max_device_memory
+DEVICES = ("cpu", "ascend", "gpu")
 
 
 # ----- strategies -----------------------------------------------------------------------------------------------
@@ -326,7 +327,8 @@ def configure_parallel(cfg, device, model):
 @dataclass(frozen=True)
 class Stack:
     """`layers` identical transformer blocks over `seq` tokens; `memory` > 0 adds cross-attention to that many
-    memory tokens (decoder blocks). Stacks of one `group` run together; see `activation_bytes`."""
+    memory tokens (decoder blocks), `vocab` > 0 the size of the vocabulary a decoder's logits cover. Stacks of one
+    `group` run together; see `activation_bytes`."""
 
     name: str
     group: str
@@ -336,6 +338,7 @@ class Stack:
     heads: int
     ffn: int
     memory: int = 0
+    vocab: int = 0
 
 
 def token_counts(model_cfg):
@@ -347,8 +350,9 @@ def token_counts(model_cfg):
     return model_cfg.text.max_len, image_tokens + 1, audio_tokens
 
 
-def transformer_stacks(model_cfg, text_len, image_len, audio_len):
-    """The model's transformer stacks at the given token counts (0 = modality absent)."""
+def transformer_stacks(model_cfg, text_len, image_len, audio_len, vocab_size=None):
+    """The model's transformer stacks at the given token counts (0 = modality absent). `vocab_size` stands for
+    `model.text.vocab_size: 0` (the tokenizer's) in the text decoder's logits."""
     c = model_cfg
     cross_len = text_len + image_len + audio_len
     stacks = [Stack(f"{name} encoder", "encoders", sec.layers, length, sec.hidden, sec.heads, sec.ffn)
@@ -356,9 +360,12 @@ def transformer_stacks(model_cfg, text_len, image_len, audio_len):
                                         ("audio", c.audio, audio_len)) if length]
     stacks.append(Stack("cross-modal encoder", "encoders", c.cross.layers, cross_len, c.cross.hidden, c.cross.heads,
                         c.cross.ffn))
+    vocabularies = {"text decoder": c.text.vocab_size or vocab_size or 0,
+                    "image decoder": c.image_decoder.codebook_size + IMAGE_TOKEN_OFFSET}
     for name, d in (("text decoder", c.text_decoder), ("image decoder", c.image_decoder)):
         stacks.append(Stack(f"{name} memory", name, d.memory_layers, cross_len, d.hidden, d.heads, d.ffn))
-        stacks.append(Stack(name, name, d.layers, d.max_len, d.hidden, d.heads, d.ffn, memory=cross_len))
+        stacks.append(Stack(name, name, d.layers, d.max_len, d.hidden, d.heads, d.ffn, memory=cross_len,
+                            vocab=vocabularies[name]))
     return [s for s in stacks if s.layers > 0]
 
 
@@ -423,8 +430,45 @@ def split_parameter_counts(model, strategies):
 
 
 @dataclass(frozen=True)
+class DeviceTerms:
+    """What one device kind adds to the core formula (weights, gradients, optimizer state, Korthikanti activations).
+
+    runtime: bytes of framework, runtime and compiled graphs, whatever the batch;
+    activation_factor: activations the device's graph keeps for backward, as a multiple of the Korthikanti count;
+    gradient_copies: extra fp32 copies of all gradients the train step holds at its peak when it clips them;
+    logit_copies: fp32 tensors of a decoder's logits size (logits, softmax, their gradients) kept per step.
+    """
+
+    runtime: float
+    activation_factor: float
+    gradient_copies: float
+    logit_copies: float
+
+
+# CPU: fitted to the peak RSS of train steps measured on the 2-core test machine (MindSpore 2.10, graph mode, fp32;
+# docs/parallel.md, "Planner against measured peak memory"): the small model's MLM step at batch 1, 4, 16 and the base
+# model's at batch 1, 2. runtime is the intercept of peak RSS over the batch less the parameter states (0.92 GiB
+# small, 0.69 GiB base); activation_factor is the per-sample slope of peak RSS over the formula's per-sample
+# activations (3.0 small, 3.75 base); the pair is the minimax fit over the five runs (every one within 4%).
+# gradient_copies: global-norm clipping materialises the clipped gradients next to the originals (+1.4 GB on base,
+# issue #28), after the backward pass has freed the activations, so it counts as max(activations, copy).
+# logit_copies: the small model's TD step grows by 20 MB per sample more than 3.4x its blocks' activations, six fp32
+# copies of its 40 x 21128 logits (batch 4 and 16). Base TD at batch 1, not fitted: planned 2.9% under measured.
+# Ascend and GPU: assumed 0 / 1 / 0 / 0 (device memory excludes the host runtime, fused kernels keep what Korthikanti
+# counts, memory reuse frees each gradient as it is clipped, logits are left to the margin); not yet measured.
+DEVICE_TERMS = {
+    "cpu": DeviceTerms(runtime=0.85 * GB, activation_factor=3.4, gradient_copies=1.0, logit_copies=6.0),
+    "ascend": DeviceTerms(runtime=0.0, activation_factor=1.0, gradient_copies=0.0, logit_copies=0.0),
+    "gpu": DeviceTerms(runtime=0.0, activation_factor=1.0, gradient_copies=0.0, logit_copies=0.0),
+}
+
+
+@dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per device of one dp x mp split."""
+    """Bytes per device of one dp x mp split. `activations` are what the device keeps (the Korthikanti count times
+    the device's activation factor); `runtime` and `grad_copies` are the device terms (DeviceTerms). The copies of
+    the gradients that clipping makes live after the backward pass has freed the activations, so the peak holds the
+    larger of the two."""
 
     dp: int
     mp: int
@@ -434,30 +478,42 @@ class MemoryEstimate:
     optimizer: float
     activations: float
     activations_recompute: float
+    runtime: float = 0.0
+    grad_copies: float = 0.0
 
     def total(self, recompute):
-        return self.weights + self.grads + self.optimizer + (
-            self.activations_recompute if recompute else self.activations)
+        return self.runtime + self.weights + self.grads + self.optimizer + max(
+            self.activations_recompute if recompute else self.activations, self.grad_copies)
 
 
 def estimate_memory(sharded, replicated, stacks, dp, mp, batch_size, grad_accumulation=1, dtype="fp16",
-                    optimizer="adamw", optimizer_shard=False):
+                    optimizer="adamw", optimizer_shard=False, device="ascend", clip=True):
     """Per-device bytes: weights (fp32 master + a compute-dtype copy when it is not fp32), fp32 gradients (twice with
     accumulation: the running sum and the current micro-batch), optimizer state and activations of one micro-batch
-    (`batch_size / grad_accumulation` per device, times mp per replica).
+    (`batch_size / grad_accumulation` per device, times mp per replica), plus the terms of `device` (DEVICE_TERMS:
+    runtime, activation factor, logits, and with `clip` (train.clip_norm > 0) the copies of the gradients clipping
+    makes).
 
     Optimizer state is divided by dp only in semi-auto mode (mp > 1): in MindSpore's DATA_PARALLEL mode
     `enable_parallel_optimizer` splits the update work, but every rank still holds the full AdamW moments."""
+    if device not in DEVICE_TERMS:
+        raise ValueError(f"device must be one of {', '.join(DEVICE_TERMS)}, got {device!r}")
+    terms = DEVICE_TERMS[device]
     e = ELEMENT_BYTES[dtype]
     params = sharded / mp + replicated
     micro_batch = batch_size // grad_accumulation * mp
+    # the larger decoder's logits (a step trains at most one decoder), fp32 in the loss
+    logits = terms.logit_copies * 4 * micro_batch * max((s.seq * s.vocab for s in stacks if s.vocab), default=0)
     return MemoryEstimate(
         dp=dp, mp=mp, params=params,
         weights=params * (4 + (e if e < 4 else 0)),
         grads=params * 4 * (2 if grad_accumulation > 1 else 1),
         optimizer=params * OPTIMIZER_STATE_BYTES[optimizer] / (dp if optimizer_shard and mp > 1 else 1),
-        activations=activation_bytes(stacks, micro_batch, mp, e, recompute=False),
-        activations_recompute=activation_bytes(stacks, micro_batch, mp, e, recompute=True))
+        activations=terms.activation_factor * activation_bytes(stacks, micro_batch, mp, e, recompute=False) + logits,
+        activations_recompute=(terms.activation_factor * activation_bytes(stacks, micro_batch, mp, e, recompute=True)
+                               + logits),
+        runtime=terms.runtime,
+        grad_copies=params * 4 * terms.gradient_copies if clip else 0.0)
 
 
 @dataclass(frozen=True)
@@ -469,9 +525,10 @@ class Candidate:
 
 
 def plan_candidates(model, model_cfg, devices, batch_size, grad_accumulation=1, seq=None, dtype="fp16",
-                    optimizer="adamw", optimizer_shard=False, vocab_dp=True):
+                    optimizer="adamw", optimizer_shard=False, vocab_dp=True, device="ascend", clip=True,
+                    vocab_size=None):
     """One Candidate per dp x mp = devices (mp ascending), with its problems and memory estimate."""
-    stacks = transformer_stacks(model_cfg, *(seq or token_counts(model_cfg)))
+    stacks = transformer_stacks(model_cfg, *(seq or token_counts(model_cfg)), vocab_size=vocab_size)
     candidates = []
     for mp in (m for m in range(1, devices + 1) if devices % m == 0):
         dp = devices // mp
@@ -480,7 +537,7 @@ def plan_candidates(model, model_cfg, devices, batch_size, grad_accumulation=1, 
         problems += strategy_problems(strategies)
         sharded, replicated = split_parameter_counts(model, strategies)
         memory = estimate_memory(sharded, replicated, stacks, dp, mp, batch_size, grad_accumulation, dtype,
-                                 optimizer, optimizer_shard)
+                                 optimizer, optimizer_shard, device, clip)
         candidates.append(Candidate(dp, mp, tuple(problems), memory))
     return candidates
 
