@@ -127,7 +127,17 @@ def timed(fn, steps):
 
 
 def peak_rss_gb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    """Peak resident memory of this process in GB (1e9 bytes): VmHWM of /proc/self/status, the high-water mark of this
+    program's own memory. ru_maxrss is not used where VmHWM exists: Linux carries it across exec, so a phase process
+    started by a large parent (a test run holding many GB) would report the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def model_config(args):

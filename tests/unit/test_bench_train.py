@@ -49,3 +49,17 @@ def test_activations_count_the_decoder_only_for_the_task_that_trains_it(tiny):
     halved = bench.analytic_need_gb(model, cfg, "mlm", 4, 2)
     assert halved["activations"] < mlm and halved["gradients"] == pytest.approx(
         2 * bench.analytic_need_gb(model, cfg, "mlm", 4, 1)["gradients"])
+
+
+def test_peak_memory_is_the_phase_process_own_not_its_parents():
+    """Linux carries ru_maxrss across exec, so a phase process started by a large parent (the test suite holds GBs)
+    reported the parent's peak; the benchmark reads VmHWM, this program's own high-water mark."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from tests.helpers import ROOT
+    parent = np.ones(int(2e9) // 8)   # 2 GB touched in this (parent) process
+    code = "from bench.train import peak_rss_gb; print(peak_rss_gb())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert parent.sum() > 0 and float(out) < 1.5   # importing MindSpore is about 0.4 GB
