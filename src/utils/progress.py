@@ -28,6 +28,17 @@ class _Lines:
         self.stream.flush()
 
 
+class _LogBar(tqdm):
+    """tqdm for a log file: a new postfix waits for the next timed line instead of writing one of its own (tqdm
+    redraws at once by default, which in a log is a line per step, showing a stale count)."""
+
+    def set_postfix_str(self, s="", refresh=False):
+        super().set_postfix_str(s, refresh=refresh)
+
+    def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+        super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
+
 def progress(iterable=None, disable=False, **kwargs):
     """tqdm over `iterable` (or a manual bar with total=...): a bar on a terminal, timed lines otherwise;
     `disable=True` (e.g. on ranks other than 0) shows nothing."""
@@ -39,4 +50,4 @@ def progress(iterable=None, disable=False, **kwargs):
     kwargs.setdefault("delay", LOG_DELAY)
     kwargs.setdefault("mininterval", LOG_INTERVAL)
     kwargs.pop("dynamic_ncols", None)
-    return tqdm(iterable, file=_Lines(stream), ascii=True, ncols=100, **kwargs)
+    return _LogBar(iterable, file=_Lines(stream), ascii=True, ncols=100, **kwargs)

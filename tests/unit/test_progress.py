@@ -32,6 +32,19 @@ def test_a_long_loop_writes_whole_lines_to_a_log(monkeypatch):
     assert "100/100" in lines[-1]
 
 
+def test_a_postfix_set_every_step_waits_for_the_timed_line(monkeypatch):
+    """The trainer sets the losses as the bar's postfix at every step: in a log that must not be a line per step."""
+    clock = _Clock()
+    monkeypatch.setattr(tqdm_std, "time", clock)
+    stream = io.StringIO()
+    bar = progress(range(100), file=stream, desc="train")
+    for step in bar:
+        clock.now += 2.0
+        bar.set_postfix_str(f"loss={step}")
+    lines = stream.getvalue().splitlines()
+    assert 5 <= len(lines) <= 9 and "100/100" in lines[-1] and "loss=99" in lines[-1]
+
+
 def test_a_short_loop_stays_quiet_and_disable_silences(monkeypatch):
     assert run_loop(monkeypatch, io.StringIO(), 5, 1.0) == ""          # 5 s < LOG_DELAY
     assert run_loop(monkeypatch, io.StringIO(), 100, 2.0, disable=True) == ""
