@@ -68,8 +68,8 @@ def compile_cache_key(cfg, graphs=None):
             keyed[section].pop(name, None)
     vocab = cfg.data.vocab if "data" in cfg else None
     if vocab and os.path.isfile(vocab):
-        with open(vocab, "rb") as f:
-            keyed["vocab_sha256"] = hashlib.sha256(f.read()).hexdigest()   # a copy elsewhere shares the cache
+        from src.data.build_mindrecord import vocab_sha256
+        keyed["vocab_sha256"] = vocab_sha256(vocab)   # by content: a copy elsewhere shares the cache
     keyed["graphs"] = graphs
     keyed["sources"] = _sources_sha256()
     keyed["world_size"] = get_group_size() if is_distributed() else 1
@@ -87,8 +87,9 @@ def enable_compile_cache(cfg, graphs=None):
     crash or compute wrongly. The rule: the key holds everything that may change a graph, and leaves out only the
     settings known not to (NOT_IN_GRAPHS: data paths, train.steps, eval_every, the LR schedule, logging, output and
     checkpoint settings), so a new or unknown key conservatively stays in it. Besides the config it holds the
-    vocabulary file's content (not its path), `graphs` (what the data decides: the trainer passes each task's input
-    names, shapes and dtypes and the training state's parameter shapes, Trainer.graph_signature), the repository's
+    vocabulary file's content (not its path), `graphs` (what the built cells and the data decide: the trainer passes
+    each task's Cell class and input names, the training state's parameter shapes and dtypes and the evaluator's
+    graph-shaping facts, Trainer.graph_signature), the repository's
     Python sources, the data-parallel world size (a single-process graph has no gradient all-reduce) and the rank
     (the contrastive task's feature gather slices by it). A rerun with other data paths, another `train.steps` or
     another learning rate therefore loads every graph from the cache.
