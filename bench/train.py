@@ -56,6 +56,8 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=5, help="timed steps per phase after one warm-up (default 5)")
     parser.add_argument("--samples", type=int, default=64, help="demo samples generated for the data phase")
     parser.add_argument("--data_batches", type=int, default=20, help="timed batches of the data phase (default 20)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. --set model.dropout=0 model.attention_dropout=0 (dropout off)")
     parser.add_argument("--phase", choices=MODEL_PHASES, default=None,
                         help="internal: time one model phase on --batch_file and write it to --out")
     parser.add_argument("--batch_file", default=None, help="internal: .npz batch for --phase")
@@ -141,7 +143,8 @@ def peak_rss_gb():
 
 
 def model_config(args):
-    return load_config(args.config, [f"train.batch_size={args.batch_size}", f"model.text.vocab_size={args.vocab_size}"])
+    return load_config(args.config, [f"train.batch_size={args.batch_size}", f"model.text.vocab_size={args.vocab_size}",
+                                     *args.overrides])
 
 
 def run(args):
@@ -168,6 +171,7 @@ def run(args):
     achieved = flops / step_s / 1e9
     results = {
         "benchmark": "train", "config": os.path.relpath(args.config, ROOT), "task": args.task,
+        "overrides": list(args.overrides),
         "batch_size": args.batch_size, "accumulation": args.accumulation, "parameters": step["parameters"],
         "steps_per_s": 1.0 / step_s, "samples_per_s": args.batch_size / step_s,
         "peak_rss_gb": step["peak_rss_gb"],
@@ -181,14 +185,17 @@ def run(args):
     rows = [{"phase": k, "ms": v, "peak_rss_gb": results["phase_peak_rss_gb"].get(k)}
             for k, v in results["phases_ms"].items()]
     need = step["analytic_need_gb"]
-    print_table(f"{results['config']}, task {args.task}, batch {args.batch_size} in {args.accumulation} "
+    settings = "".join(f", {o}" for o in args.overrides)
+    print_table(f"{results['config']}{settings}, task {args.task}, batch {args.batch_size} in {args.accumulation} "
                 f"micro-batch(es): {results['steps_per_s']:.3f} "
                 f"steps/s, {results['samples_per_s']:.2f} samples/s, {achieved:.0f} GFLOP/s = "
                 f"{100 * results['fraction_of_roof']:.0f}% of the {roof:.0f} GFLOP/s matmul roof; peak RSS "
                 f"{results['peak_rss_gb']:.1f} GB against an analytic need of {need['total']:.1f} GB "
                 f"({results['peak_rss_gb'] / need['total']:.2f}x)", rows, ["phase", "ms", "peak_rss_gb"])
-    print_table("Analytic need of the train step (GB; src.engine.parallel.estimate_memory, fp32, one CPU device)",
-                [need], ["runtime", "weights", "gradients", "clip_copy", "optimizer", "activations", "total"],
+    print_table("Analytic need of the train step (GB; src.engine.parallel.estimate_memory, fp32, one device; "
+                "target: a peak within 1.2x the need + 1 GB of runtime)",
+                [{**need, "target": 1.2 * need["total"] + 1.0}],
+                ["weights", "gradients", "optimizer", "activations", "total", "target", "cpu_estimate"],
                 floatfmt=".2f")
     return results
 
@@ -235,6 +242,8 @@ def run_phase_process(args, phase, batch_file, tmp):
                "--batch_file", batch_file, "--out", out, "--config", args.config, "--batch_size",
                str(args.batch_size), "--task", args.task, "--vocab_size", str(args.vocab_size), "--steps",
                str(args.steps), "--accumulation", str(args.accumulation)]
+    if args.overrides:
+        command += ["--set", *args.overrides]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark phase {phase} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -246,6 +255,7 @@ def run_phase(args):
     """Time one model phase (see the module docstring) on the batch in --batch_file."""
     from src.engine.optim import build_optimizer
     from src.engine.train_step import LossScale, TrainStep
+    from src.engine.trainer import use_step_dropout
     from src.models.opt import build_model
     from src.tasks.pretrain import build_task
 
@@ -254,6 +264,7 @@ def run_phase(args):
         batch = dict(saved)
     model = build_model(cfg.model)
     task = build_task(args.task, model, cfg.pretrain, has_audio="audio" in batch)
+    use_step_dropout([model, task], cfg.run.seed, 0)  # the dropout kernel the trainer runs
     task.set_train(True)
     inputs = [ms.Tensor(batch[n]) for n in task.input_names]
     optimizer = build_optimizer(model.trainable_params(), cfg.optim, 1000)
@@ -280,18 +291,23 @@ TASK_DECODER = {"td": "text decoder", "id": "image decoder"}
 
 
 def analytic_need_gb(model, cfg, task, batch_size, accumulation):
-    """What one fp32 training step on CPU holds, by the parallel planner's formula (src.engine.parallel.estimate_memory
-    at dp = mp = 1, device cpu): the CPU runtime, weights, gradients (and the copy clipping makes), AdamW moments and
-    the activations the task's stacks keep for backward, times the CPU activation factor."""
+    """What one fp32 training step holds, by the parallel planner's formula (src.engine.parallel.estimate_memory at
+    dp = mp = 1): the physical need (weights, gradients, AdamW moments and the activations the task's stacks keep for
+    backward, as on a device with no terms of its own) and the planner's CPU estimate (the CPU runtime, the activation
+    factor and the gradient copy clipping made, measured before the memory work of 2026-12-07; docs/parallel.md)."""
     from src.engine.parallel import estimate_memory, split_parameter_counts, token_counts, transformer_stacks
     stacks = [s for s in transformer_stacks(cfg.model, *token_counts(cfg.model))
               if s.group in ("encoders", TASK_DECODER.get(task))]
     sharded, replicated = split_parameter_counts(model, {})
-    memory = estimate_memory(sharded, replicated, stacks, 1, 1, batch_size, accumulation, dtype="fp32",
-                             device="cpu", clip=cfg.train.clip_norm > 0)
-    parts = {"runtime": memory.runtime, "weights": memory.weights, "gradients": memory.grads,
-             "clip_copy": memory.grad_copies, "optimizer": memory.optimizer, "activations": memory.activations}
-    return {**{k: v / 1e9 for k, v in parts.items()}, "total": memory.total(False) / 1e9}
+
+    def estimate(device):
+        return estimate_memory(sharded, replicated, stacks, 1, 1, batch_size, accumulation, dtype="fp32",
+                               device=device, clip=cfg.train.clip_norm > 0)
+    need, cpu = estimate("ascend"), estimate("cpu")   # ascend's device terms are zero: the physical need
+    parts = {"weights": need.weights, "gradients": need.grads, "optimizer": need.optimizer,
+             "activations": need.activations}
+    return {**{k: v / 1e9 for k, v in parts.items()}, "total": need.total(False) / 1e9,
+            "cpu_estimate": cpu.total(False) / 1e9}
 
 
 class _GradOnly(nn.Cell):

@@ -112,6 +112,9 @@ def apply_strategies(model, strategies):
         if primitive is None:
             raise ValueError(f"strategy for '{path}', but the model has no such primitive")
         primitive.shard(strategy)
+        if name in _ATTENTION_MATMULS:
+            # sharded attention runs through these primitives, not the memory-lean RecomputedAttention
+            cells[cell_path].recompute_scores = False
     return len(strategies)
 
 

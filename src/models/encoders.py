@@ -6,7 +6,7 @@ import numpy as np
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from .layers import EncoderStack, dense, embedding, grid_position_embedding, layer_norm
+from .layers import EncoderStack, activation_cell, dense, embedding, grid_position_embedding, layer_norm
 
 
 def positions(length):
@@ -207,7 +207,7 @@ class AudioEncoder(nn.Cell):
             channels = c.n_mels
             while factor > 1:
                 convs += [nn.Conv1d(channels, c.hidden, 3, stride=2, pad_mode="pad", padding=1, has_bias=True,
-                                    weight_init=Normal(init)), nn.GELU(approximate=True)]
+                                    weight_init=Normal(init)), activation_cell("gelu")]
                 channels, factor = c.hidden, factor // 2
             self.subsample = c.subsample
             self.front = nn.SequentialCell(convs) if convs else nn.Identity()

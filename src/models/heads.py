@@ -5,7 +5,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn, ops
 
-from .layers import TiedProjection, dense, layer_norm
+from .layers import TiedProjection, activation_cell, dense, layer_norm
 
 
 class MLMHead(nn.Cell):
@@ -17,7 +17,7 @@ class MLMHead(nn.Cell):
         if activation not in ("gelu", "relu"):
             raise ValueError(f"model.heads.mlm_activation must be 'gelu' or 'relu', got {activation!r}")
         self.transform = dense(width, text_width, init_range)
-        self.act = nn.GELU(approximate=True) if activation == "gelu" else nn.ReLU()
+        self.act = activation_cell("gelu" if activation == "gelu" else "relu")
         self.layer_norm = layer_norm(text_width, eps)
         self.project = TiedProjection()
         self.bias = Parameter(ms.Tensor(np.zeros(vocab_size, np.float32)), name="bias")
@@ -33,7 +33,7 @@ class RegressionHead(nn.Cell):
     def __init__(self, width, out_width, eps=1e-5, init_range=0.02):
         super().__init__()
         self.dense = dense(width, width, init_range)
-        self.act = nn.GELU(approximate=True)
+        self.act = activation_cell("gelu")
         self.layer_norm = layer_norm(width, eps)
         self.out = dense(width, out_width, init_range)
 

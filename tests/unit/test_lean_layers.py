@@ -1,0 +1,166 @@
+"""The layers with hand-written backward passes (src/models/layers.py): RecomputedAttention, the attention core whose
+backward recomputes the probabilities instead of keeping them, and TanhGELU. Outputs and gradients are checked against
+NumPy in float64 (the forward written from the published definition, the gradients by central finite differences, so
+the oracle shares no derivation with the cells' bprop), and Attention through the core against the plain autodiff
+path it replaces."""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn, ops
+
+from src.models.layers import (Attention, EncoderBlock, RecomputedAttention, TanhGELU, activation_cell, causal_bias,
+                               padding_bias)
+
+B, H, L, S, D = 2, 2, 3, 4, 4   # batch, heads, queries, keys, head width
+SCALE = 0.5
+KEEP = 0.75
+
+
+def numpy_context(q, k, v, bias, keep):
+    scores = q @ k.swapaxes(-1, -2) * SCALE + bias
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    if keep is not None:
+        p = p * keep / KEEP
+    return p @ v
+
+
+def finite_difference(f, x, eps=1e-6):
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[i] += eps
+        down[i] -= eps
+        grad[i] = (f(up) - f(down)) / (2 * eps)
+    return grad
+
+
+class _Loss(nn.Cell):
+    """sum(core(q, k, v, bias, keep) * weights): its gradient with respect to q, k, v is the cell's bprop."""
+
+    def __init__(self, core, weights):
+        super().__init__()
+        self.core, self.weights = core, ms.Tensor(weights)
+
+    def construct(self, q, k, v, bias, keep):
+        return (self.core(q, k, v, bias, keep) * self.weights).sum()
+
+
+@pytest.mark.parametrize("bias_kind", ["padding", "causal", "none"])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_output_and_gradients_match_numpy(bias_kind, dropout):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((B, H, n, D)) for n in (L, S, S))
+    weights = rng.standard_normal((B, H, L, D))
+    if bias_kind == "padding":
+        bias = padding_bias(ms.Tensor(np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.float32))).asnumpy()
+    elif bias_kind == "causal":
+        bias = causal_bias(S).asnumpy()[:, :, :L]
+    else:
+        bias = np.zeros((1, 1, 1, 1))
+    keep = rng.random((B, H, L, S)) < KEEP if dropout else None
+    core = RecomputedAttention(SCALE, KEEP if dropout else 1.0)
+    keep_ms = ms.Tensor(keep if dropout else np.ones((1, 1, 1, 1), np.bool_))
+    as_ms = [ms.Tensor(x.astype(np.float32)) for x in (q, k, v, bias)]
+
+    out = core(*as_ms, keep_ms).asnumpy()
+    np.testing.assert_allclose(out, numpy_context(q, k, v, bias, keep), rtol=1e-5, atol=1e-6)
+
+    grads = ms.grad(_Loss(core, weights.astype(np.float32)), grad_position=(0, 1, 2))(*as_ms, keep_ms)
+    inputs = [q, k, v]
+    for i, grad in enumerate(grads):
+        def loss(x, i=i):
+            args = list(inputs)
+            args[i] = x
+            return (numpy_context(*args, bias, keep) * weights).sum()
+        expected = finite_difference(loss, inputs[i])
+        np.testing.assert_allclose(grad.asnumpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _block_gradients(recompute, x, mask):
+    ms.set_seed(0)
+    block = EncoderBlock(16, 2, 32)
+    for cell in block.cells():
+        if isinstance(cell, Attention):
+            cell.recompute_scores = recompute
+
+    class Loss(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.block = block
+
+        def construct(self, x, mask):
+            y = self.block(x, padding_bias(mask))
+            return (y * y).mean()
+
+    loss_net = Loss()
+    loss, grads = ms.value_and_grad(loss_net, None, loss_net.trainable_params())(x, mask)
+    return loss.asnumpy(), [g.asnumpy() for g in grads]
+
+
+def test_attention_through_the_recomputed_core_equals_the_plain_path():
+    """Same output exactly, same parameter gradients to float tolerance, in a pre-LN block with padding."""
+    rng = np.random.default_rng(1)
+    x = ms.Tensor(rng.standard_normal((2, 5, 16)).astype(np.float32))
+    mask = ms.Tensor(np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.float32))
+    loss_plain, grads_plain = _block_gradients(False, x, mask)
+    loss_lean, grads_lean = _block_gradients(True, x, mask)
+    assert loss_lean == loss_plain
+    assert len(grads_lean) == len(grads_plain) == 16
+    for lean, plain in zip(grads_lean, grads_plain):
+        np.testing.assert_allclose(lean, plain, rtol=1e-4, atol=1e-7)
+
+
+def test_attention_dropout_in_training_uses_the_dropout_layers_mask(pynative):
+    """With attention dropout in training, the mask comes from the layer's dropout kernel (the trainer's StepDropout
+    replaces it) and drops what the plain path drops; in evaluation nothing is dropped."""
+    attn = Attention(8, 2, dropout=0.5)
+    x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 4, 8)).astype(np.float32))
+    attn.set_train(False)
+    lean = attn(x).asnumpy()
+    attn.recompute_scores = False
+    np.testing.assert_array_equal(attn(x).asnumpy(), lean)
+
+    drawn = []
+    pattern = ms.Tensor(np.random.default_rng(3).random((2, 2, 4, 4)) < 0.5)
+
+    class Kernel(nn.Cell):
+        """A dropout kernel with a fixed mask: (x * mask / keep_prob, mask), like StepDropout's."""
+
+        def construct(self, scores):
+            drawn.append(scores.shape)
+            return scores * ops.cast(pattern, scores.dtype) / 0.5, pattern
+
+    attn.dropout.dropout = Kernel()
+    attn.set_train(True)
+    plain = attn(x).asnumpy()
+    attn.recompute_scores = True
+    np.testing.assert_allclose(attn(x).asnumpy(), plain, rtol=1e-6, atol=1e-7)
+    assert drawn == [(2, 2, 4, 4), (2, 2, 4, 4)]
+    assert np.abs(plain - lean).max() > 1e-3   # the mask did drop something
+
+
+def numpy_tanh_gelu(x):
+    """GELU's tanh approximation as Hendrycks & Gimpel publish it."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def test_tanh_gelu_matches_the_published_formula_and_its_derivative():
+    x = np.random.default_rng(4).standard_normal((3, 7)) * 3.0
+    weights = np.random.default_rng(5).standard_normal((3, 7))
+    gelu = TanhGELU()
+    assert isinstance(activation_cell("gelu"), TanhGELU)
+    x_ms = ms.Tensor(x.astype(np.float32))
+    np.testing.assert_allclose(gelu(x_ms).asnumpy(), numpy_tanh_gelu(x), rtol=1e-5, atol=1e-6)
+
+    class Loss(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.gelu, self.weights = gelu, ms.Tensor(weights.astype(np.float32))
+
+        def construct(self, x):
+            return (self.gelu(x) * self.weights).sum()
+
+    grad = ms.grad(Loss())(x_ms).asnumpy()
+    expected = finite_difference(lambda z: (numpy_tanh_gelu(z) * weights).sum(), x)
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
