@@ -39,6 +39,9 @@ _LOG = logging.getLogger(__name__)
 OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "global_step", "learning_rate", "beta1_power", "beta2_power",
                             "loss_scale", "scale_sense", "current_iterator_step", "last_overflow_iterator_step",
                             "accu_grads.")
+# Parameters of the model the trainer sets from the step before every step (the dropout step counter of
+# src.engine.trainer.use_step_dropout, DROPOUT_STEP there): never saved, so init never expects them.
+STEP_SET_PARAMETERS = ("dropout_step",)
 # Top-level names only the original OPT networks use (src.weights.released_opt converts them).
 RELEASED_OPT_PREFIXES = ("uniter.", "txt_output.", "img_output.", "cls.predictions.", "itm_output.", "feat_regress.")
 
@@ -167,9 +170,9 @@ def init_from_checkpoint(model, path, allow_missing=False):
         raise UserError(f"{path} is an original OPT checkpoint (keys such as 'uniter.*', 'txt_output.*'); convert it "
                         f"first: python -m src.weights.convert --source {source} {path} --config <model config> "
                         f"--out <dir>, then init from <dir>")
-    missing, unexpected = load_into(model, tensors, strict=False, source=path)
+    missing, unexpected = load_into(model, tensors, strict=False, ignore=STEP_SET_PARAMETERS, source=path)
     if unexpected or (missing and not allow_missing):
-        load_into(model, tensors, strict=True, source=path)  # raises with the full report
+        load_into(model, tensors, strict=True, ignore=STEP_SET_PARAMETERS, source=path)  # raises with the report
     return missing
 
 
