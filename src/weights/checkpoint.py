@@ -166,10 +166,12 @@ def init_from_checkpoint(model, path, allow_missing=False):
     tensors, _ = load_checkpoint(path)
     tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_STATE_PREFIXES)}
     if any(k.startswith(RELEASED_OPT_PREFIXES) for k in tensors):
-        source = "zidongtaichu" if any(k.startswith("uniter.img_embeddings.vit.") for k in tensors) else "modelzoo"
+        source, config = (("zidongtaichu", "opt_1b_released.yaml")
+                          if any(k.startswith("uniter.img_embeddings.vit.") for k in tensors)
+                          else ("modelzoo", "opt_modelzoo_caption.yaml"))
         raise UserError(f"{path} is an original OPT checkpoint (keys such as 'uniter.*', 'txt_output.*'); convert it "
-                        f"first: python -m src.weights.convert --source {source} {path} --config <model config> "
-                        f"--out <dir>, then init from <dir>")
+                        f"first: python -m src.weights.convert --source {source} {path} --config "
+                        f"config/model/{config} --out <dir>, then init from <dir> (docs/released_checkpoints.md)")
     missing, unexpected = load_into(model, tensors, strict=False, ignore=STEP_SET_PARAMETERS, source=path)
     if unexpected or (missing and not allow_missing):
         load_into(model, tensors, strict=True, ignore=STEP_SET_PARAMETERS, source=path)  # raises with the report

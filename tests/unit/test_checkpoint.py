@@ -283,7 +283,12 @@ def test_init_of_an_original_opt_file_says_to_convert_it(tmp_path):
     path = str(tmp_path / "OPT_1-38_136.ckpt")
     ms.save_checkpoint([{"name": "uniter.img_embeddings.vit.norm.gamma", "data": ms.Tensor(np.ones(3, np.float32))},
                         {"name": "txt_output.LinearEmbedding.bias", "data": ms.Tensor(np.ones(3, np.float32))}], path)
-    with pytest.raises(UserError, match=r"convert it first: python -m src.weights.convert --source zidongtaichu"):
+    with pytest.raises(UserError, match=r"convert it first: python -m src.weights.convert --source zidongtaichu "
+                                        r".* --config config/model/opt_1b_released.yaml --out <dir>"):
+        ckpt.init_from_checkpoint(TinyNet(), path)
+    ms.save_checkpoint([{"name": "uniter.img_embeddings.pos_linear.bias", "data": ms.Tensor(np.ones(3, np.float32))}],
+                       path)
+    with pytest.raises(UserError, match=r"--source modelzoo .* --config config/model/opt_modelzoo_caption.yaml"):
         ckpt.init_from_checkpoint(TinyNet(), path)
 
 

@@ -391,6 +391,29 @@ def test_wrong_source_unknown_keys_and_slices_are_refused(tmp_path):
         convert.main(["--source", "modelzoo", str(tmp_path), *cfg])
 
 
+def test_layer_counts_and_wrong_configs_are_named_in_one_line(tmp_path):
+    """A stack with another layer count than the config's names the config key and the file's count (either way
+    round); a config of the other release names the config this source needs."""
+    small = {k: v for k, v in random_original("modelzoo").items() if not k.startswith("txt_output.tfm_")}
+    block = "uniter.encoder.encoder.blocks.0."
+    two = {**small, **{k.replace(".blocks.0.", ".blocks.1."): v for k, v in small.items() if k.startswith(block)}}
+    path = str(tmp_path / "a.ckpt")
+    out = ["--out", str(tmp_path / "o")]
+    write_original(two, path, training_state=False)
+    with pytest.raises(UserError, match=r"has 2 layer\(s\) in the checkpoint but model.cross.layers is 1 in the "
+                                        r"config; set model.cross.layers to 2") as err:
+        convert.main(["--source", "modelzoo", path, "--config", CONFIGS["modelzoo"], *out, "--set",
+                      *ONE_LAYER["modelzoo"]])
+    assert "\n" not in str(err.value)
+    write_original(small, path, training_state=False)
+    with pytest.raises(UserError, match=r"has 1 layer\(s\) in the checkpoint but model.cross.layers is 3"):
+        convert.main(["--source", "modelzoo", path, "--config", CONFIGS["modelzoo"], *out, "--set",
+                      *ONE_LAYER["modelzoo"], "model.cross.layers=3"])
+    with pytest.raises(UserError, match="use config/model/opt_modelzoo_caption.yaml for --source modelzoo"):
+        convert.main(["--source", "modelzoo", path, "--config", CONFIGS["zidongtaichu"], *out, "--set",
+                      *ONE_LAYER["zidongtaichu"]])
+
+
 def bert_chinese_layout_vocab(path, size=21128):
     """A vocabulary with BERT-Chinese's special ids ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103)."""
     names = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
