@@ -111,6 +111,11 @@ def load_checkpoint(path):
     return _read_weights(path), {}
 
 
+def checkpoint_meta(path):
+    """The meta a checkpoint directory was saved with (its state.json, weights not read); {} for a plain file."""
+    return dict(_read_state(path)["meta"]) if os.path.isdir(path) else {}
+
+
 class CheckpointManager:
     """The step directories in one folder: save with pruning, list, and find the newest (valid) one."""
 
