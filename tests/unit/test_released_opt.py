@@ -521,6 +521,26 @@ def test_eval_caption_runs_a_converted_checkpoint_with_its_own_config(converted,
     assert "itm" in json.dumps(results)
 
 
+def test_inference_pipeline_captions_with_a_converted_checkpoint(tmp_path):
+    """src.inference.pipeline.Captioner takes the converted folder (its model_config.yaml: region features, text
+    length 30) and captions a region .npz with greedy decoding; its tokens are the converted decoder's."""
+    from src.inference.pipeline import Captioner
+    path = str(tmp_path / "original.ckpt")
+    write_original(random_original("modelzoo", seed=4), path, training_state=False)
+    out = str(tmp_path / "converted")
+    assert convert.main(["--source", "modelzoo", path, "--config", CONFIGS["modelzoo"], "--out", out,
+                         "--set", *ONE_LAYER["modelzoo"]]) == 0
+    vocab = bert_chinese_layout_vocab(tmp_path / "vocab.txt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", feat=rng.standard_normal((12, 2048)).astype(np.float32),
+             boxes=rng.random((12, 7)).astype(np.float32))
+    captioner = Captioner(out, overrides=[f"data.vocab={vocab}", "caption.strategy=greedy", "caption.max_len=4",
+                                          "caption.no_repeat_ngram=0"])
+    assert captioner.cfg.model.image.mode == "features" and captioner.cfg.model.text_decoder.max_len == 30
+    caption = captioner.caption(str(tmp_path / "a.npz"))
+    assert isinstance(caption, str)
+
+
 def test_a_modern_config_gets_a_loadable_warm_start_with_notes(tmp_path, capsys):
     """Converting into opt_1b.yaml (GELU decoders with learned positions, final LayerNorms, output biases, the global
     token fused) still loads strictly: positions hold the sinusoids, extra LayerNorms gain 1, biases 0; the notes say
