@@ -19,6 +19,7 @@ every rank embeds and scores its share (r::world) and rank 0 writes.
     python eval.py --task retrieval --mindir EXPORT_PREFIX --mode itc_itm    # on exported MindIR graphs
 """
 import os
+import sys
 import time
 
 import numpy as np
@@ -302,6 +303,18 @@ def build_parser():
     return parser
 
 
+def towerless_warning(ckpt_path, mode):
+    """A warning when `mode` uses the contrastive towers of a converted released OPT checkpoint, which has none
+    (src.weights.convert leaves contrastive.* at their initialisation), else None."""
+    from src.weights.checkpoint import checkpoint_meta
+    meta = checkpoint_meta(ckpt_path)
+    if mode == "itm" or not meta.get("converted_from"):
+        return None
+    return (f"warning: {ckpt_path} is a converted released OPT checkpoint ({meta.get('source')}), which has no "
+            f"contrastive towers: the itc scores of --mode {mode} come from untrained projections. Use --mode itm "
+            f"(the original's protocol), or add towers first (docs/released_checkpoints.md)")
+
+
 def setting(args, cfg, name):
     """The command line's value, else retrieval.<name> of the config (defaults in config/defaults.yaml)."""
     value = getattr(args, name)
@@ -355,6 +368,10 @@ def main(argv=None, metrics_hooks=()):
     if not data:
         raise UserError("no evaluation data: pass --data MINDRECORD or set data.test in the config")
     mode, k, batch_size = (setting(args, cfg, name) for name in ("mode", "k", "batch_size"))
+    if args.ckpt and dist.is_main:
+        warning = towerless_warning(args.ckpt, mode)
+        if warning:
+            print(warning, file=sys.stderr)
     results = evaluate(model, cfg, tokenizer, data, mode, k, batch_size, dist.rank, dist.world_size,
                        retriever=exported.retriever(batch_size) if exported else None,
                        return_features=bool(args.index_out), return_ranking=bool(metrics_hooks))

@@ -39,6 +39,9 @@ _LOG = logging.getLogger(__name__)
 OPTIMIZER_STATE_PREFIXES = ("adam_m.", "adam_v.", "global_step", "learning_rate", "beta1_power", "beta2_power",
                             "loss_scale", "scale_sense", "current_iterator_step", "last_overflow_iterator_step",
                             "accu_grads.")
+# Parameters of the model the trainer sets from the step before every step (the dropout step counter of
+# src.engine.trainer.use_step_dropout, DROPOUT_STEP there): never saved, so init never expects them.
+STEP_SET_PARAMETERS = ("dropout_step",)
 # Top-level names only the original OPT networks use (src.weights.released_opt converts them).
 RELEASED_OPT_PREFIXES = ("uniter.", "txt_output.", "img_output.", "cls.predictions.", "itm_output.", "feat_regress.")
 
@@ -108,6 +111,11 @@ def load_checkpoint(path):
     return _read_weights(path), {}
 
 
+def checkpoint_meta(path):
+    """The meta a checkpoint directory was saved with (its state.json, weights not read); {} for a plain file."""
+    return dict(_read_state(path)["meta"]) if os.path.isdir(path) else {}
+
+
 class CheckpointManager:
     """The step directories in one folder: save with pruning, list, and find the newest (valid) one."""
 
@@ -163,13 +171,15 @@ def init_from_checkpoint(model, path, allow_missing=False):
     tensors, _ = load_checkpoint(path)
     tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_STATE_PREFIXES)}
     if any(k.startswith(RELEASED_OPT_PREFIXES) for k in tensors):
-        source = "zidongtaichu" if any(k.startswith("uniter.img_embeddings.vit.") for k in tensors) else "modelzoo"
+        source, config = (("zidongtaichu", "opt_1b_released.yaml")
+                          if any(k.startswith("uniter.img_embeddings.vit.") for k in tensors)
+                          else ("modelzoo", "opt_modelzoo_caption.yaml"))
         raise UserError(f"{path} is an original OPT checkpoint (keys such as 'uniter.*', 'txt_output.*'); convert it "
-                        f"first: python -m src.weights.convert --source {source} {path} --config <model config> "
-                        f"--out <dir>, then init from <dir>")
-    missing, unexpected = load_into(model, tensors, strict=False, source=path)
+                        f"first: python -m src.weights.convert --source {source} {path} --config "
+                        f"config/model/{config} --out <dir>, then init from <dir> (docs/released_checkpoints.md)")
+    missing, unexpected = load_into(model, tensors, strict=False, ignore=STEP_SET_PARAMETERS, source=path)
     if unexpected or (missing and not allow_missing):
-        load_into(model, tensors, strict=True, source=path)  # raises with the full report
+        load_into(model, tensors, strict=True, ignore=STEP_SET_PARAMETERS, source=path)  # raises with the report
     return missing
 
 

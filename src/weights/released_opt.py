@@ -127,7 +127,7 @@ class _Converter:
                     f"model-parallel slice; merge the per-rank files first: pass the folder holding rank_*/ and "
                     f"--strategy STRATEGY.ckpt (the strategy file of the training run)")
         return (f"'{key}' gives shape {got} but {ours} has shape {wanted}: the --config does not have this "
-                f"checkpoint's shapes (use config/model/opt_1b_released.yaml or opt_modelzoo_caption.yaml)")
+                f"checkpoint's shapes (use config/model/{K.SOURCE_CONFIGS[self.source]} for --source {self.source})")
 
     def fill(self, ours, value, detail):
         self.put(ours, np.broadcast_to(np.asarray(value, np.float32), tuple(self.params[ours].shape)).copy(),
@@ -151,7 +151,10 @@ class _Converter:
     def stacks(self):
         for src_prefix, (our_prefix, table, in_out) in K.STACKS.items():
             transpose = in_out and self.source == "zidongtaichu"
-            for key in sorted(k for k in self.src if k.startswith(src_prefix)):
+            keys = sorted(k for k in self.src if k.startswith(src_prefix))
+            if keys:
+                self._check_layer_count(src_prefix, our_prefix, keys)
+            for key in keys:
                 layer, rest = key[len(src_prefix):].split(".", 1)
                 for old, new in table:
                     if rest.startswith(old):
@@ -165,15 +168,16 @@ class _Converter:
                                                              "transformer; ours is [out, in]")
                 else:
                     self.put(ours, value, "renamed", key)
-        self._check_layer_counts()
 
-    def _check_layer_counts(self):
-        for our_prefix, _, _ in K.STACKS.values():
-            ours = {n.split(".")[len(our_prefix.split(".")) - 1] for n in self.params if n.startswith(our_prefix)}
-            got = {n.split(".")[len(our_prefix.split(".")) - 1] for n in self.out if n.startswith(our_prefix)}
-            if got and ours != got:
-                raise UserError(f"{our_prefix}* : the checkpoint has {len(got)} layer(s), the config {len(ours)}; "
-                                f"set the config's layer count to the checkpoint's")
+    def _check_layer_count(self, src_prefix, our_prefix, keys):
+        """One line naming the config key when the checkpoint's stack has another layer count than the config's."""
+        theirs = {k[len(src_prefix):].split(".", 1)[0] for k in keys}
+        depth = len(our_prefix.split(".")) - 1
+        ours = {n.split(".")[depth] for n in self.params if n.startswith(our_prefix)}
+        if len(theirs) != len(ours):
+            key = K.STACK_LAYER_KEYS[our_prefix]
+            raise UserError(f"{src_prefix}* has {len(theirs)} layer(s) in the checkpoint but {key} is {len(ours)} "
+                            f"in the config; set {key} to {len(theirs)} (--set {key}={len(theirs)})")
 
     def direct(self, table):
         for key, ours in table.items():

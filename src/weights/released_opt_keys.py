@@ -9,6 +9,8 @@ Sources (reference: /work/shared/reference/opt_released_checkpoints.md and relea
 """
 
 SOURCES = ("zidongtaichu", "modelzoo")
+# The model config with each checkpoint's shapes and math (config/model/).
+SOURCE_CONFIGS = {"zidongtaichu": "opt_1b_released.yaml", "modelzoo": "opt_modelzoo_caption.yaml"}
 
 # Block-internal renames: (original sub-key, ours). Encoder blocks (ViT, cross-modal encoder, decoder memory encoder).
 ENCODER_BLOCK = (
@@ -37,6 +39,16 @@ STACKS = {
     "txt_output.tfm_decoder.blocks.": ("text_decoder.blocks.", DECODER_BLOCK, False),
     "img_output.tfm_encoder.blocks.": ("image_decoder.memory_encoder.blocks.", ENCODER_BLOCK, False),
     "img_output.tfm_decoder.blocks.": ("image_decoder.blocks.", DECODER_BLOCK, False),
+}
+
+# The config key that sets the layer count of each of our stacks (named when a checkpoint's count differs).
+STACK_LAYER_KEYS = {
+    "image_encoder.encoder.blocks.": "model.image.layers",
+    "cross_encoder.blocks.": "model.cross.layers",
+    "text_decoder.memory_encoder.blocks.": "model.text_decoder.memory_layers",
+    "text_decoder.blocks.": "model.text_decoder.layers",
+    "image_decoder.memory_encoder.blocks.": "model.image_decoder.memory_layers",
+    "image_decoder.blocks.": "model.image_decoder.layers",
 }
 
 # One-to-one renames shared by both sources (original key -> ours), values as stored.

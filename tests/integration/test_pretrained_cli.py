@@ -64,3 +64,22 @@ def test_import_script_writes_a_checkpoint_eval_reads(data, tmp_path):
     assert eval_cli.main(["--task", "retrieval", "--ckpt", str(ckpt), "--mode", "itc", "--batch_size", "4"]) == 0
     results = json.loads((out / "eval_retrieval" / "retrieval.json").read_text())
     assert "ir_r1" in json.dumps(results)
+
+
+@pytest.mark.slow
+def test_eval_warns_when_itc_scores_a_converted_released_checkpoint(data, tmp_path, capsys):
+    """A converted released OPT (state.json meta converted_from) has no towers: --mode itc / itc_itm warn, itm not."""
+    from src.weights.checkpoint import load_checkpoint, save_checkpoint
+    root, weights = data
+    out = tmp_path / "imported"
+    assert import_pretrained.main(["--config", f"{ROOT}/config/retrieval/tiny.yaml", "--set",
+                                   *overrides(root, weights, out)]) == 0
+    tensors, _ = load_checkpoint(str(out / "checkpoints" / "step_00000000"))
+    converted = tmp_path / "converted"
+    save_checkpoint(str(converted), tensors, meta={"converted_from": "OPT_1-38_136.ckpt", "source": "zidongtaichu"})
+    capsys.readouterr()
+    for mode, warned in (("itc", True), ("itm", False)):
+        assert eval_cli.main(["--task", "retrieval", "--ckpt", str(converted), "--config", str(out / "config.yaml"),
+                              "--mode", mode, "--batch_size", "4", "--out", str(tmp_path / mode)]) == 0
+        err = capsys.readouterr().err
+        assert ("no contrastive towers" in err and "--mode itm" in err) == warned, (mode, err)

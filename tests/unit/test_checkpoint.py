@@ -263,11 +263,32 @@ def test_init_skips_the_training_state_mindspore_cells_write(tmp_path):
     np.testing.assert_array_equal(net.proj.bias.asnumpy(), [7.0, 8.0])
 
 
+def test_init_of_a_model_with_step_dropout_ignores_the_step_counter(tmp_path):
+    """The trainer gives every dropout layer a step-counter Parameter (dropout_step) before checkpoint.init runs;
+    checkpoints never hold it, so fine-tuning a model with dropout from any checkpoint must not call it missing."""
+    from src.engine.trainer import use_step_dropout
+    from src.models.opt import build_model
+    from tests.helpers import model_config
+    cfg = model_config("tiny", ["model.dropout=0.1"]).model
+    source = build_model(cfg)
+    save_checkpoint(str(tmp_path / "c"), {p.name: p for p in source.get_parameters()})
+    model = build_model(cfg)
+    assert use_step_dropout([model], 0, 0) is not None and "dropout_step" in model.parameters_dict()
+    assert ckpt.init_from_checkpoint(model, str(tmp_path / "c")) == []
+    name = "text_encoder.word_embeddings.embedding_table"
+    np.testing.assert_array_equal(model.parameters_dict()[name].asnumpy(), source.parameters_dict()[name].asnumpy())
+
+
 def test_init_of_an_original_opt_file_says_to_convert_it(tmp_path):
     path = str(tmp_path / "OPT_1-38_136.ckpt")
     ms.save_checkpoint([{"name": "uniter.img_embeddings.vit.norm.gamma", "data": ms.Tensor(np.ones(3, np.float32))},
                         {"name": "txt_output.LinearEmbedding.bias", "data": ms.Tensor(np.ones(3, np.float32))}], path)
-    with pytest.raises(UserError, match=r"convert it first: python -m src.weights.convert --source zidongtaichu"):
+    with pytest.raises(UserError, match=r"convert it first: python -m src.weights.convert --source zidongtaichu "
+                                        r".* --config config/model/opt_1b_released.yaml --out <dir>"):
+        ckpt.init_from_checkpoint(TinyNet(), path)
+    ms.save_checkpoint([{"name": "uniter.img_embeddings.pos_linear.bias", "data": ms.Tensor(np.ones(3, np.float32))}],
+                       path)
+    with pytest.raises(UserError, match=r"--source modelzoo .* --config config/model/opt_modelzoo_caption.yaml"):
         ckpt.init_from_checkpoint(TinyNet(), path)
 
 

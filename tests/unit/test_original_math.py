@@ -163,3 +163,67 @@ def test_two_norm_region_embedding():
     np.testing.assert_allclose(tokens.asnumpy()[:, 1:], expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(mask.asnumpy()[:, 1:], x["images"][..., -1])
     assert (mask.asnumpy()[:, 0] == 0).all()
+
+
+def test_decoder_dropout_is_its_own_and_only_in_that_decoder():
+    """model.text_decoder.dropout (the released OPT: 0.2) sets every hidden and attention dropout of that decoder and
+    its memory encoder, whatever model.dropout says; null keeps the model's."""
+    from mindspore import nn
+    cfg = model_config("tiny", ["model.dropout=0.0", "model.attention_dropout=0.0",
+                                "model.text_decoder.dropout=0.2"]).model
+    model = build_model(cfg)
+    rates = {}
+    for name, cell in model.cells_and_names():
+        if isinstance(cell, nn.Dropout):
+            rates[name] = cell.p if cell.p is not None else 1.0 - cell.keep_prob
+    assert rates and all(name.startswith("text_decoder.") for name in rates), sorted(rates)
+    assert all(abs(p - 0.2) < 1e-6 for p in rates.values())
+    dec = model.text_decoder
+    assert any(n.startswith("text_decoder.memory_encoder.") for n in rates)
+    assert any(n.startswith("text_decoder.blocks.0.self_attn.") for n in rates)    # attention dropout too
+    assert "text_decoder.dropout" in rates                                         # the input embedding's
+    rng = np.random.default_rng(0)
+    memory = Tensor(rng.standard_normal((2, 5, cfg.cross.hidden)).astype(np.float32))
+    memory_mask = Tensor(np.ones((2, 5), np.float32))
+    tokens = Tensor(rng.integers(1, dec.vocab_size, (2, dec.max_len)).astype(np.int32))
+    dec.set_train(True)
+    assert not np.allclose(dec(tokens, memory, memory_mask).asnumpy(), dec(tokens, memory, memory_mask).asnumpy())
+    dec.set_train(False)
+    first = dec(tokens, memory, memory_mask).asnumpy()
+    np.testing.assert_array_equal(first, dec(tokens, memory, memory_mask).asnumpy())
+
+
+def test_features_mode_regression_targets_are_the_input_features():
+    """MVM / MAM with image.mode and audio.mode features regress onto the standardised input region / frame features
+    (what the heads are sized to), and padded region slots never count in the MVM loss."""
+    from src.tasks.pretrain import build_task
+    cfg = model_config("tiny", ["model.image.mode=features", "model.image.feature_dim=24", "model.image.max_regions=6",
+                                "model.image.layers=0", "model.audio.mode=features", "model.audio.feature_dim=20",
+                                "model.audio.layers=0"])
+    model = build_model(cfg.model)
+    model.set_train(False)
+    x = model_inputs(cfg.model, batch=2)
+    feats = x["images"][..., :24]
+    np.testing.assert_array_equal(model.image_regression_target(Tensor(x["images"])).asnumpy(), feats)
+    np.testing.assert_array_equal(model.audio_regression_target(Tensor(x["audio"]), Tensor(x["frame_mask"])).asnumpy(),
+                                  x["audio"])
+    hidden = Tensor(np.ones((2, 3, cfg.model.cross.hidden), np.float32))
+    assert model.image_regression_head(hidden).shape == (2, 3, 24)
+    assert model.audio_regression_head(hidden).shape == (2, 3, 20)
+
+    mvm = build_task("mvm", model, cfg.pretrain, has_audio=False)
+    mvm.set_train(False)
+    masked = np.zeros((2, 6), np.float32)
+    masked[:, [1, 3]] = 1.0
+    with_pad = masked.copy()
+    with_pad[:, 5] = 1.0                       # model_inputs leaves the last region slot as padding
+    assert (x["images"][:, 5, -1] == 0).all()
+    inputs = [Tensor(x["text_ids"]), Tensor(x["text_mask"]), Tensor(x["images"])]
+    loss = float(mvm(*inputs, Tensor(masked)).asnumpy())
+    assert np.isfinite(loss)
+    assert float(mvm(*inputs, Tensor(with_pad)).asnumpy()) == pytest.approx(loss, rel=1e-6)
+    mam = build_task("mam", model, cfg.pretrain, has_audio=True)
+    mam.set_train(False)
+    audio_masked = np.zeros((2, cfg.model.audio.max_frames), np.float32)
+    audio_masked[:, :2] = 1.0
+    assert np.isfinite(float(mam(*inputs, Tensor(audio_masked), Tensor(x["audio"]), Tensor(x["frame_mask"])).asnumpy()))

@@ -391,6 +391,79 @@ def test_wrong_source_unknown_keys_and_slices_are_refused(tmp_path):
         convert.main(["--source", "modelzoo", str(tmp_path), *cfg])
 
 
+def test_layer_counts_and_wrong_configs_are_named_in_one_line(tmp_path):
+    """A stack with another layer count than the config's names the config key and the file's count (either way
+    round); a config of the other release names the config this source needs."""
+    small = {k: v for k, v in random_original("modelzoo").items() if not k.startswith("txt_output.tfm_")}
+    block = "uniter.encoder.encoder.blocks.0."
+    two = {**small, **{k.replace(".blocks.0.", ".blocks.1."): v for k, v in small.items() if k.startswith(block)}}
+    path = str(tmp_path / "a.ckpt")
+    out = ["--out", str(tmp_path / "o")]
+    write_original(two, path, training_state=False)
+    with pytest.raises(UserError, match=r"has 2 layer\(s\) in the checkpoint but model.cross.layers is 1 in the "
+                                        r"config; set model.cross.layers to 2") as err:
+        convert.main(["--source", "modelzoo", path, "--config", CONFIGS["modelzoo"], *out, "--set",
+                      *ONE_LAYER["modelzoo"]])
+    assert "\n" not in str(err.value)
+    write_original(small, path, training_state=False)
+    with pytest.raises(UserError, match=r"has 1 layer\(s\) in the checkpoint but model.cross.layers is 3"):
+        convert.main(["--source", "modelzoo", path, "--config", CONFIGS["modelzoo"], *out, "--set",
+                      *ONE_LAYER["modelzoo"], "model.cross.layers=3"])
+    with pytest.raises(UserError, match="use config/model/opt_modelzoo_caption.yaml for --source modelzoo"):
+        convert.main(["--source", "modelzoo", path, "--config", CONFIGS["zidongtaichu"], *out, "--set",
+                      *ONE_LAYER["zidongtaichu"]])
+
+
+def write_sliced(tensors, folder, ranks=2):
+    """The per-rank files (rank_<r>/a.ckpt) and strategy file a model-parallel run with integrated_save=False
+    writes: every 2-D weight split by rows over `ranks` devices, the rest replicated (node_strategy.proto)."""
+    from mindspore.train import node_strategy_pb2
+    strategy = node_strategy_pb2.ParallelStrategyMap()
+    strategy.current_stage = 1
+    split = {k for k, v in tensors.items() if v.ndim == 2 and v.shape[0] % ranks == 0}
+    for name, value in tensors.items():
+        item = strategy.parallel_layout_item.add()
+        item.param_name = name
+        layout = item.parallel_layouts
+        layout.dev_matrix.add().dim.extend([ranks])
+        layout.tensor_map.add().dim.extend([0] + [-1] * (value.ndim - 1) if name in split else [-1] * value.ndim)
+        layout.param_split_shape.add()
+        layout.indices_offset.add()
+        layout.field, layout.opt_weight_shard_step, layout.opt_weight_shard_size = 0, 0, 0
+    path = os.path.join(folder, "strategy.ckpt")
+    with open(path, "wb") as f:
+        f.write(strategy.SerializeToString())
+    for r in range(ranks):
+        os.makedirs(os.path.join(folder, "ckpt", f"rank_{r}"))
+        part = {k: (np.split(v, ranks)[r] if k in split else v) for k, v in tensors.items()}
+        write_original(part, os.path.join(folder, "ckpt", f"rank_{r}", "a.ckpt"), training_state=False)
+    return os.path.join(folder, "ckpt"), path, len(split)
+
+
+def test_model_parallel_slices_are_merged_with_the_strategy_file(tmp_path):
+    """A checkpoint saved per rank converts, given its strategy file, to exactly what the whole file converts to
+    (mindspore.transform_checkpoints merges the slices)."""
+    from src.weights.checkpoint import load_checkpoint
+    tensors = random_original("modelzoo", seed=5)
+    whole = str(tmp_path / "whole.ckpt")
+    write_original(tensors, whole, training_state=False)
+    folder, strategy, n_split = write_sliced(tensors, str(tmp_path))
+    assert n_split > 30
+    args = ["--config", CONFIGS["modelzoo"], "--set", *ONE_LAYER["modelzoo"]]
+    assert convert.main(["--source", "modelzoo", whole, "--out", str(tmp_path / "a"), *args]) == 0
+    assert convert.main(["--source", "modelzoo", folder, "--strategy", strategy, "--out", str(tmp_path / "b"),
+                         *args]) == 0
+    a, _ = load_checkpoint(str(tmp_path / "a"))
+    b, _ = load_checkpoint(str(tmp_path / "b"))
+    assert set(a) == set(b)
+    fresh = {r["ours"] for r in json.loads((tmp_path / "a" / "load_report.json").read_text())["records"]
+             if r["action"] == "initialised" and "model's initialisation" in r["detail"]}
+    for name in set(a) - fresh:                # parameters with no counterpart are random in each run
+        np.testing.assert_array_equal(a[name].asnumpy(), b[name].asnumpy(), err_msg=name)
+    with pytest.raises(UserError, match="strategy file"):
+        convert.main(["--source", "modelzoo", folder, "--out", str(tmp_path / "c"), *args])
+
+
 def bert_chinese_layout_vocab(path, size=21128):
     """A vocabulary with BERT-Chinese's special ids ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103)."""
     names = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
@@ -446,6 +519,26 @@ def test_eval_caption_runs_a_converted_checkpoint_with_its_own_config(converted,
                             "--out", str(out), "--set", f"data.vocab={vocab}", "data.use_audio=false"]) == 0
     results = json.loads((out / "retrieval.json").read_text(encoding="utf-8"))
     assert "itm" in json.dumps(results)
+
+
+def test_inference_pipeline_captions_with_a_converted_checkpoint(tmp_path):
+    """src.inference.pipeline.Captioner takes the converted folder (its model_config.yaml: region features, text
+    length 30) and captions a region .npz with greedy decoding; its tokens are the converted decoder's."""
+    from src.inference.pipeline import Captioner
+    path = str(tmp_path / "original.ckpt")
+    write_original(random_original("modelzoo", seed=4), path, training_state=False)
+    out = str(tmp_path / "converted")
+    assert convert.main(["--source", "modelzoo", path, "--config", CONFIGS["modelzoo"], "--out", out,
+                         "--set", *ONE_LAYER["modelzoo"]]) == 0
+    vocab = bert_chinese_layout_vocab(tmp_path / "vocab.txt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", feat=rng.standard_normal((12, 2048)).astype(np.float32),
+             boxes=rng.random((12, 7)).astype(np.float32))
+    captioner = Captioner(out, overrides=[f"data.vocab={vocab}", "caption.strategy=greedy", "caption.max_len=4",
+                                          "caption.no_repeat_ngram=0"])
+    assert captioner.cfg.model.image.mode == "features" and captioner.cfg.model.text_decoder.max_len == 30
+    caption = captioner.caption(str(tmp_path / "a.npz"))
+    assert isinstance(caption, str)
 
 
 def test_a_modern_config_gets_a_loadable_warm_start_with_notes(tmp_path, capsys):
