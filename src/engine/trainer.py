@@ -43,7 +43,14 @@ class StepDropout(nn.Cell):
     (salt, training step, element index): a 32-bit integer hash (xor-shift-multiply rounds) of those, compared with
     keep_prob. MindSpore's own Dropout kernel keeps its generator state inside the kernel, where no checkpoint can reach
     it, so a resumed run would draw other masks; with this one a resumed run draws exactly the masks of the
-    uninterrupted run. The micro-batches of one step (train.grad_accumulation) share their masks."""
+    uninterrupted run. The micro-batches of one step (train.grad_accumulation) share their masks.
+
+    Written for memory: the backward is explicit (dx = dout * mask / keep_prob, from the returned 1-byte mask), the
+    step enters by xor and the scalings are multiplications. On CPU, MindSpore's kernels for a division by a scalar
+    or an addition of a 0-d tensor hold buffers of the tensor's size per layer: the first version (index * a + step,
+    two divisions, automatic backward) held about 1.4 GB per dropout over (8, 12, 375, 375) attention scores, and the
+    base model's training step with dropout ran out of 24 GB; this one holds about 0.1 GB
+    (docs/experiments/2026-12-07-train-step-memory.md)."""
 
     def __init__(self, keep_prob, salt, counter):
         super().__init__()
@@ -51,13 +58,16 @@ class StepDropout(nn.Cell):
 
     def construct(self, x):
         index = ops.arange(0, x.size, dtype=ms.int32).reshape(x.shape)
-        h = index * 747796405 + (self.counter * 1013904223 + self.salt)
+        h = ops.bitwise_xor(index * 747796405, self.counter * 1013904223 + self.salt)
         h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
         h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
         h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16))
-        uniform = ops.bitwise_and(h, 16777215).astype(ms.float32) / 16777216.0
+        uniform = ops.bitwise_and(h, 16777215).astype(ms.float32) * (1.0 / 16777216.0)
         mask = uniform < self.keep_prob
-        return x * mask.astype(x.dtype) / self.keep_prob, mask
+        return x * (mask.astype(x.dtype) * (1.0 / self.keep_prob)), mask
+
+    def bprop(self, x, out, dout):
+        return (dout[0] * (out[1].astype(dout[0].dtype) * (1.0 / self.keep_prob)),)
 
 
 def use_step_dropout(cells, seed, rank):

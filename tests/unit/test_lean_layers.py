@@ -164,3 +164,38 @@ def test_tanh_gelu_matches_the_published_formula_and_its_derivative():
     grad = ms.grad(Loss())(x_ms).asnumpy()
     expected = finite_difference(lambda z: (numpy_tanh_gelu(z) * weights).sum(), x)
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_step_dropout_draws_fresh_masks_per_step_and_salt_repeats_them_on_resume_and_routes_the_gradient():
+    """The trainer's StepDropout (src/engine/trainer.py): keeps about keep_prob of the elements, a function of (salt,
+    step, element) only, so another step or layer draws another mask and the same step draws the same one again
+    (exact resume); its written-out backward is dout * mask / keep_prob."""
+    from src.engine.trainer import StepDropout
+    counter = ms.Parameter(ms.Tensor(np.array(0, np.int32)), name="dropout_step", requires_grad=False)
+    keep = 0.9
+    first, other_layer = StepDropout(keep, 12345, counter), StepDropout(keep, 777, counter)
+    x = ms.Tensor(np.ones((4, 6, 50, 50), np.float32))
+    out, mask = (t.asnumpy() for t in first(x))
+    assert mask.dtype == np.bool_ and abs(mask.mean() - keep) < 0.01          # 60,000 draws: sd 0.0012
+    np.testing.assert_allclose(out, mask / keep, rtol=1e-6)
+    assert (other_layer(x)[1].asnumpy() != mask).mean() > 0.1
+    counter.set_data(ms.Tensor(np.array(1, np.int32)))
+    next_step = first(x)[1].asnumpy()
+    assert (next_step != mask).mean() > 0.1
+    counter.set_data(ms.Tensor(np.array(0, np.int32)))
+    np.testing.assert_array_equal(first(x)[1].asnumpy(), mask)             # the same step: the same mask
+    # neighbouring elements are not correlated (the hash mixes the index)
+    flat = mask.reshape(-1).astype(np.float64)
+    assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.02
+
+    class Loss(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.drop = first
+
+        def construct(self, x, w):
+            return (self.drop(x)[0] * w).sum()
+
+    w = ms.Tensor(np.random.default_rng(6).standard_normal(x.shape).astype(np.float32))
+    grad = ms.grad(Loss())(x, w).asnumpy()
+    np.testing.assert_allclose(grad, w.asnumpy() * mask / keep, rtol=1e-6)
