@@ -255,7 +255,7 @@ def run_phase(args):
     """Time one model phase (see the module docstring) on the batch in --batch_file."""
     from src.engine.optim import build_optimizer
     from src.engine.train_step import LossScale, TrainStep
-    from src.engine.trainer import use_step_dropout
+    from src.engine.trainer import apply_dropout_masks
     from src.models.opt import build_model
     from src.tasks.pretrain import build_task
 
@@ -264,7 +264,7 @@ def run_phase(args):
         batch = dict(saved)
     model = build_model(cfg.model)
     task = build_task(args.task, model, cfg.pretrain, has_audio="audio" in batch)
-    use_step_dropout([model, task], cfg.run.seed, 0)  # the dropout kernel the trainer runs
+    apply_dropout_masks(cfg, [model, task], 0)  # the dropout kernels the trainer runs (train.dropout_masks)
     task.set_train(True)
     inputs = [ms.Tensor(batch[n]) for n in task.input_names]
     optimizer = build_optimizer(model.trainable_params(), cfg.optim, 1000)

@@ -90,6 +90,19 @@ def use_step_dropout(cells, seed, rank):
     return counter if found else None
 
 
+DROPOUT_MASKS = ("step", "kernel")
+
+
+def apply_dropout_masks(cfg, cells, rank):
+    """Choose how the dropout layers of `cells` draw their masks (train.dropout_masks): `step` gives them StepDropout
+    kernels and returns the step counter the trainer sets before every step (None without dropout); `kernel` keeps
+    MindSpore's own Dropout kernel and returns None."""
+    choice = cfg.train.dropout_masks
+    if choice not in DROPOUT_MASKS:
+        raise UserError(f"train.dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, got {choice!r}")
+    return use_step_dropout(cells, cfg.run.seed, rank) if choice == "step" else None
+
+
 class TrainingState(nn.Cell):
     """Everything a checkpoint holds: model, optimizer state, loss-scale state (parameter names unchanged), without
     the Parameters the trainer sets from the step (HOST_SET)."""
@@ -241,7 +254,7 @@ class Trainer:
             raise UserError(f"train.batch_size {t.batch_size} is not divisible by train.grad_accumulation "
                             f"{t.grad_accumulation}")
         prepare_model(cfg, model)  # shard strategies and recompute of cfg.parallel, before the optimizer exists
-        self.dropout_step = use_step_dropout([model, *tasks.values()], cfg.run.seed, dist.rank)
+        self.dropout_step = apply_dropout_masks(cfg, [model, *tasks.values()], dist.rank)
         self.optimizer = build_optimizer(select_trainable(model.trainable_params(), t.freeze), cfg.optim, t.steps)
         self.loss_scale = LossScale(t.loss_scale, t.loss_scale_init, t.loss_scale_factor, t.loss_scale_window)
         self.steps = {}

@@ -176,6 +176,21 @@ def test_resume_is_exact_with_dropout(tmp_path):
     assert "dropout_step" not in resumed.state.tensors()
 
 
+def test_dropout_masks_kernel_keeps_mindspore_dropout_and_trains(tmp_path):
+    """train.dropout_masks=kernel: the trainer leaves MindSpore's Dropout kernel in place (no step counter) and trains;
+    an unknown value is refused naming the key."""
+    trainer = make_trainer(config(tmp_path / "k", "train.steps=2", "train.dropout_masks=kernel"), dropout=True)
+    assert trainer.dropout_step is None
+    assert isinstance(trainer.model.drop.dropout, ms.ops.Dropout)
+    trainer.run()
+    losses = [r["loss"] for r in strict_records(tmp_path / "k" / "out" / "metrics.jsonl")]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    stepped = make_trainer(config(tmp_path / "s", "train.steps=1"), dropout=True)
+    assert stepped.dropout_step is not None and not isinstance(stepped.model.drop.dropout, ms.ops.Dropout)
+    with pytest.raises(UserError, match="train.dropout_masks must be one of step, kernel"):
+        make_trainer(config(tmp_path / "x", "train.steps=1", "train.dropout_masks=native"), dropout=True)
+
+
 class RecordedStep:
     """A train step that records the learning-rate Parameter's value each time it runs."""
 
