@@ -105,15 +105,17 @@ class RecomputedAttention(nn.Cell):
     buffers of their own outside the memory pool, one set per layer: measured on 10 layers of 375 tokens at batch 8,
     271 MB per layer, where this cell needs 10 MB. Here the forward keeps only its inputs (q, k, v, the bias and the
     1-byte dropout mask) and the backward recomputes the probabilities from them (one more q k^T and softmax: under 3%
-    of a block's FLOPs) and forms the softmax gradient p * (dp - sum(dp * p)) from same-shape operations. Every
-    broadcast is explicit (broadcast_to), and the recomputation depends on the incoming gradient so that common
-    subexpression elimination cannot merge it with the forward's (which would keep the probabilities again).
-    Softmax runs in fp32 whatever the compute dtype; outputs equal the plain expression's exactly.
+    of a block's FLOPs) and forms the softmax gradient p * (dp - rowsum) from same-shape operations, where
+    rowsum = sum_j dp_ij p_ij equals dout_i . out_i (FlashAttention's identity, with dropout too), a reduction over the
+    head width instead of over the keys. Every broadcast is explicit (broadcast_to), and the recomputation depends on
+    the incoming gradient so that common subexpression elimination cannot merge it with the forward's (which would
+    keep the probabilities again). `biased=False` takes no bias (the argument is ignored). Softmax runs in fp32
+    whatever the compute dtype; outputs equal the plain expression's exactly.
     """
 
-    def __init__(self, scale, keep_prob=1.0):
+    def __init__(self, scale, keep_prob=1.0, biased=True):
         super().__init__()
-        self.scale, self.keep_prob = float(scale), float(keep_prob)
+        self.scale, self.keep_prob, self.biased = float(scale), float(keep_prob), bool(biased)
         self.drop = self.keep_prob < 1.0
         self.scores = ops.BatchMatMul(transpose_b=True)       # q k^T
         self.context = ops.BatchMatMul()                      # p v
@@ -125,7 +127,9 @@ class RecomputedAttention(nn.Cell):
 
     def probs(self, q, k, bias):
         scores = ops.cast(self.scores(q, k) * self.scale, ms.float32)
-        return self.softmax(scores + ops.broadcast_to(bias, scores.shape))
+        if self.biased:
+            scores = scores + ops.broadcast_to(bias, scores.shape)
+        return self.softmax(scores)
 
     def dropped(self, x, keep):
         return x * (ops.cast(keep, x.dtype) * (1.0 / self.keep_prob))
@@ -143,7 +147,8 @@ class RecomputedAttention(nn.Cell):
         dp = ops.cast(self.grad_of_p(dout, v), ms.float32)
         if self.drop:
             dp = self.dropped(dp, keep)
-        row = ops.broadcast_to(ops.sum(dp * p, -1, keepdim=True), dp.shape)
+        row = ops.sum(ops.cast(dout, ms.float32) * ops.cast(out, ms.float32), -1, keepdim=True)
+        row = ops.broadcast_to(row, dp.shape)
         ds = ops.cast(p * (dp - row) * self.scale, q.dtype)
         return self.grad_of_q(ds, k), self.grad_of_k(ds, q), dv, ops.zeros_like(bias), ops.zeros_like(keep)
 
@@ -173,6 +178,8 @@ class Attention(nn.Cell):
         self.recompute_scores = True
         self.core = RecomputedAttention(self.scale)
         self.dropped_core = RecomputedAttention(self.scale, 1.0 - dropout) if dropout > 0 else None
+        self.unbiased_core = RecomputedAttention(self.scale, biased=False)
+        self.unbiased_dropped_core = RecomputedAttention(self.scale, 1.0 - dropout, False) if dropout > 0 else None
         self.no_bias = ms.Tensor(np.zeros((1, 1, 1, 1), np.float32))
         self.no_mask = ms.Tensor(np.ones((1, 1, 1, 1), np.bool_))
         # primitives (not ops.matmul) so tensor parallelism can shard them and no explicit transpose is needed
@@ -196,12 +203,16 @@ class Attention(nn.Cell):
                 scores = scores + bias
             probs = ops.cast(ops.softmax(scores, -1), v.dtype)
             return self.out(self.merge_heads(self.context_matmul(self.dropout(probs), v)))
-        if bias is None:
-            bias = self.no_bias
         if self.dropout_p > 0 and self.dropout.training:
             # the dropout layer's own kernel draws the mask (StepDropout's in training runs); only the mask is used
             _, keep = self.dropout.dropout(ops.zeros((q.shape[0], q.shape[1], q.shape[2], k.shape[2]), ms.float32))
-            context = self.dropped_core(q, k, v, bias, ops.cast(keep, ms.bool_))
+            keep = ops.cast(keep, ms.bool_)
+            if bias is None:
+                context = self.unbiased_dropped_core(q, k, v, self.no_bias, keep)
+            else:
+                context = self.dropped_core(q, k, v, bias, keep)
+        elif bias is None:
+            context = self.unbiased_core(q, k, v, self.no_bias, self.no_mask)
         else:
             context = self.core(q, k, v, bias, self.no_mask)
         return self.out(self.merge_heads(context))

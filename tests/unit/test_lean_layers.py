@@ -59,7 +59,7 @@ def test_output_and_gradients_match_numpy(bias_kind, dropout):
     else:
         bias = np.zeros((1, 1, 1, 1))
     keep = rng.random((B, H, L, S)) < KEEP if dropout else None
-    core = RecomputedAttention(SCALE, KEEP if dropout else 1.0)
+    core = RecomputedAttention(SCALE, KEEP if dropout else 1.0, biased=bias_kind != "none")
     keep_ms = ms.Tensor(keep if dropout else np.ones((1, 1, 1, 1), np.bool_))
     as_ms = [ms.Tensor(x.astype(np.float32)) for x in (q, k, v, bias)]
 
