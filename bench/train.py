@@ -194,7 +194,7 @@ def run(args):
                 f"({results['peak_rss_gb'] / need['total']:.2f}x)", rows, ["phase", "ms", "peak_rss_gb"])
     print_table("Analytic need of the train step (GB; src.engine.parallel.estimate_memory, fp32, one device; "
                 "target: a peak within 1.2x the need + 1 GB of runtime)",
-                [{**need, "target": 1.2 * need["total"] + 1.0}],
+                [need],
                 ["weights", "gradients", "optimizer", "activations", "total", "target", "cpu_estimate"],
                 floatfmt=".2f")
     return results
@@ -306,7 +306,8 @@ def analytic_need_gb(model, cfg, task, batch_size, accumulation):
     need, cpu = estimate("ascend"), estimate("cpu")   # ascend's device terms are zero: the physical need
     parts = {"weights": need.weights, "gradients": need.grads, "optimizer": need.optimizer,
              "activations": need.activations}
-    return {**{k: v / 1e9 for k, v in parts.items()}, "total": need.total(False) / 1e9,
+    total = need.total(False) / 1e9
+    return {**{k: v / 1e9 for k, v in parts.items()}, "total": total, "target": 1.2 * total + 1.0,
             "cpu_estimate": cpu.total(False) / 1e9}
 
 
