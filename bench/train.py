@@ -254,6 +254,7 @@ def run_phase_process(args, phase, batch_file, tmp):
 def run_phase(args):
     """Time one model phase (see the module docstring) on the batch in --batch_file."""
     from src.engine.optim import build_optimizer
+    from src.engine.parallel import prepare_model
     from src.engine.train_step import LossScale, TrainStep
     from src.engine.trainer import apply_dropout_masks
     from src.models.opt import build_model
@@ -265,6 +266,7 @@ def run_phase(args):
     model = build_model(cfg.model)
     task = build_task(args.task, model, cfg.pretrain, has_audio="audio" in batch)
     apply_dropout_masks(cfg, [model, task], 0)  # the dropout kernels the trainer runs (train.dropout_masks)
+    prepare_model(cfg, model)  # parallel.recompute marks every transformer block for recompute, as in the trainer
     task.set_train(True)
     inputs = [ms.Tensor(batch[n]) for n in task.input_names]
     optimizer = build_optimizer(model.trainable_params(), cfg.optim, 1000)
@@ -304,11 +306,12 @@ def analytic_need_gb(model, cfg, task, batch_size, accumulation):
         return estimate_memory(sharded, replicated, stacks, 1, 1, batch_size, accumulation, dtype="fp32",
                                device=device, clip=cfg.train.clip_norm > 0)
     need, cpu = estimate("ascend"), estimate("cpu")   # ascend's device terms are zero: the physical need
+    recompute = bool(cfg.parallel.recompute)   # the stacks then keep each block's input and one block's activations
     parts = {"weights": need.weights, "gradients": need.grads, "optimizer": need.optimizer,
-             "activations": need.activations}
-    total = need.total(False) / 1e9
+             "activations": need.activations_recompute if recompute else need.activations}
+    total = need.total(recompute) / 1e9
     return {**{k: v / 1e9 for k, v in parts.items()}, "total": total, "target": 1.2 * total + 1.0,
-            "cpu_estimate": cpu.total(False) / 1e9}
+            "cpu_estimate": cpu.total(recompute) / 1e9}
 
 
 class _GradOnly(nn.Cell):

@@ -112,9 +112,10 @@ def apply_strategies(model, strategies):
         if primitive is None:
             raise ValueError(f"strategy for '{path}', but the model has no such primitive")
         primitive.shard(strategy)
-        if name in _ATTENTION_MATMULS:
-            # sharded attention runs through these primitives, not the memory-lean RecomputedAttention
-            cells[cell_path].recompute_scores = False
+        if hasattr(cells[cell_path], "lean_backward"):
+            # a sharded cell runs through these primitives, not its hand-written backward (Attention's
+            # RecomputedAttention, Dense's BiasAdd)
+            cells[cell_path].lean_backward = False
     return len(strategies)
 
 

@@ -1,5 +1,5 @@
 """The layers with hand-written backward passes (src/models/layers.py): RecomputedAttention, the attention core whose
-backward recomputes the probabilities instead of keeping them, and TanhGELU. Outputs and gradients are checked against
+backward recomputes the probabilities instead of keeping them, TanhGELU, and Dense's BiasAdd. Outputs and gradients are checked against
 NumPy in float64 (the forward written from the published definition, the gradients by central finite differences, so
 the oracle shares no derivation with the cells' bprop), and Attention through the core against the plain autodiff
 path it replaces."""
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src.models.layers import (Attention, EncoderBlock, RecomputedAttention, TanhGELU, activation_cell, causal_bias,
-                               padding_bias)
+from src.models.layers import (Attention, Dense, EncoderBlock, RecomputedAttention, TanhGELU, activation_cell,
+                               causal_bias, padding_bias)
 
 B, H, L, S, D = 2, 2, 3, 4, 4   # batch, heads, queries, keys, head width
 SCALE = 0.5
@@ -77,12 +77,15 @@ def test_output_and_gradients_match_numpy(bias_kind, dropout):
         np.testing.assert_allclose(grad.asnumpy(), expected, rtol=1e-4, atol=1e-5)
 
 
-def _block_gradients(recompute, x, mask):
+def _block_gradients(lean, x, mask):
     ms.set_seed(0)
     block = EncoderBlock(16, 2, 32)
-    for cell in block.cells():
-        if isinstance(cell, Attention):
-            cell.recompute_scores = recompute
+    switched = 0
+    for _, cell in block.cells_and_names():
+        if hasattr(cell, "lean_backward"):
+            cell.lean_backward = lean
+            switched += 1
+    assert switched == 1 + 4 + 2   # the attention and its four Dense layers, the feed-forward's two
 
     class Loss(nn.Cell):
         def __init__(self):
@@ -98,8 +101,9 @@ def _block_gradients(recompute, x, mask):
     return loss.asnumpy(), [g.asnumpy() for g in grads]
 
 
-def test_attention_through_the_recomputed_core_equals_the_plain_path():
-    """Same output exactly, same parameter gradients to float tolerance, in a pre-LN block with padding."""
+def test_block_through_the_hand_written_backwards_equals_the_plain_path():
+    """Attention through RecomputedAttention and Dense through BiasAdd against the primitives they replace: same output
+    exactly, same parameter gradients to float tolerance, in a pre-LN block with padding."""
     rng = np.random.default_rng(1)
     x = ms.Tensor(rng.standard_normal((2, 5, 16)).astype(np.float32))
     mask = ms.Tensor(np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.float32))
@@ -118,7 +122,7 @@ def test_attention_dropout_in_training_uses_the_dropout_layers_mask(pynative):
     x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 4, 8)).astype(np.float32))
     attn.set_train(False)
     lean = attn(x).asnumpy()
-    attn.recompute_scores = False
+    attn.lean_backward = False
     np.testing.assert_array_equal(attn(x).asnumpy(), lean)
 
     drawn = []
@@ -134,7 +138,7 @@ def test_attention_dropout_in_training_uses_the_dropout_layers_mask(pynative):
     attn.dropout.dropout = Kernel()
     attn.set_train(True)
     plain = attn(x).asnumpy()
-    attn.recompute_scores = True
+    attn.lean_backward = True
     np.testing.assert_allclose(attn(x).asnumpy(), plain, rtol=1e-6, atol=1e-7)
     assert drawn == [(2, 2, 4, 4), (2, 2, 4, 4)]
     assert np.abs(plain - lean).max() > 1e-3   # the mask did drop something
@@ -199,3 +203,32 @@ def test_step_dropout_draws_fresh_masks_per_step_and_salt_repeats_them_on_resume
     w = ms.Tensor(np.random.default_rng(6).standard_normal(x.shape).astype(np.float32))
     grad = ms.grad(Loss())(x, w).asnumpy()
     np.testing.assert_allclose(grad, w.asnumpy() * mask / keep, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (2, 4, 3)])
+def test_dense_bias_gradient_is_the_row_sum(shape):
+    """Dense's output is x W^T + b and its gradients are dout^T x, dout W and the sum of dout over every row (NumPy in
+    float64), for 2-D and 3-D inputs; it keeps nn.Dense's parameter names."""
+    rng = np.random.default_rng(4)
+    layer = Dense(3, 2)
+    assert [p.name for p in layer.get_parameters()] == ["weight", "bias"]
+    w, b = layer.weight.asnumpy().astype(np.float64), rng.standard_normal(2)
+    layer.bias.set_data(ms.Tensor(b.astype(np.float32)))
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal(shape[:-1] + (2,))
+
+    class Loss(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.layer, self.dout = layer, ms.Tensor(dout.astype(np.float32))
+
+        def construct(self, x):
+            return (self.layer(x) * self.dout).sum()
+
+    x_ms = ms.Tensor(x.astype(np.float32))
+    np.testing.assert_allclose(layer(x_ms).asnumpy(), x @ w.T + b, rtol=1e-5, atol=1e-6)
+    dx, (dw, db) = ms.value_and_grad(Loss(), 0, layer.trainable_params())(x_ms)[1]
+    rows, drows = x.reshape(-1, 3), dout.reshape(-1, 2)
+    np.testing.assert_allclose(db.asnumpy(), drows.sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dw.asnumpy(), drows.T @ rows, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx.asnumpy(), dout @ w, rtol=1e-5, atol=1e-6)

@@ -97,9 +97,9 @@ def test_attention_and_logits_primitives_are_sharded_when_present():
     assert s["score_matmul"] == s["context_matmul"] == ((3, 2, 1, 1), (3, 2, 1, 1))
     assert strategy_problems(s) == []
     # sharded attention runs through those primitives, not the memory-lean RecomputedAttention
-    assert attn.recompute_scores
+    assert attn.lean_backward
     apply_strategies(attn, s)
-    assert not attn.recompute_scores
+    assert not attn.lean_backward
 
     class Tied(nn.Cell):
         def __init__(self):
