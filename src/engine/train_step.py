@@ -7,7 +7,8 @@ step over the same k*B samples (to float tolerance) while holding the activation
 
 Loss scaling works on every backend: a step overflows when the global norm of the unscaled gradients is not finite
 (an inf or NaN in any gradient makes it inf or NaN; the Ascend-only float-status ops are not used), so the norm that
-clipping needs is the only full pass over the gradients before the update. On overflow the update is skipped and the
+clipping needs is the only full pass over the gradients before the update. Unscaling (1 / (scale * k)) and clipping
+multiply the gradients once, together: a second pass would hold a second set of gradient-sized buffers. On overflow the update is skipped and the
 scale is divided by `factor`; after `window` finite steps it is multiplied by `factor`. The scale and its counter are
 Parameters, so they are saved in checkpoints and restored on resume. With loss scaling off and no accumulation the
 gradients are used as they come (no multiply by 1).
@@ -128,15 +129,20 @@ class TrainStep(nn.Cell):
                 part_loss, part_grads = self.grad_fn(*part)
                 loss = loss + part_loss
                 grads = self.hyper_map(_add, grads, part_grads)
-        if self.rescale:
-            loss = loss / (scale * self.accumulation)
-            grads = self.hyper_map(ops.partial(_scale_grad, 1.0 / (scale * self.accumulation)), grads)
         grads = self.reducer(grads)
+        # the norm of the gradients as they came; unscaled (1 / (scale * k)) and clipped in one pass below
         grad_norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads)))
+        inverse = 1.0 / (scale * self.accumulation)
+        if self.rescale:
+            loss, grad_norm = loss * inverse, grad_norm * inverse
         finite = ops.isfinite(grad_norm)
         if self.clip_norm > 0:
-            grads = self.hyper_map(ops.partial(_scale_grad, self.clip_norm / ops.maximum(grad_norm, self.clip_norm)),
-                                   grads)
+            factor = self.clip_norm / ops.maximum(grad_norm, self.clip_norm)
+            if self.rescale:
+                factor = factor * inverse
+            grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
+        elif self.rescale:
+            grads = self.hyper_map(ops.partial(_scale_grad, inverse), grads)
         self.loss_scale.update(finite)
         if finite:
             self.optimizer(grads)
