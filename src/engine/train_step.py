@@ -8,7 +8,7 @@ step over the same k*B samples (to float tolerance) while holding the activation
 Loss scaling works on every backend: a step overflows when the global norm of the unscaled gradients is not finite
 (an inf or NaN in any gradient makes it inf or NaN; the Ascend-only float-status ops are not used), so the norm that
 clipping needs is the only full pass over the gradients before the update. Unscaling (1 / (scale * k)) and clipping
-multiply the gradients once, together: a second pass would hold a second set of gradient-sized buffers. On overflow the update is skipped and the
+then multiply the gradients once, together. On overflow the update is skipped and the
 scale is divided by `factor`; after `window` finite steps it is multiplied by `factor`. The scale and its counter are
 Parameters, so they are saved in checkpoints and restored on resume. With loss scaling off and no accumulation the
 gradients are used as they come (no multiply by 1).

@@ -333,6 +333,12 @@ def activation_cell(name):
     raise ValueError(f"unknown activation {name!r}; use one of {ACTIVATIONS}")
 
 
+def residual_dropout(p):
+    """The dropout of one residual branch (identity at p = 0). Each call site has its own: the trainer's StepDropout
+    draws its mask from (layer, step), so one layer called twice in a step would drop the same elements twice."""
+    return nn.Dropout(p=p) if p > 0 else nn.Identity()
+
+
 class FeedForward(nn.Cell):
     def __init__(self, width, ffn, dropout=0.0, init_range=0.02, activation="gelu"):
         super().__init__()
@@ -357,14 +363,15 @@ class EncoderBlock(nn.Cell):
         self.attn = Attention(width, heads, attention_dropout, init_range)
         self.ln2 = layer_norm(width, eps)
         self.ffn = FeedForward(width, ffn, dropout, init_range, activation)
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        # one dropout layer per residual branch: StepDropout draws one mask per layer and step
+        self.attn_dropout, self.ffn_dropout = (residual_dropout(dropout) for _ in range(2))
 
     def construct(self, x, bias=None):
         if self.post_ln:
-            x = self.ln1(x + self.dropout(self.attn(x, bias)))
-            return self.ln2(x + self.dropout(self.ffn(x)))
-        x = x + self.dropout(self.attn(self.ln1(x), bias))
-        return x + self.dropout(self.ffn(self.ln2(x)))
+            x = self.ln1(x + self.attn_dropout(self.attn(x, bias)))
+            return self.ln2(x + self.ffn_dropout(self.ffn(x)))
+        x = x + self.attn_dropout(self.attn(self.ln1(x), bias))
+        return x + self.ffn_dropout(self.ffn(self.ln2(x)))
 
 
 class EncoderStack(nn.Cell):
@@ -398,12 +405,13 @@ class DecoderBlock(nn.Cell):
         self.cross_attn = Attention(width, heads, attention_dropout, init_range)
         self.ln3 = layer_norm(width, eps)
         self.ffn = FeedForward(width, ffn, dropout, init_range, activation)
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.self_attn_dropout, self.cross_attn_dropout, self.ffn_dropout = (residual_dropout(dropout)
+                                                                               for _ in range(3))
 
     def construct(self, x, self_bias, memory, memory_bias):
-        x = x + self.dropout(self.self_attn(self.ln1(x), self_bias))
-        x = x + self.dropout(self.cross_attn(self.ln2(x), memory_bias, memory))
-        return x + self.dropout(self.ffn(self.ln3(x)))
+        x = x + self.self_attn_dropout(self.self_attn(self.ln1(x), self_bias))
+        x = x + self.cross_attn_dropout(self.cross_attn(self.ln2(x), memory_bias, memory))
+        return x + self.ffn_dropout(self.ffn(self.ln3(x)))
 
     def step(self, x, k_cache, v_cache, k_mem, v_mem, position_onehot, self_bias, memory_bias):
         h, k_cache, v_cache = self.self_attn.step(self.ln1(x), k_cache, v_cache, position_onehot, self_bias)

@@ -232,3 +232,18 @@ def test_dense_bias_gradient_is_the_row_sum(shape):
     np.testing.assert_allclose(db.asnumpy(), drows.sum(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dw.asnumpy(), drows.T @ rows, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dx.asnumpy(), dout @ w, rtol=1e-5, atol=1e-6)
+
+
+def test_every_dropout_call_site_of_a_block_has_its_own_step_dropout():
+    """StepDropout draws one mask per (layer, step), so a dropout layer called twice in a forward pass would drop the
+    same elements of both residual branches. Each call site of the encoder and decoder blocks (attention
+    probabilities, each residual branch, the feed-forward's inner activation) has its own layer and salt."""
+    from src.engine.trainer import StepDropout, use_step_dropout
+    from src.models.layers import DecoderBlock
+
+    for block, sites in ((EncoderBlock(8, 2, 16, dropout=0.1, attention_dropout=0.1), 4),
+                         (DecoderBlock(8, 2, 16, dropout=0.1, attention_dropout=0.1), 6)):
+        assert use_step_dropout([block], seed=1, rank=0) is not None
+        kernels = [cell for _, cell in block.cells_and_names() if isinstance(cell, StepDropout)]
+        assert len(kernels) == sites
+        assert len({kernel.salt for kernel in kernels}) == sites
