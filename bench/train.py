@@ -5,9 +5,9 @@ pipeline batch from generated demo data, split into phases, and reports steps/s,
 train-step process) and achieved GFLOP/s as a fraction of the machine's fp32 matmul throughput measured in the same
 run (2048^3 MatMul in a graph Cell, sampled before and after the phases; the higher sample is the roof, so a moment
 of contention from other processes does not shrink it). The peak memory of the train step stands next to its analytic
-need, by the parallel planner's CPU formula (CPU runtime + parameters + gradients + AdamW moments + the larger of the
-activations the task's stacks keep for backward, times the CPU activation factor, with the decoder logits, and the
-gradient copy of clipping; docs/parallel.md "Device terms"), so the gap shows in every run.
+need by the parallel planner's formula (parameters + gradients + AdamW moments + the activations the task's stacks keep
+for backward, as parallel.recompute leaves them), with the 1.2 x need + 1 GB target and the planner's CPU estimate
+(docs/parallel.md "Device terms"), so the gap shows in every run.
 
 Phases:
 - data: ms per batch of the task's pipeline over `--data_batches` batches after two warm-up ones, with short queues
@@ -295,16 +295,17 @@ TASK_DECODER = {"td": "text decoder", "id": "image decoder"}
 def analytic_need_gb(model, cfg, task, batch_size, accumulation):
     """What one fp32 training step holds, by the parallel planner's formula (src.engine.parallel.estimate_memory at
     dp = mp = 1): the physical need (weights, gradients, AdamW moments and the activations the task's stacks keep for
-    backward, as on a device with no terms of its own) and the planner's CPU estimate (the CPU runtime, the activation
-    factor and the gradient copy clipping made, measured before the memory work of 2026-12-07; docs/parallel.md)."""
-    from src.engine.parallel import estimate_memory, split_parameter_counts, token_counts, transformer_stacks
+    backward, as on a device with no terms of its own) and the planner's CPU estimate (the CPU runtime, activation
+    factor, logit and dropout-mask terms; docs/parallel.md "Device terms")."""
+    from src.engine.parallel import (dropout_setting, estimate_memory, split_parameter_counts, token_counts,
+                                     transformer_stacks)
     stacks = [s for s in transformer_stacks(cfg.model, *token_counts(cfg.model))
               if s.group in ("encoders", TASK_DECODER.get(task))]
     sharded, replicated = split_parameter_counts(model, {})
 
     def estimate(device):
         return estimate_memory(sharded, replicated, stacks, 1, 1, batch_size, accumulation, dtype="fp32",
-                               device=device, clip=cfg.train.clip_norm > 0)
+                               device=device, dropout=dropout_setting(cfg))
     need, cpu = estimate("ascend"), estimate("cpu")   # ascend's device terms are zero: the physical need
     recompute = bool(cfg.parallel.recompute)   # the stacks then keep each block's input and one block's activations
     parts = {"weights": need.weights, "gradients": need.grads, "optimizer": need.optimizer,

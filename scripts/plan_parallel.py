@@ -6,7 +6,7 @@
 
 `--model` takes a model config or a run config (its `model:` section is planned; batch size, accumulation, dtype,
 optimizer and parallel flags default to the config's values). `--device` picks the device terms of the memory model
-(runtime, activation factor, gradient copies of clipping; default ascend: the presets' target, not run.device, whose
+(runtime, activation factor, logits, dropout masks, whether recompute frees memory; default ascend: the presets' target, not run.device, whose
 default is CPU). 1 GB = 2^30 bytes. The formulas are in
 docs/parallel.md. Exit code 0 with a recommendation, 1 when no split fits, 2 on a usage error.
 """
@@ -18,8 +18,8 @@ if __package__ in (None, ""):  # run as a script: make the repository's `src` im
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.config import load_config  # noqa: E402
-from src.engine.parallel import (DEVICES, ELEMENT_BYTES, GB, OPTIMIZER_STATE_BYTES, model_strategies,  # noqa: E402
-                                 plan_candidates, recommend, split_parameter_counts, token_counts)
+from src.engine.parallel import (DEVICES, ELEMENT_BYTES, GB, OPTIMIZER_STATE_BYTES, dropout_setting,  # noqa: E402
+                                 model_strategies, plan_candidates, recommend, split_parameter_counts, token_counts)
 from src.errors import UserError  # noqa: E402
 from src.models.summary import build_unallocated  # noqa: E402
 
@@ -49,7 +49,8 @@ def parse_args(argv):
                         help="text vocabulary size when the config says model.text.vocab_size: 0")
     parser.add_argument("--device", choices=DEVICES, default="ascend",
                         help="device kind whose measured or assumed terms apply (default ascend; cpu adds the "
-                             "runtime, activation factor and clipping copy measured on CPU, see docs/parallel.md)")
+                             "runtime, activation factor, logit and dropout-mask terms measured on CPU, where recompute frees "
+                             "nothing; see docs/parallel.md)")
     parser.add_argument("--margin", type=float, default=0.1, help="memory kept free, as a fraction (default 0.1)")
     return parser.parse_args(argv)
 
@@ -64,7 +65,7 @@ def settings(args, cfg):
         "optimizer_shard": cfg.parallel.optimizer_shard if args.optimizer_shard is None
         else args.optimizer_shard,
         "vocab_dp": cfg.parallel.vocab_dp if args.vocab_dp is None else args.vocab_dp,
-        "clip": cfg.train.clip_norm > 0,
+        "dropout": dropout_setting(cfg),
     }
     if args.devices < 1 or args.device_memory_gb <= 0 or not 0 <= args.margin < 1:
         raise UserError("--devices must be >= 1, --device_memory_gb > 0 and --margin in [0, 1)")
@@ -76,7 +77,7 @@ def settings(args, cfg):
 
 
 def format_table(candidates, limit):
-    head = (f"{'dp':>4} {'mp':>4} {'params/dev':>11} {'runtime':>8} {'weights':>8} {'grads':>7} {'clip':>6} "
+    head = (f"{'dp':>4} {'mp':>4} {'params/dev':>11} {'runtime':>8} {'weights':>8} {'grads':>7} "
             f"{'optim':>7} {'act':>7} {'act(rc)':>8} {'total':>7} {'total(rc)':>9}  fits")
     lines = [head, "-" * len(head)]
     for c in candidates:
@@ -88,7 +89,7 @@ def format_table(candidates, limit):
         else:
             fits = "with recompute" if m.total(True) <= limit else "no"
         lines.append(f"{c.dp:>4} {c.mp:>4} {m.params / 1e6:>10.1f}M {m.runtime / GB:>8.2f} {m.weights / GB:>8.2f} "
-                     f"{m.grads / GB:>7.2f} {m.grad_copies / GB:>6.2f} "
+                     f"{m.grads / GB:>7.2f} "
                      f"{m.optimizer / GB:>7.2f} {m.activations / GB:>7.2f} {m.activations_recompute / GB:>8.2f} "
                      f"{m.total(False) / GB:>7.2f} {m.total(True) / GB:>9.2f}  {fits}")
     return "\n".join(lines)
@@ -109,7 +110,8 @@ def report(cfg, args, pick, candidates, seq, sharded_total):
         f"(global {pick['batch_size'] * args.devices}); tokens: text {seq[0]}, image {seq[1]}, audio {seq[2]} "
         f"(cross-modal {sum(seq)})",
         "memory per device in GB; act = activations, rc = full recompute of every transformer block, "
-        "runtime = framework and compiled graphs, clip = the gradient copy of clipping (device terms)",
+        "runtime = framework and compiled graphs (device terms; act includes the device's logit and dropout-mask "
+        "terms)",
         "",
         format_table(candidates, limit),
         "",
@@ -140,7 +142,7 @@ def main(argv=None):
         return 2
     candidates = plan_candidates(model, cfg.model, args.devices, pick["batch_size"], pick["grad_accumulation"], seq,
                                  pick["dtype"], pick["optimizer"], pick["optimizer_shard"], pick["vocab_dp"],
-                                 args.device, pick["clip"], args.vocab_size)
+                                 args.device, pick["dropout"], args.vocab_size)
     # which parameters tensor parallelism splits does not depend on the split's size: count them at mp=2
     sharded_total = split_parameter_counts(model, model_strategies(model, 1, 2, pick["vocab_dp"]))
     text, found = report(cfg, args, pick, candidates, seq, sharded_total)

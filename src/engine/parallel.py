@@ -439,40 +439,64 @@ class DeviceTerms:
 
     runtime: bytes of framework, runtime and compiled graphs, whatever the batch;
     activation_factor: activations the device's graph keeps for backward, as a multiple of the Korthikanti count;
-    gradient_copies: extra fp32 copies of all gradients the train step holds at its peak when it clips them;
-    logit_copies: fp32 tensors of a decoder's logits size (logits, softmax, their gradients) kept per step.
+    logit_copies: fp32 tensors of a decoder's logits size (logits, softmax, their gradients) kept per step;
+    step_mask_bytes, kernel_mask_bytes: bytes per element that a dropout layer masks, by how the masks are drawn
+        (train.dropout_masks: the trainer's StepDropout or the framework's kernel), beyond the 1-byte mask
+        Korthikanti counts;
+    recompute_frees: whether recomputing the blocks (parallel.recompute) lowers the peak at all.
     """
 
     runtime: float
     activation_factor: float
-    gradient_copies: float
     logit_copies: float
+    step_mask_bytes: float
+    kernel_mask_bytes: float
+    recompute_frees: bool
+
+    def mask_bytes(self, masks):
+        per_kind = {"step": self.step_mask_bytes, "kernel": self.kernel_mask_bytes}
+        if masks not in per_kind:
+            raise UserError(f"train.dropout_masks must be one of {', '.join(per_kind)}, got {masks!r}")
+        return per_kind[masks]
 
 
-# CPU: fitted to the peak RSS of train steps measured on the 2-core test machine (MindSpore 2.10, graph mode, fp32;
-# docs/parallel.md, "Planner against measured peak memory"): the small model's MLM step at batch 1, 4, 16 and the base
-# model's at batch 1, 2. runtime is the intercept of peak RSS over the batch less the parameter states (0.92 GiB
-# small, 0.69 GiB base); activation_factor is the per-sample slope of peak RSS over the formula's per-sample
-# activations (3.0 small, 3.75 base); the pair is the minimax fit over the five runs (every one within 4%).
-# gradient_copies: global-norm clipping materialises the clipped gradients next to the originals (+1.4 GB on base,
-# issue #28), after the backward pass has freed the activations, so it counts as max(activations, copy).
-# logit_copies: the small model's TD step grows by 20 MB per sample more than 3.4x its blocks' activations, six fp32
-# copies of its 40 x 21128 logits (batch 4 and 16). Base TD at batch 1, not fitted: planned 2.9% under measured.
-# Ascend and GPU: assumed 0 / 1 / 0 / 0 (device memory excludes the host runtime, fused kernels keep what Korthikanti
-# counts, memory reuse frees each gradient as it is clipped, logits are left to the margin); not yet measured.
+# CPU: fitted on 2026-12-07 to the peak RSS of train steps on the 2-core test machine (MindSpore 2.10, graph mode,
+# fp32; docs/parallel.md, "Planner against measured peak memory"). Without dropout: small MLM at batch 1, 4, 16, small
+# TD at 4, 16, base MLM at 1, 2, 4; runtime and activation_factor are the minimax pair over the MLM runs (-8% .. +6%),
+# logit_copies the TD runs' excess over them. step_mask_bytes / kernel_mask_bytes: base MLM at batch 4 with dropout
+# 0.1 peaks 11.1 / 0.7 GB above the same step without, over 238 M masked elements. recompute_frees: parallel.recompute
+# on base at batch 4 lowered MindSpore's pool peak by 0.65 GB and raised peak RSS by 0.3 GB (the recomputed kernels'
+# own buffers), 29% slower.
+# Ascend and GPU: assumed 0 / 1 / 0 / 0 / 0 / recompute frees (device memory excludes the host runtime, fused kernels
+# keep what Korthikanti counts, logits are left to the margin); not yet measured.
 DEVICE_TERMS = {
-    "cpu": DeviceTerms(runtime=0.85 * GB, activation_factor=3.4, gradient_copies=1.0, logit_copies=6.0),
-    "ascend": DeviceTerms(runtime=0.0, activation_factor=1.0, gradient_copies=0.0, logit_copies=0.0),
-    "gpu": DeviceTerms(runtime=0.0, activation_factor=1.0, gradient_copies=0.0, logit_copies=0.0),
+    "cpu": DeviceTerms(runtime=0.95 * GB, activation_factor=1.5, logit_copies=11.0,
+                       step_mask_bytes=46.0, kernel_mask_bytes=3.0, recompute_frees=False),
+    "ascend": DeviceTerms(runtime=0.0, activation_factor=1.0, logit_copies=0.0, step_mask_bytes=0.0,
+                          kernel_mask_bytes=0.0, recompute_frees=True),
+    "gpu": DeviceTerms(runtime=0.0, activation_factor=1.0, logit_copies=0.0, step_mask_bytes=0.0,
+                       kernel_mask_bytes=0.0, recompute_frees=True),
 }
+
+
+def dropout_elements(stacks, batch, mp, hidden=True, attention=True):
+    """Elements the dropout layers of `stacks`' blocks mask in one step at `batch` samples per replica: with
+    `attention`, the attention probabilities (heads x queries x keys, and x memory keys in a decoder's
+    cross-attention; split by mp); with `hidden`, the feed-forward's inner activation (split by mp) and each residual
+    branch (two per encoder block, three per decoder block)."""
+    total = 0
+    for s in stacks:
+        probs = s.heads * s.seq * (s.seq + s.memory) / mp
+        residual = (3 if s.memory else 2) * s.seq * s.width + s.seq * s.ffn / mp
+        total += s.layers * batch * ((probs if attention else 0) + (residual if hidden else 0))
+    return total
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes per device of one dp x mp split. `activations` are what the device keeps (the Korthikanti count times
-    the device's activation factor); `runtime` and `grad_copies` are the device terms (DeviceTerms). The copies of
-    the gradients that clipping makes live after the backward pass has freed the activations, so the peak holds the
-    larger of the two."""
+    the device's activation factor, plus its dropout-mask and logit terms); `runtime` is the device's (DeviceTerms).
+    """
 
     dp: int
     mp: int
@@ -483,23 +507,23 @@ class MemoryEstimate:
     activations: float
     activations_recompute: float
     runtime: float = 0.0
-    grad_copies: float = 0.0
 
     def total(self, recompute):
-        return self.runtime + self.weights + self.grads + self.optimizer + max(
-            self.activations_recompute if recompute else self.activations, self.grad_copies)
+        return (self.runtime + self.weights + self.grads + self.optimizer
+                + (self.activations_recompute if recompute else self.activations))
 
 
 def estimate_memory(sharded, replicated, stacks, dp, mp, batch_size, grad_accumulation=1, dtype="fp16",
-                    optimizer="adamw", optimizer_shard=False, device="ascend", clip=True):
+                    optimizer="adamw", optimizer_shard=False, device="ascend", dropout=None):
     """Per-device bytes: weights (fp32 master + a compute-dtype copy when it is not fp32), fp32 gradients (twice with
     accumulation: the running sum and the current micro-batch), optimizer state and activations of one micro-batch
     (`batch_size / grad_accumulation` per device, times mp per replica), plus the terms of `device` (DEVICE_TERMS:
-    runtime, activation factor, logits, and with `clip` (train.clip_norm > 0) the copies of the gradients clipping
-    makes).
+    runtime, activation factor, logits, dropout masks; on a device where recompute frees nothing, the recompute
+    figures equal the others).
 
-    Optimizer state is divided by dp only in semi-auto mode (mp > 1): in MindSpore's DATA_PARALLEL mode
-    `enable_parallel_optimizer` splits the update work, but every rank still holds the full AdamW moments."""
+    `dropout` is None (no dropout) or (masks, hidden, attention) from `dropout_setting`. Optimizer state is divided by
+    dp only in semi-auto mode (mp > 1): in MindSpore's DATA_PARALLEL mode `enable_parallel_optimizer` splits the
+    update work, but every rank still holds the full AdamW moments."""
     if device not in DEVICE_TERMS:
         raise ValueError(f"device must be one of {', '.join(DEVICE_TERMS)}, got {device!r}")
     terms = DEVICE_TERMS[device]
@@ -507,17 +531,26 @@ def estimate_memory(sharded, replicated, stacks, dp, mp, batch_size, grad_accumu
     params = sharded / mp + replicated
     micro_batch = batch_size // grad_accumulation * mp
     # the larger decoder's logits (a step trains at most one decoder), fp32 in the loss
-    logits = terms.logit_copies * 4 * micro_batch * max((s.seq * s.vocab for s in stacks if s.vocab), default=0)
+    extra = terms.logit_copies * 4 * micro_batch * max((s.seq * s.vocab for s in stacks if s.vocab), default=0)
+    if dropout is not None:
+        masks, hidden, attention = dropout
+        extra += terms.mask_bytes(masks) * dropout_elements(stacks, micro_batch, mp, hidden, attention)
+    activations = terms.activation_factor * activation_bytes(stacks, micro_batch, mp, e, recompute=False) + extra
+    recomputed = (terms.activation_factor * activation_bytes(stacks, micro_batch, mp, e, recompute=True) + extra
+                  if terms.recompute_frees else activations)
     return MemoryEstimate(
         dp=dp, mp=mp, params=params,
         weights=params * (4 + (e if e < 4 else 0)),
         grads=params * 4 * (2 if grad_accumulation > 1 else 1),
         optimizer=params * OPTIMIZER_STATE_BYTES[optimizer] / (dp if optimizer_shard and mp > 1 else 1),
-        activations=terms.activation_factor * activation_bytes(stacks, micro_batch, mp, e, recompute=False) + logits,
-        activations_recompute=(terms.activation_factor * activation_bytes(stacks, micro_batch, mp, e, recompute=True)
-                               + logits),
-        runtime=terms.runtime,
-        grad_copies=params * 4 * terms.gradient_copies if clip else 0.0)
+        activations=activations, activations_recompute=recomputed, runtime=terms.runtime)
+
+
+def dropout_setting(cfg):
+    """What `estimate_memory` needs to know of a run config's dropout: None without any, else (train.dropout_masks,
+    hidden dropout on, attention dropout on)."""
+    hidden, attention = cfg.model.dropout > 0, cfg.model.attention_dropout > 0
+    return (cfg.train.dropout_masks, hidden, attention) if hidden or attention else None
 
 
 @dataclass(frozen=True)
@@ -529,7 +562,7 @@ class Candidate:
 
 
 def plan_candidates(model, model_cfg, devices, batch_size, grad_accumulation=1, seq=None, dtype="fp16",
-                    optimizer="adamw", optimizer_shard=False, vocab_dp=True, device="ascend", clip=True,
+                    optimizer="adamw", optimizer_shard=False, vocab_dp=True, device="ascend", dropout=None,
                     vocab_size=None):
     """One Candidate per dp x mp = devices (mp ascending), with its problems and memory estimate."""
     stacks = transformer_stacks(model_cfg, *(seq or token_counts(model_cfg)), vocab_size=vocab_size)
@@ -541,7 +574,7 @@ def plan_candidates(model, model_cfg, devices, batch_size, grad_accumulation=1, 
         problems += strategy_problems(strategies)
         sharded, replicated = split_parameter_counts(model, strategies)
         memory = estimate_memory(sharded, replicated, stacks, dp, mp, batch_size, grad_accumulation, dtype,
-                                 optimizer, optimizer_shard, device, clip)
+                                 optimizer, optimizer_shard, device, dropout)
         candidates.append(Candidate(dp, mp, tuple(problems), memory))
     return candidates
 

@@ -5,9 +5,11 @@ import pytest
 
 from scripts.plan_parallel import main
 from src.config import load_config
-from src.engine.parallel import (DEVICE_TERMS, GB, Candidate, MemoryEstimate, Stack, activation_bytes, estimate_memory,
-                                 layer_activation_bytes, model_strategies, plan_candidates, recommend,
-                                 split_parameter_counts, stack_activation_bytes, token_counts, transformer_stacks)
+from src.engine.parallel import (DEVICE_TERMS, GB, Candidate, MemoryEstimate, Stack, activation_bytes,
+                                 dropout_elements, dropout_setting, estimate_memory, layer_activation_bytes,
+                                 model_strategies, plan_candidates, recommend, split_parameter_counts,
+                                 stack_activation_bytes, token_counts, transformer_stacks)
+from src.errors import UserError
 from src.models.summary import build_unallocated
 from tests.helpers import ROOT
 
@@ -113,7 +115,7 @@ def test_estimate_memory_by_hand():
     data = estimate_memory(1000, 200, [BLOCK], dp=8, mp=1, batch_size=2, optimizer="adamw", optimizer_shard=True)
     assert data.optimizer == 1200 * 8
     # Ascend (the default) adds nothing to the core formula
-    assert (m.runtime, m.grad_copies) == (0, 0)
+    assert m.runtime == 0
 
 
 def test_cpu_terms_by_hand():
@@ -123,16 +125,45 @@ def test_cpu_terms_by_hand():
     terms = DEVICE_TERMS["cpu"]
     assert cpu.runtime == terms.runtime and ascend.runtime == 0
     assert (cpu.weights, cpu.grads, cpu.optimizer) == (ascend.weights, ascend.grads, ascend.optimizer)
-    assert cpu.grad_copies == 1200 * 4 * terms.gradient_copies and ascend.grad_copies == 0
-    # CPU: the kept activations times the activation factor, plus six fp32 copies of the 10 x 50 logits per sample
+    # CPU: the kept activations times the activation factor, plus fp32 copies of the 10 x 50 logits per sample
     assert cpu.activations == pytest.approx(terms.activation_factor * ascend.activations
                                             + terms.logit_copies * 4 * 2 * 10 * 50)
-    # the clipping copy comes after backward has freed the activations: the peak holds the larger
-    assert cpu.total(False) == cpu.runtime + 1200 * 16 + max(cpu.activations, cpu.grad_copies)
-    no_clip = estimate_memory(1000, 200, [BLOCK], 1, 1, 2, dtype="fp32", device="cpu", clip=False)
-    assert no_clip.grad_copies == 0
+    assert cpu.total(False) == cpu.runtime + 1200 * 16 + cpu.activations
+    # recompute frees nothing on CPU (measured), so the planner never offers it there; on Ascend it does
+    assert cpu.activations_recompute == cpu.activations and ascend.activations_recompute < ascend.activations
     with pytest.raises(ValueError, match="device must be one of"):
         estimate_memory(1000, 200, [BLOCK], 1, 1, 2, device="tpu")
+
+
+def test_dropout_elements_and_mask_terms_by_hand():
+    """Masked elements per block: heads x queries x (keys + memory keys) of attention probabilities, the feed-forward's
+    inner activation and two (encoder) or three (decoder) residual branches; the device's bytes per element by
+    train.dropout_masks."""
+    enc = Stack("enc", "encoders", layers=2, seq=3, width=4, heads=2, ffn=8)
+    dec = Stack("dec", "text decoder", layers=1, seq=3, width=4, heads=2, ffn=8, memory=5)
+    # enc: 2 * 3 * 3 = 18 probabilities + 2 * 3 * 4 + 3 * 8 = 48 hidden, per block and sample; dec: 2 * 3 * 8 = 48 + 60
+    assert dropout_elements([enc], batch=1, mp=1) == 2 * (18 + 48)
+    assert dropout_elements([enc, dec], batch=3, mp=1) == 3 * (2 * (18 + 48) + 48 + 60)
+    assert dropout_elements([enc], 1, 1, hidden=False) == 2 * 18
+    assert dropout_elements([enc], 1, 1, attention=False) == 2 * 48
+    assert dropout_elements([enc], batch=1, mp=2) == 2 * (9 + 24 + 12)   # heads and the inner activation split
+    terms = DEVICE_TERMS["cpu"]
+    plain = estimate_memory(1000, 200, [enc], 1, 1, 4, dtype="fp32", device="cpu")
+    for masks, per_element in (("step", terms.step_mask_bytes), ("kernel", terms.kernel_mask_bytes)):
+        dropped = estimate_memory(1000, 200, [enc], 1, 1, 4, dtype="fp32", device="cpu", dropout=(masks, True, True))
+        assert dropped.activations - plain.activations == pytest.approx(per_element * 4 * 2 * (18 + 48))
+    assert terms.step_mask_bytes > terms.kernel_mask_bytes > 0
+    ascend = estimate_memory(1000, 200, [enc], 1, 1, 4, dtype="fp32", dropout=("step", True, True))
+    assert ascend.activations == estimate_memory(1000, 200, [enc], 1, 1, 4, dtype="fp32").activations
+    with pytest.raises(UserError, match="train.dropout_masks must be one of step, kernel"):
+        estimate_memory(1000, 200, [enc], 1, 1, 4, device="cpu", dropout=("philox", True, False))
+
+
+def test_dropout_setting_reads_the_run_config():
+    cfg = load_config(TINY)
+    assert dropout_setting(cfg.with_updates({"model.dropout": 0.0, "model.attention_dropout": 0.0})) is None
+    assert dropout_setting(cfg.with_updates({"model.dropout": 0.1, "model.attention_dropout": 0.0,
+                                             "train.dropout_masks": "kernel"})) == ("kernel", True, False)
 
 
 def _candidate(dp, mp, total, total_recompute, problems=()):
