@@ -96,10 +96,12 @@ def test_attention_and_logits_primitives_are_sharded_when_present():
     s = model_strategies(attn, 3, 2)
     assert s["score_matmul"] == s["context_matmul"] == ((3, 2, 1, 1), (3, 2, 1, 1))
     assert strategy_problems(s) == []
-    # sharded attention runs through those primitives, not the memory-lean RecomputedAttention
-    assert attn.lean_backward
+    # sharded attention runs through those primitives, not the memory-lean RecomputedAttention, and its sharded
+    # Dense layers through nn.Dense's bias_add primitive, not BiasAdd
+    dense_layers = (attn.query, attn.key, attn.value, attn.out)
+    assert attn.lean_backward and all(d.lean_backward for d in dense_layers)
     apply_strategies(attn, s)
-    assert not attn.lean_backward
+    assert not attn.lean_backward and not any(d.lean_backward for d in dense_layers)
 
     class Tied(nn.Cell):
         def __init__(self):
