@@ -6,8 +6,8 @@
 
 `--model` takes a model config or a run config (its `model:` section is planned; batch size, accumulation, dtype,
 optimizer and parallel flags default to the config's values). `--device` picks the device terms of the memory model
-(runtime, activation factor, logits, dropout masks, whether recompute frees memory; default ascend: the presets' target, not run.device, whose
-default is CPU). 1 GB = 2^30 bytes. The formulas are in
+(runtime, activation factor, logits, dropout masks, whether recompute frees memory; default ascend: the presets'
+target, not run.device, whose default is CPU). 1 GB = 2^30 bytes. The formulas are in
 docs/parallel.md. Exit code 0 with a recommendation, 1 when no split fits, 2 on a usage error.
 """
 import argparse
@@ -49,8 +49,8 @@ def parse_args(argv):
                         help="text vocabulary size when the config says model.text.vocab_size: 0")
     parser.add_argument("--device", choices=DEVICES, default="ascend",
                         help="device kind whose measured or assumed terms apply (default ascend; cpu adds the "
-                             "runtime, activation factor, logit and dropout-mask terms measured on CPU, where recompute frees "
-                             "nothing; see docs/parallel.md)")
+                             "runtime, activation factor, logit and dropout-mask terms measured on CPU, where "
+                             "recompute frees nothing; see docs/parallel.md)")
     parser.add_argument("--margin", type=float, default=0.1, help="memory kept free, as a fraction (default 0.1)")
     return parser.parse_args(argv)
 

@@ -1,8 +1,8 @@
 """The layers with hand-written backward passes (src/models/layers.py): RecomputedAttention, the attention core whose
-backward recomputes the probabilities instead of keeping them, TanhGELU, and Dense's BiasAdd. Outputs and gradients are checked against
-NumPy in float64 (the forward written from the published definition, the gradients by central finite differences, so
-the oracle shares no derivation with the cells' bprop), and Attention through the core against the plain autodiff
-path it replaces."""
+backward recomputes the probabilities instead of keeping them, TanhGELU, and Dense's BiasAdd. Outputs and gradients
+are checked against NumPy in float64 (the forward written from the published definition, the gradients by central
+finite differences, so the oracle shares no derivation with the cells' bprop), and Attention through the core against
+the plain autodiff path it replaces."""
 import mindspore as ms
 import numpy as np
 import pytest
