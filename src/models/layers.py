@@ -22,7 +22,7 @@ def dense(n_in, n_out, init_range=0.02, has_bias=True):
 
 class BiasAdd(nn.Cell):
     """x (N, C) + bias (C) whose backward sums the gradient over the rows as one matmul with a row of ones. On CPU,
-    MindSpore's BiasAddGrad kernel made a 768 -> 3072 Dense layer's training step 25% slower than the same layer
+    MindSpore's BiasAddGrad kernel made a 768 -> 3072 Dense layer's training step 31% slower than the same layer
     without a bias (at 6000 rows: 849 against 648 ms; with this backward 707 ms). A ReduceSum over the rows was as
     fast there but 20% slower than nn.Dense on 768 -> 768 layers, where the matmul is 16% faster
     (docs/experiments/2026-12-07-bias-gradient-recompute-dropout.md)."""
