@@ -35,6 +35,18 @@ def finite_difference(f, x, eps=1e-6):
     return grad
 
 
+class _WeightedSum(nn.Cell):
+    """sum(cell(x) * weights): its gradient with respect to x and the cell's parameters is the cell's backward applied
+    to `weights`."""
+
+    def __init__(self, cell, weights):
+        super().__init__()
+        self.cell, self.weights = cell, ms.Tensor(weights.astype(np.float32))
+
+    def construct(self, x):
+        return (self.cell(x) * self.weights).sum()
+
+
 class _Loss(nn.Cell):
     """sum(core(q, k, v, bias, keep) * weights): its gradient with respect to q, k, v is the cell's bprop."""
 
@@ -156,16 +168,7 @@ def test_tanh_gelu_matches_the_published_formula_and_its_derivative():
     assert isinstance(activation_cell("gelu"), TanhGELU)
     x_ms = ms.Tensor(x.astype(np.float32))
     np.testing.assert_allclose(gelu(x_ms).asnumpy(), numpy_tanh_gelu(x), rtol=1e-5, atol=1e-6)
-
-    class Loss(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.gelu, self.weights = gelu, ms.Tensor(weights.astype(np.float32))
-
-        def construct(self, x):
-            return (self.gelu(x) * self.weights).sum()
-
-    grad = ms.grad(Loss())(x_ms).asnumpy()
+    grad = ms.grad(_WeightedSum(gelu, weights))(x_ms).asnumpy()
     expected = finite_difference(lambda z: (numpy_tanh_gelu(z) * weights).sum(), x)
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
 
@@ -216,18 +219,9 @@ def test_dense_bias_gradient_is_the_row_sum(shape):
     layer.bias.set_data(ms.Tensor(b.astype(np.float32)))
     x = rng.standard_normal(shape)
     dout = rng.standard_normal(shape[:-1] + (2,))
-
-    class Loss(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.layer, self.dout = layer, ms.Tensor(dout.astype(np.float32))
-
-        def construct(self, x):
-            return (self.layer(x) * self.dout).sum()
-
     x_ms = ms.Tensor(x.astype(np.float32))
     np.testing.assert_allclose(layer(x_ms).asnumpy(), x @ w.T + b, rtol=1e-5, atol=1e-6)
-    dx, (dw, db) = ms.value_and_grad(Loss(), 0, layer.trainable_params())(x_ms)[1]
+    dx, (dw, db) = ms.value_and_grad(_WeightedSum(layer, dout), 0, layer.trainable_params())(x_ms)[1]
     rows, drows = x.reshape(-1, 3), dout.reshape(-1, 2)
     np.testing.assert_allclose(db.asnumpy(), drows.sum(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dw.asnumpy(), drows.T @ rows, rtol=1e-5, atol=1e-6)
