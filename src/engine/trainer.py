@@ -51,7 +51,7 @@ class StepDropout(nn.Cell):
     two divisions, automatic backward) held about 1.4 GB per dropout over (8, 12, 375, 375) attention scores, and the
     base model's training step with dropout ran out of 24 GB; this one holds about 0.54 GB (base, batch 4: 20.7 GB
     in all; docs/experiments/2026-12-07-train-step-memory.md). One layer called twice in a step would draw the same
-    mask twice: each call site of the model's blocks has its own dropout layer (src.models.layers.residual_dropout)."""
+    mask twice: each call site of the model's blocks has its own dropout layer (src.models.layers.dropout_layer)."""
 
     def __init__(self, keep_prob, salt, counter):
         super().__init__()

@@ -25,7 +25,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from .encoders import positions
-from .layers import (DecoderBlock, EncoderStack, TiedProjection, causal_bias, dense, embedding,
+from .layers import (DecoderBlock, EncoderStack, TiedProjection, causal_bias, dense, dropout_layer, embedding,
                      grid_position_embedding, layer_norm, padding_bias, sinusoid_table)
 
 
@@ -56,7 +56,7 @@ class Decoder(nn.Cell):
         else:
             self.position_embeddings = (grid_position_embedding(grid, c.hidden, leading=0, rows=c.max_len) if grid
                                         else embedding(c.max_len, c.hidden, init))
-        self.dropout = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+        self.dropout = dropout_layer(drop)
         self.blocks = nn.CellList([DecoderBlock(c.hidden, c.heads, c.ffn, drop, attn_drop, cfg.layer_norm_eps, init,
                                                 c.activation) for _ in range(c.layers)])
         self.final_norm = layer_norm(c.hidden, cfg.layer_norm_eps) if c.final_norm else nn.Identity()

@@ -6,7 +6,8 @@ import numpy as np
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from .layers import EncoderStack, activation_cell, dense, embedding, grid_position_embedding, layer_norm
+from .layers import (EncoderStack, activation_cell, dense, dropout_layer, embedding, grid_position_embedding,
+                     layer_norm)
 
 
 def positions(length):
@@ -36,7 +37,7 @@ class TextEncoder(nn.Cell):
         if self.use_types:
             self.token_type_embeddings = embedding(c.type_vocab_size, c.hidden, cfg.initializer_range)
         self.layer_norm = layer_norm(c.hidden, eps)
-        self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(cfg.dropout)
         self.encoder = EncoderStack(c.hidden, c.layers, c.heads, c.ffn, cfg.dropout, cfg.attention_dropout,
                                     eps, cfg.initializer_range, final_norm=not c.post_ln, post_ln=c.post_ln,
                                     activation=c.activation)
@@ -142,7 +143,7 @@ class ImageEncoder(nn.Cell):
         self.position_grid = self.grid if c.mode == "pixels" and c.position_init == "sincos" else None
         self.position_embeddings = (grid_position_embedding(self.position_grid, c.hidden) if self.position_grid else
                                     embedding(self.num_tokens + 1, c.hidden, init))
-        self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(cfg.dropout)
         self.pre_norm = layer_norm(c.hidden, eps) if c.pre_norm else nn.Identity()
         self.encoder = EncoderStack(c.hidden, c.layers, c.heads, c.ffn, cfg.dropout, cfg.attention_dropout,
                                     eps, init, activation=c.activation)
@@ -222,7 +223,7 @@ class AudioEncoder(nn.Cell):
         self.mask_token = Parameter(initializer(Normal(init), (1, 1, c.hidden)), name="mask_token")
         self.position_embeddings = embedding(self.num_tokens, c.hidden, init)
         self.layer_norm = layer_norm(c.hidden, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(p=cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(cfg.dropout)
         self.encoder = EncoderStack(c.hidden, c.layers, c.heads, c.ffn, cfg.dropout, cfg.attention_dropout,
                                     cfg.layer_norm_eps, init)
         self.width = c.hidden

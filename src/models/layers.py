@@ -59,6 +59,12 @@ class Dense(nn.Dense):
         return x
 
 
+def dropout_layer(p):
+    """nn.Dropout(p), or the identity at p = 0. Give every call site a layer of its own: the trainer's StepDropout
+    draws its mask from (layer, step), so one layer called twice in a step would drop the same elements twice."""
+    return nn.Dropout(p=p) if p > 0 else nn.Identity()
+
+
 def embedding(n_rows, width, init_range=0.02):
     return nn.Embedding(n_rows, width, embedding_table=Normal(init_range))
 
@@ -210,7 +216,7 @@ class Attention(nn.Cell):
         self.key = dense(kv_width, width, init_range)
         self.value = dense(kv_width, width, init_range)
         self.out = dense(width, width, init_range)
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(dropout)
         self.dropout_p = float(dropout)
         # the memory-lean path (see RecomputedAttention); the sharding of tensor parallelism turns it off, since it
         # shards the two primitives below
@@ -334,19 +340,13 @@ def activation_cell(name):
     raise ValueError(f"unknown activation {name!r}; use one of {ACTIVATIONS}")
 
 
-def residual_dropout(p):
-    """The dropout of one residual branch (identity at p = 0). Each call site has its own: the trainer's StepDropout
-    draws its mask from (layer, step), so one layer called twice in a step would drop the same elements twice."""
-    return nn.Dropout(p=p) if p > 0 else nn.Identity()
-
-
 class FeedForward(nn.Cell):
     def __init__(self, width, ffn, dropout=0.0, init_range=0.02, activation="gelu"):
         super().__init__()
         self.fc1 = dense(width, ffn, init_range)
         self.act = activation_cell(activation)
         self.fc2 = dense(ffn, width, init_range)
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(dropout)
 
     def construct(self, x):
         return self.fc2(self.dropout(self.act(self.fc1(x))))
@@ -365,7 +365,7 @@ class EncoderBlock(nn.Cell):
         self.ln2 = layer_norm(width, eps)
         self.ffn = FeedForward(width, ffn, dropout, init_range, activation)
         # one dropout layer per residual branch: StepDropout draws one mask per layer and step
-        self.attn_dropout, self.ffn_dropout = (residual_dropout(dropout) for _ in range(2))
+        self.attn_dropout, self.ffn_dropout = (dropout_layer(dropout) for _ in range(2))
 
     def construct(self, x, bias=None):
         if self.post_ln:
@@ -406,8 +406,7 @@ class DecoderBlock(nn.Cell):
         self.cross_attn = Attention(width, heads, attention_dropout, init_range)
         self.ln3 = layer_norm(width, eps)
         self.ffn = FeedForward(width, ffn, dropout, init_range, activation)
-        self.self_attn_dropout, self.cross_attn_dropout, self.ffn_dropout = (residual_dropout(dropout)
-                                                                               for _ in range(3))
+        self.self_attn_dropout, self.cross_attn_dropout, self.ffn_dropout = (dropout_layer(dropout) for _ in range(3))
 
     def construct(self, x, self_bias, memory, memory_bias):
         x = x + self.self_attn_dropout(self.self_attn(self.ln1(x), self_bias))

@@ -19,7 +19,7 @@ from src.data.labels import (IMAGE_TOKEN_OFFSET, ITM_AUDIO_SWAPPED, ITM_BOTH_DIF
 from .decoder import Decoder
 from .encoders import AudioEncoder, ImageEncoder, TextEncoder, positions
 from .heads import ContrastiveHead, MatchingHead, MLMHead, RegressionHead
-from .layers import EncoderStack, dense, embedding, grid_position_embedding, layer_norm
+from .layers import EncoderStack, dense, dropout_layer, embedding, grid_position_embedding, layer_norm
 
 # Which modality pairs belong together under each three-modal matching class: (text-image, text-audio, image-audio),
 # +1 together, -1 not (the matching head's fixed `pattern`; see src.data.masking.itm_batch for the classes).
@@ -54,7 +54,7 @@ class ModalityEmbedding(nn.Cell):
                                     embedding(length, width, init_range))
         self.type_embedding = Parameter(initializer(Normal(init_range), (1, 1, width)), name="type_embedding")
         self.layer_norm = layer_norm(width, eps)
-        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(dropout)
 
     def construct(self, x):
         if self.project:
