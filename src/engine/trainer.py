@@ -38,33 +38,60 @@ DROPOUT_STEP = "dropout_step"   # the step counter the dropout masks are drawn f
 HOST_SET = (DROPOUT_STEP, LR_PARAM)  # Parameters the trainer sets before every step: never saved, ignored on load
 
 
+def _mix32(h):
+    """Three xor-shift-multiply rounds over int32 (wrapping): a 32-bit integer hash of each element."""
+    h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
+    h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
+    return ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16))
+
+
 class StepDropout(nn.Cell):
     """Drop-in for the kernel of an `nn.Dropout` (returns (output, mask)) whose mask is a pure function of
-    (salt, training step, element index): a 32-bit integer hash (xor-shift-multiply rounds) of those, compared with
-    keep_prob. MindSpore's own Dropout kernel keeps its generator state inside the kernel, where no checkpoint can reach
-    it, so a resumed run would draw other masks; with this one a resumed run draws exactly the masks of the
-    uninterrupted run. The micro-batches of one step (train.grad_accumulation) share their masks.
+    (salt, training step, element index). MindSpore's own Dropout kernel keeps its generator state inside the kernel,
+    where no checkpoint can reach it, so a resumed run would draw other masks; with this one a resumed run draws
+    exactly the masks of the uninterrupted run. The micro-batches of one step (train.grad_accumulation) share their
+    masks.
 
-    Written for memory: the backward is explicit (dx = dout * mask / keep_prob, from the returned 1-byte mask), the
-    step enters by xor and the scalings are multiplications. On CPU, MindSpore's kernels for a division by a scalar
-    or an addition of a 0-d tensor hold buffers of the tensor's size per layer: the first version (index * a + step,
-    two divisions, automatic backward) held about 1.4 GB per dropout over (8, 12, 375, 375) attention scores, and the
-    base model's training step with dropout ran out of 24 GB; this one holds about 0.54 GB (base, batch 4: 20.7 GB
-    in all; docs/experiments/2026-12-07-train-step-memory.md). One layer called twice in a step would draw the same
-    mask twice: each call site of the model's blocks has its own dropout layer (src.models.layers.dropout_layer)."""
+    The mask (`draw_mask`): view the tensor as rows by its last axis. Every row r and every column c gets an odd
+    32-bit key, an integer hash of (salt, step, r) and of (salt, step, c) over those short vectors; element (r, c) is
+    kept when the wrapped product key_r * key_c, read as a signed int32, is below keep_prob * 2^32 - 2^31. The product
+    of two independent uniform odd keys is uniform, and the top bits of k * u for a fixed odd k are unrelated to those
+    of u, so rows, columns and steps draw independent-looking masks (tests/unit/test_lean_layers.py checks the pair
+    statistics against the binomial).
+    Written for memory: on CPU every full-size integer addition or multiplication holds buffers of several times
+    the tensor's size per layer (bitwise operations and comparisons do not; docs/experiments/
+    2026-12-07-step-dropout-masks.md). A hash of every element held 40 bytes per masked element; here the one
+    full-size product is an int32 outer-product MatMul, (rows, 1) x (1, columns), which wraps like the elementwise
+    product and holds what the mask needs, about 5 bytes per element. On other devices the product is the
+    elementwise one (their MatMul kernels are not meant for int32); the masks are the same. The backward is explicit
+    (dx = dout * mask / keep_prob, from the returned 1-byte mask). One layer called twice in a step would draw the
+    same mask twice: each call site of the model's blocks has its own dropout layer
+    (src.models.layers.dropout_layer)."""
 
     def __init__(self, keep_prob, salt, counter):
         super().__init__()
         self.keep_prob, self.salt, self.counter = float(keep_prob), int(salt), counter
+        self.threshold = int(round(self.keep_prob * 2.0 ** 32)) - 2 ** 31
+        self.outer_product_by_matmul = ms.get_context("device_target") == "CPU"
+
+    def draw_mask(self, shape):
+        """The bool keep-mask of this layer and step for a tensor of `shape`."""
+        width = shape[-1]
+        rows = 1
+        for size in shape[:-1]:
+            rows *= size
+        key = self.counter * 1013904223 + self.salt
+        row_keys = _mix32(ops.bitwise_xor(ops.arange(0, rows, dtype=ms.int32) * 747796405, key))
+        column_keys = _mix32(ops.bitwise_xor(ops.arange(0, width, dtype=ms.int32) * 277803737, key * 69069 + 12345))
+        row_keys, column_keys = ops.bitwise_or(row_keys, 1), ops.bitwise_or(column_keys, 1)
+        if self.outer_product_by_matmul:
+            product = ops.matmul(row_keys.reshape(rows, 1), column_keys.reshape(1, width)).reshape(shape)
+        else:
+            product = row_keys.reshape(tuple(shape[:-1]) + (1,)) * column_keys
+        return product < self.threshold
 
     def construct(self, x):
-        index = ops.arange(0, x.size, dtype=ms.int32).reshape(x.shape)
-        h = ops.bitwise_xor(index * 747796405, self.counter * 1013904223 + self.salt)
-        h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
-        h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
-        h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16))
-        uniform = ops.bitwise_and(h, 16777215).astype(ms.float32) * (1.0 / 16777216.0)
-        mask = uniform < self.keep_prob
+        mask = self.draw_mask(x.shape)
         return x * (mask.astype(x.dtype) * (1.0 / self.keep_prob)), mask
 
     def bprop(self, x, out, dout):

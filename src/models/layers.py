@@ -249,9 +249,14 @@ class Attention(nn.Cell):
             probs = ops.cast(ops.softmax(scores, -1), v.dtype)
             return self.out(self.merge_heads(self.context_matmul(self.dropout(probs), v)))
         if self.dropout_p > 0 and self.dropout.training:
-            # the dropout layer's own kernel draws the mask (StepDropout's in training runs); only the mask is used
-            _, keep = self.dropout.dropout(ops.zeros((q.shape[0], q.shape[1], q.shape[2], k.shape[2]), ms.float32))
-            keep = ops.cast(keep, ms.bool_)
+            # the dropout layer's own kernel draws the mask; only the mask is used, so a kernel that can draw one
+            # alone (the trainer's StepDropout) is asked for just that
+            shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+            kernel = self.dropout.dropout
+            if hasattr(kernel, "draw_mask"):
+                keep = kernel.draw_mask(shape)
+            else:
+                keep = ops.cast(kernel(ops.zeros(shape, ms.float32))[1], ms.bool_)
             if bias is None:
                 context = self.unbiased_dropped_core(q, k, v, self.no_bias, keep)
             else:

@@ -208,6 +208,52 @@ def test_step_dropout_draws_fresh_masks_per_step_and_salt_repeats_them_on_resume
     np.testing.assert_allclose(grad, w.asnumpy() * mask / keep, rtol=1e-6)
 
 
+def test_step_dropout_pairs_of_rows_and_columns_drop_together_as_independent_draws_would():
+    """The mask is built from one key per row and one per column (their wrapped product, by the CPU's int32 MatMul or
+    elementwise elsewhere, the same mask), so the risk is rows (or columns) that drop in step with each other. Over
+    600 rows x 400 columns at keep 0.8: the share of columns where two rows both drop has the mean p^2 and the spread
+    of a binomial over 400 draws (p = 0.2), over all 179,700 row pairs; the same holds for column pairs; the overall
+    keep rate is within 4 standard deviations."""
+    from src.engine.trainer import StepDropout
+    counter = ms.Parameter(ms.Tensor(np.array(5, np.int32)), name="dropout_step", requires_grad=False)
+    keep, rows, columns = 0.8, 600, 400
+    drop = 1.0 - StepDropout(keep, 4242, counter).draw_mask((2, 300, columns)).asnumpy().reshape(rows, columns)
+    elementwise = StepDropout(keep, 4242, counter)   # the product other devices use: the same mask
+    elementwise.outer_product_by_matmul = False
+    np.testing.assert_array_equal(1.0 - elementwise.draw_mask((2, 300, columns)).asnumpy().reshape(rows, columns),
+                                  drop)
+    assert abs(drop.mean() - (1 - keep)) < 4 * np.sqrt(keep * (1 - keep) / drop.size)
+    p2 = (1 - keep) ** 2
+    for m in (drop, drop.T):
+        n = m.shape[1]
+        both = (m @ m.T / n)[np.triu_indices(m.shape[0], 1)]
+        binomial_sd = np.sqrt(p2 * (1 - p2) / n)
+        assert abs(both.mean() - p2) < 0.05 * p2
+        assert abs(both.std() / binomial_sd - 1) < 0.05
+
+
+def test_attention_takes_step_dropouts_mask_alone_in_graph_mode_and_drops_what_the_plain_path_drops():
+    """In a training graph, Attention asks the trainer's StepDropout for the mask alone (draw_mask) instead of running
+    it over a tensor of zeros; the lean path then drops exactly what the plain path (StepDropout over the
+    probabilities) drops, and another step drops something else."""
+    from src.engine.trainer import use_step_dropout
+    x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 4, 8)).astype(np.float32))
+    lean, plain = Attention(8, 2, dropout=0.5), Attention(8, 2, dropout=0.5)
+    plain.lean_backward = False   # set before the first call: a compiled graph keeps the attributes it was built with
+    for name, param in plain.parameters_and_names():
+        param.set_data(lean.parameters_dict()[name].value())
+    counters = [use_step_dropout([attn], seed=3, rank=0) for attn in (lean, plain)]
+    outputs = []
+    for attn in (lean, plain):
+        attn.set_train(True)
+        outputs.append(attn(x).asnumpy())
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-7)
+    counters[0].set_data(ms.Tensor(np.array(1, np.int32)))
+    assert np.abs(lean(x).asnumpy() - outputs[0]).max() > 1e-3
+    lean.set_train(False)
+    assert np.abs(lean(x).asnumpy() - outputs[0]).max() > 1e-3
+
+
 @pytest.mark.parametrize("shape", [(5, 3), (2, 4, 3)])
 def test_dense_bias_gradient_is_the_row_sum(shape):
     """Dense's output is x W^T + b and its gradients are dout^T x, dout W and the sum of dout over every row (NumPy in
