@@ -71,7 +71,7 @@ class StepDropout(nn.Cell):
     def __init__(self, keep_prob, salt, counter):
         super().__init__()
         self.keep_prob, self.salt, self.counter = float(keep_prob), int(salt), counter
-        self.threshold = int(round(self.keep_prob * 2.0 ** 32)) - 2 ** 31
+        self.threshold = min(int(round(self.keep_prob * 2.0 ** 32)) - 2 ** 31, 2 ** 31 - 1)   # an int32
         self.outer_product_by_matmul = ms.get_context("device_target") == "CPU"
 
     def draw_mask(self, shape):
