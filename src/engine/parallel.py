@@ -433,6 +433,16 @@ def split_parameter_counts(model, strategies):
     return sharded, sum(p.size for p in model.get_parameters()) - sharded
 
 
+DROPOUT_MASKS = ("step", "kernel")   # train.dropout_masks: the trainer's StepDropout or MindSpore's Dropout kernel
+
+
+def check_dropout_masks(choice):
+    """`choice` if it names a way to draw dropout masks (DROPOUT_MASKS), else a UserError naming the key."""
+    if choice not in DROPOUT_MASKS:
+        raise UserError(f"train.dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, got {choice!r}")
+    return choice
+
+
 @dataclass(frozen=True)
 class DeviceTerms:
     """What one device kind adds to the core formula (weights, gradients, optimizer state, Korthikanti activations).
@@ -454,10 +464,7 @@ class DeviceTerms:
     recompute_frees: bool
 
     def mask_bytes(self, masks):
-        per_kind = {"step": self.step_mask_bytes, "kernel": self.kernel_mask_bytes}
-        if masks not in per_kind:
-            raise UserError(f"train.dropout_masks must be one of {', '.join(per_kind)}, got {masks!r}")
-        return per_kind[masks]
+        return self.step_mask_bytes if check_dropout_masks(masks) == "step" else self.kernel_mask_bytes
 
 
 # CPU: fitted on 2026-12-07 to the peak RSS of train steps on the 2-core test machine (MindSpore 2.10, graph mode,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from src.config import save_config
 from src.engine.distributed import all_gather_numpy
-from src.engine.parallel import prepare_model
+from src.engine.parallel import check_dropout_masks, prepare_model
 from src.engine.optim import LR_PARAM, apply_lr, build_optimizer, select_trainable
 from src.engine.run_log import LossTracker, MetricsLog
 from src.engine.train_step import LossScale, TrainStep
@@ -39,7 +39,8 @@ HOST_SET = (DROPOUT_STEP, LR_PARAM)  # Parameters the trainer sets before every 
 
 
 def _mix32(h):
-    """Three xor-shift-multiply rounds over int32 (wrapping): a 32-bit integer hash of each element."""
+    """Two xor-shift-multiply rounds and a final xor-shift over int32 (wrapping): a 32-bit integer hash of each
+    element."""
     h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
     h = ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16)) * 73244475
     return ops.bitwise_xor(h, ops.bitwise_right_shift(h, 16))
@@ -118,17 +119,13 @@ def use_step_dropout(cells, seed, rank):
     return counter if found else None
 
 
-DROPOUT_MASKS = ("step", "kernel")
-
-
 def apply_dropout_masks(cfg, cells, rank):
     """Choose how the dropout layers of `cells` draw their masks (train.dropout_masks): `step` gives them StepDropout
     kernels and returns the step counter the trainer sets before every step (None without dropout); `kernel` keeps
     MindSpore's own Dropout kernel and returns None."""
-    choice = cfg.train.dropout_masks
-    if choice not in DROPOUT_MASKS:
-        raise UserError(f"train.dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, got {choice!r}")
-    return use_step_dropout(cells, cfg.run.seed, rank) if choice == "step" else None
+    if check_dropout_masks(cfg.train.dropout_masks) == "step":
+        return use_step_dropout(cells, cfg.run.seed, rank)
+    return None
 
 
 class TrainingState(nn.Cell):
