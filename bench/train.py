@@ -171,7 +171,7 @@ def run(args):
     achieved = flops / step_s / 1e9
     results = {
         "benchmark": "train", "config": os.path.relpath(args.config, ROOT), "task": args.task,
-        "overrides": list(args.overrides),
+        "overrides": list(args.overrides), "optimizer_kernel": step["optimizer_kernel"],
         "batch_size": args.batch_size, "accumulation": args.accumulation, "parameters": step["parameters"],
         "steps_per_s": 1.0 / step_s, "samples_per_s": args.batch_size / step_s,
         "peak_rss_gb": step["peak_rss_gb"],
@@ -185,7 +185,7 @@ def run(args):
     rows = [{"phase": k, "ms": v, "peak_rss_gb": results["phase_peak_rss_gb"].get(k)}
             for k, v in results["phases_ms"].items()]
     need = step["analytic_need_gb"]
-    settings = "".join(f", {o}" for o in args.overrides)
+    settings = "".join(f", {o}" for o in args.overrides) + f", {step['optimizer_kernel']} AdamW kernel"
     print_table(f"{results['config']}{settings}, task {args.task}, batch {args.batch_size} in {args.accumulation} "
                 f"micro-batch(es): {results['steps_per_s']:.3f} "
                 f"steps/s, {results['samples_per_s']:.2f} samples/s, {achieved:.0f} GFLOP/s = "
@@ -284,6 +284,7 @@ def run_phase(args):
         seconds = timed(lambda: step(*inputs)[0].asnumpy(), args.steps)
     print(f"{args.phase}: {seconds * 1e3:.1f} ms")
     return {"phase": args.phase, "seconds": seconds, "peak_rss_gb": peak_rss_gb(),
+            "optimizer_kernel": optimizer.kernel_choice[0],
             "parameters": int(sum(p.size for p in model.trainable_params())),
             "analytic_need_gb": analytic_need_gb(model, cfg, args.task, args.batch_size, args.accumulation)}
 

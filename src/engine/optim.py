@@ -7,15 +7,25 @@ it in a scalar float32 Parameter (LR_PARAM) that `apply_lr` sets on the host bef
 warm-up, then cosine / linear decay or constant) at the optimizer's own `global_step` (the number of updates applied;
 a step skipped for a non-finite gradient does not advance it). Restoring the optimizer's state therefore restores the
 position in the schedule, and neither `train.steps` nor the `optim.lr*` settings change the compiled graphs.
+
+`optim.kernel` picks the update kernel. `native` (and `auto` on CPU, when a C++ compiler is there) is
+NativeAdamWeightDecay: the same update, state and parameter names as MindSpore's AdamWeightDecay, run by our own
+multi-threaded kernel (src/engine/native/adamw.cc) that also takes the gradient factor (clipping and unscaling), so
+the train step makes no scaled copy of the gradients. `mindspore` (and `auto` elsewhere) is nn.AdamWeightDecay.
 """
 import functools
+import logging
 import math
+import os
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
 from src.errors import UserError
+
+log = logging.getLogger(__name__)
+OPTIMIZER_KERNELS = ("auto", "native", "mindspore")
 
 
 def lr_at(step, base_lr, end_lr, warmup_steps, total_steps, schedule="cosine"):
@@ -71,7 +81,70 @@ def select_trainable(params, freeze):
     return kept
 
 
-def build_optimizer(params, optim_cfg, total_steps):
+class NativeAdamWeightDecay(nn.AdamWeightDecay):
+    """nn.AdamWeightDecay (same state, names and update) whose step runs src/engine/native/adamw.cc on every
+    parameter: `optimizer(gradients, grad_factor)` updates with gradients * grad_factor without making that product,
+    on `threads` threads."""
+
+    takes_grad_factor = True
+
+    def __init__(self, params, learning_rate, beta1, beta2, eps, threads):
+        super().__init__(params, learning_rate=learning_rate, beta1=beta1, beta2=beta2, eps=eps)
+        from src.engine.native_kernels import adamw_in_place_op
+        self.update_op = adamw_in_place_op()
+        self.threads = int(threads)
+        decays = [float(d.asnumpy()) if flag else 0.0
+                  for d, flag in zip(self.get_weight_decay() if self.is_group else
+                                     (self.weight_decay,) * len(self._parameters), self.decay_flags)]
+        fixed = {d: ms.Tensor(np.array([beta1, beta2, eps, d, threads], np.float32)) for d in set(decays)}
+        self.fixed = tuple(fixed[d] for d in decays)  # [beta1, beta2, eps, decay, threads] per parameter
+        self.native_update = ops.MultitypeFuncGraph("native_update")
+        self.native_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")(
+            _native_update_one)
+
+    def construct(self, gradients, grad_factor=1.0):
+        lr = self.get_lr()
+        self.assignadd(self.global_step, self.global_step_increase_tensor)
+        dynamic = ops.stack((ops.reshape(lr, ()), ops.reshape(ops.cast(grad_factor, ms.float32), ())))
+        return self.hyper_map(ops.partial(self.native_update, self.update_op, dynamic), self._parameters,
+                              self.moments1, self.moments2, gradients, self.fixed)
+
+
+def _native_update_one(op, dynamic, param, m, v, gradient, fixed):
+    return op(param, m, v, ops.cast(gradient, ms.float32), dynamic, fixed)
+
+
+def kernel_threads(world_size=1):
+    """Threads of the native optimizer kernel: the cores this process may use, shared among the ranks of a CPU job
+    running on this host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, world_size))
+
+
+def choose_kernel(requested, device_target):
+    """(kernel, reason): "native" or "mindspore" for optim.kernel `requested` on `device_target`."""
+    if requested not in OPTIMIZER_KERNELS:
+        raise UserError(f"optim.kernel must be one of {', '.join(OPTIMIZER_KERNELS)}, got {requested!r}")
+    if requested == "mindspore":
+        return "mindspore", "optim.kernel: mindspore"
+    if device_target != "CPU":
+        if requested == "native":
+            raise UserError(f"optim.kernel: native runs on CPU only (this run's device is {device_target}); "
+                            "use auto or mindspore")
+        return "mindspore", f"the native kernel is CPU-only (device {device_target})"
+    from src.engine.native_kernels import NativeBuildError, native_library
+    try:
+        native_library("adamw")
+    except NativeBuildError as error:
+        if requested == "native":
+            raise UserError(f"optim.kernel: native: {error}; or set optim.kernel: mindspore") from error
+        log.warning("optimizer: MindSpore's AdamWeightDecay kernel, because the native one could not be built: %s",
+                    error)
+        return "mindspore", f"native kernel not built: {error}"
+    return "native", f"optim.kernel: {requested} on CPU"
+
+
+def build_optimizer(params, optim_cfg, total_steps, world_size=1):
     if optim_cfg.name != "adamw":
         raise ValueError(f"optim.name: only 'adamw' is implemented, got {optim_cfg.name!r}")
     decay, no_decay = split_decay(params, optim_cfg.no_decay)
@@ -81,9 +154,15 @@ def build_optimizer(params, optim_cfg, total_steps):
                                  warmup_steps=optim_cfg.warmup_steps, total_steps=total_steps,
                                  schedule=optim_cfg.schedule)
     schedule(optim_cfg.warmup_steps)  # a bad optim.schedule fails here (past the warm-up), not at a later step
+    kernel, reason = choose_kernel(optim_cfg.kernel, ms.get_context("device_target"))
     # a float learning rate becomes a scalar Parameter (LR_PARAM) the graph reads; apply_lr sets it every step
-    optimizer = nn.AdamWeightDecay(groups, learning_rate=float(np.float32(schedule(0))), beta1=optim_cfg.beta1,
-                                   beta2=optim_cfg.beta2, eps=optim_cfg.eps)
+    settings = dict(learning_rate=float(np.float32(schedule(0))), beta1=optim_cfg.beta1, beta2=optim_cfg.beta2,
+                    eps=optim_cfg.eps)
+    if kernel == "native":
+        optimizer = NativeAdamWeightDecay(groups, threads=kernel_threads(world_size), **settings)
+    else:
+        optimizer = nn.AdamWeightDecay(groups, **settings)
+    optimizer.kernel_choice = (kernel, reason)
     assert optimizer.learning_rate.name == LR_PARAM and optimizer.learning_rate.shape == ()
     optimizer.lr_schedule = schedule  # step -> learning rate, on the host
     return optimizer

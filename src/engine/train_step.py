@@ -8,7 +8,8 @@ step over the same k*B samples (to float tolerance) while holding the activation
 Loss scaling works on every backend: a step overflows when the global norm of the unscaled gradients is not finite
 (an inf or NaN in any gradient makes it inf or NaN; the Ascend-only float-status ops are not used), so the norm that
 clipping needs is the only full pass over the gradients before the update. Unscaling (1 / (scale * k)) and clipping
-then multiply the gradients once, together. On overflow the update is skipped and the
+then multiply the gradients once, together: inside the update when the optimizer takes the factor
+(src.engine.optim.NativeAdamWeightDecay), else as a pass of its own. On overflow the update is skipped and the
 scale is divided by `factor`; after `window` finite steps it is multiplied by `factor`. The scale and its counter are
 Parameters, so they are saved in checkpoints and restored on resume. With loss scaling off and no accumulation the
 gradients are used as they come (no multiply by 1).
@@ -104,6 +105,7 @@ class TrainStep(nn.Cell):
         differentiated = ScaledLoss(loss_net, loss_scale) if loss_scale.mode != "none" else loss_net
         self.grad_fn = ms.value_and_grad(differentiated, None, optimizer.parameters)
         self.hyper_map = ops.HyperMap()
+        self.factor_in_update = getattr(optimizer, "takes_grad_factor", False)
         self.distributed = ms.get_auto_parallel_context("parallel_mode") in ("data_parallel", "hybrid_parallel")
         self.reducer = nn.Identity()
         if self.distributed:
@@ -136,14 +138,19 @@ class TrainStep(nn.Cell):
         if self.rescale:
             loss, grad_norm = loss * inverse, grad_norm * inverse
         finite = ops.isfinite(grad_norm)
+        factor = None
         if self.clip_norm > 0:
             factor = self.clip_norm / ops.maximum(grad_norm, self.clip_norm)
             if self.rescale:
                 factor = factor * inverse
-            grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
         elif self.rescale:
-            grads = self.hyper_map(ops.partial(_scale_grad, inverse), grads)
+            factor = inverse
         self.loss_scale.update(finite)
         if finite:
-            self.optimizer(grads)
+            if self.factor_in_update:  # the optimizer's kernel multiplies each gradient as it reads it
+                self.optimizer(grads, 1.0 if factor is None else factor)
+            else:
+                if factor is not None:
+                    grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
+                self.optimizer(grads)
         return loss, finite, scale, grad_norm

@@ -280,7 +280,9 @@ class Trainer:
                             f"{t.grad_accumulation}")
         prepare_model(cfg, model)  # shard strategies and recompute of cfg.parallel, before the optimizer exists
         self.dropout_step = apply_dropout_masks(cfg, [model, *tasks.values()], dist.rank)
-        self.optimizer = build_optimizer(select_trainable(model.trainable_params(), t.freeze), cfg.optim, t.steps)
+        # a CPU job's ranks share this host's cores (the native optimizer kernel's threads are divided among them)
+        self.optimizer = build_optimizer(select_trainable(model.trainable_params(), t.freeze), cfg.optim, t.steps,
+                                         world_size=dist.world_size)
         self.loss_scale = LossScale(t.loss_scale, t.loss_scale_init, t.loss_scale_factor, t.loss_scale_window)
         self.steps = {}
         for name, task in tasks.items():
@@ -471,7 +473,7 @@ class Trainer:
                    "data_s_per_step": data_time / max(done, 1), "step_s_per_step": step_time / max(done, 1),
                    "skipped_steps": self.skipped, "losses": losses, "world_size": self.dist.world_size,
                    "evaluations": self.evaluations, "best_score": self.best_score, "compile_s": self.compile_s,
-                   "compile_cache": self.compile_cache}
+                   "compile_cache": self.compile_cache, "optimizer_kernel": list(self.optimizer.kernel_choice)}
         rows = [{"task": t, "steps": v["steps"], "first loss": v["first"], "last loss": v["last"],
                  "change %": 100.0 * (v["last"] - v["first"]) / abs(v["first"]) if v["first"] else math.nan}
                 for t, v in losses.items()]
@@ -479,7 +481,8 @@ class Trainer:
         if self.dist.is_main:
             compiled = (f"compiled {len(self.compile_s)} task graphs in {sum(self.compile_s.values()):.1f} s ("
                         + ", ".join(f"{t} {s:.1f}" for t, s in self.compile_s.items()) + ")"
-                        + (f", compile cache {self.compile_cache}" if self.compile_cache else ""))
+                        + (f", compile cache {self.compile_cache}" if self.compile_cache else "")
+                        + "; optimizer kernel {} ({})".format(*self.optimizer.kernel_choice))
             write_results(self.out_dir, "summary", summary, rows, columns, notes=[compiled])
             print(f"\n{markdown_table(rows, columns, floatfmt='.4f')}\n{compiled}\n"
                   f"{done} steps in {elapsed:.1f} s ({summary['samples_per_s']:.1f} samples/s, data "

@@ -237,3 +237,18 @@ def test_learning_rate_parameter_follows_lr_at_across_a_resume(tmp_path):
     assert LR_PARAM not in resumed.state.tensors()
     saved, _ = load_checkpoint(str(tmp_path / "b" / "out" / "checkpoints" / "step_00000003"))
     assert LR_PARAM not in saved and "global_step" in saved
+
+
+def test_optimizer_kernels_train_alike_and_the_summary_names_the_one_used(tmp_path):
+    """optim.kernel native (the CPU default) and mindspore: the same losses over three steps (the update differs only
+    in float rounding); summary.json records which kernel ran and why."""
+    losses = {}
+    for kernel in ("native", "mindspore"):
+        trainer = make_trainer(config(tmp_path / kernel, "train.steps=3", "optim.lr=0.05", f"optim.kernel={kernel}"))
+        summary = trainer.run()
+        assert summary["optimizer_kernel"][0] == kernel
+        with open(tmp_path / kernel / "out" / "summary.json", encoding="utf-8") as f:
+            assert json.load(f)["optimizer_kernel"] == summary["optimizer_kernel"]
+        losses[kernel] = [r["loss"] for r in strict_records(tmp_path / kernel / "out" / "metrics.jsonl")]
+    assert len(set(losses["native"])) == 3
+    np.testing.assert_allclose(losses["native"], losses["mindspore"], rtol=1e-5)

@@ -1,0 +1,101 @@
+"""CPU kernels of our own, compiled from src/engine/native/*.cc on first use and run as MindSpore `aot` Custom ops.
+
+Only where MindSpore's CPU kernel is far from what the machine can do: its fused AdamWeightDecay runs on one thread
+at about 5 ns per parameter (1.7 s of a base-model step), while the update is a single pass over memory
+(docs/experiments/2026-12-07-native-adamw.md).
+
+A library is built with the host's C++ compiler (`$CXX`, else g++ or c++) for this machine's instruction set
+(-march=native) into a cache folder: `$OPT_NATIVE_CACHE`, else `$XDG_CACHE_HOME/opt-mindspore/native`, else
+`~/.cache/opt-mindspore/native`. The file name carries a hash of the source, the flags, the compiler's version and
+the CPU's feature flags, so a changed source or another machine builds anew, and processes that build at the same
+time (ranks of one job) each write a temporary file and rename it into place. `native_library` raises NativeBuildError
+(with the compiler's message) when there is no compiler or the build fails; the caller decides whether that is an
+error (`optim.kernel: native`) or a reason to fall back (`auto`).
+"""
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+CXX_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-pthread", "-std=c++17")
+
+
+class NativeBuildError(RuntimeError):
+    """A native kernel could not be built (no compiler, or the compiler failed)."""
+
+
+def cache_dir():
+    if os.environ.get("OPT_NATIVE_CACHE"):
+        return os.environ["OPT_NATIVE_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "opt-mindspore", "native")
+
+
+def find_compiler():
+    """The C++ compiler to use: $CXX, else g++, else c++; None when there is none."""
+    for name in (os.environ.get("CXX"), "g++", "c++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@functools.cache
+def native_library(name):
+    """Path of the shared library built from src/engine/native/<name>.cc (built and cached on first use)."""
+    source = os.path.join(SOURCE_DIR, f"{name}.cc")
+    compiler = find_compiler()
+    if compiler is None:
+        raise NativeBuildError("no C++ compiler found (set $CXX, or install g++: apt-get install g++)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    with open(source, "rb") as f:
+        code = f.read()
+    key = hashlib.sha256(b"\0".join([code, " ".join(CXX_FLAGS).encode(), version.encode(), _cpu_flags().encode(),
+                                     platform.machine().encode()])).hexdigest()[:16]
+    folder = cache_dir()
+    target = os.path.join(folder, f"lib{name}-{key}.so")
+    if os.path.isfile(target):
+        return target
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=f".lib{name}-", suffix=".so", dir=folder)
+    except OSError as error:
+        raise NativeBuildError(f"cannot write the kernel cache {folder} ({error.strerror}); "
+                               "set OPT_NATIVE_CACHE to a writable folder") from error
+    os.close(handle)
+    try:
+        done = subprocess.run([compiler, *CXX_FLAGS, "-o", partial, source], capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0:
+            raise NativeBuildError(f"{os.path.basename(compiler)} failed on {source} "
+                                   f"(exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def adamw_in_place_op():
+    """The Custom op running AdamWeightDecayInPlace (src/engine/native/adamw.cc): inputs var, m, v, grad, [lr, factor],
+    [beta1, beta2, eps, decay, threads]; updates var, m and v in place and returns a one-element token."""
+    import mindspore as ms
+    from mindspore import ops
+    op = ops.Custom(f"{native_library('adamw')}:AdamWeightDecayInPlace", out_shape=lambda *shapes: [1],
+                    out_dtype=lambda *dtypes: ms.float32, func_type="aot")
+    op.add_prim_attr("side_effect_mem", True)  # it writes its first three inputs: keep it, and keep it in order
+    return op
