@@ -104,7 +104,7 @@ def enable_compile_cache(cfg, graphs=None):
 
 def _sources_sha256():
     """sha256 over the path and content of every .py file of the repository's src/ package and entry scripts, and of
-    the native kernels' C++ sources (src/engine/native)."""
+    the native kernels' C++ sources (src/native)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     files = sorted(glob.glob(os.path.join(root, "src", "**", "*.py"), recursive=True)
                    + glob.glob(os.path.join(root, "src", "**", "*.cc"), recursive=True)

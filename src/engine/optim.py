@@ -10,13 +10,12 @@ position in the schedule, and neither `train.steps` nor the `optim.lr*` settings
 
 `optim.kernel` picks the update kernel. `native` (and `auto` on CPU, when a C++ compiler is there) is
 NativeAdamWeightDecay: the same update, state and parameter names as MindSpore's AdamWeightDecay, run by our own
-multi-threaded kernel (src/engine/native/adamw.cc) that also takes the gradient factor (clipping and unscaling), so
+multi-threaded kernel (src/native/adamw.cc) that also takes the gradient factor (clipping and unscaling), so
 the train step makes no scaled copy of the gradients. `mindspore` (and `auto` elsewhere) is nn.AdamWeightDecay.
 """
 import functools
 import logging
 import math
-import os
 
 import mindspore as ms
 import numpy as np
@@ -82,7 +81,7 @@ def select_trainable(params, freeze):
 
 
 class NativeAdamWeightDecay(nn.AdamWeightDecay):
-    """nn.AdamWeightDecay (same state, names and update) whose step runs src/engine/native/adamw.cc on every
+    """nn.AdamWeightDecay (same state, names and update) whose step runs src/native/adamw.cc on every
     parameter: `optimizer(gradients, grad_factor)` updates with gradients * grad_factor without making that product,
     on `threads` threads."""
 
@@ -90,7 +89,7 @@ class NativeAdamWeightDecay(nn.AdamWeightDecay):
 
     def __init__(self, params, learning_rate, beta1, beta2, eps, threads):
         super().__init__(params, learning_rate=learning_rate, beta1=beta1, beta2=beta2, eps=eps)
-        from src.engine.native_kernels import adamw_in_place_op
+        from src.native.kernels import adamw_in_place_op
         self.update_op = adamw_in_place_op()
         self.threads = int(threads)
         decays = [float(d.asnumpy()) if flag else 0.0
@@ -114,13 +113,6 @@ def _native_update_one(op, dynamic, param, m, v, gradient, fixed):
     return op(param, m, v, ops.cast(gradient, ms.float32), dynamic, fixed)
 
 
-def kernel_threads(world_size=1):
-    """Threads of the native optimizer kernel: the cores this process may use, shared among the ranks of a CPU job
-    running on this host."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, world_size))
-
-
 def choose_kernel(requested, device_target):
     """(kernel, reason): "native" or "mindspore" for optim.kernel `requested` on `device_target`."""
     if requested not in OPTIMIZER_KERNELS:
@@ -132,7 +124,7 @@ def choose_kernel(requested, device_target):
             raise UserError(f"optim.kernel: native runs on CPU only (this run's device is {device_target}); "
                             "use auto or mindspore")
         return "mindspore", f"the native kernel is CPU-only (device {device_target})"
-    from src.engine.native_kernels import NativeBuildError, native_library
+    from src.native.kernels import NativeBuildError, native_library
     try:
         native_library("adamw")
     except NativeBuildError as error:
@@ -144,7 +136,7 @@ def choose_kernel(requested, device_target):
     return "native", f"optim.kernel: {requested} on CPU"
 
 
-def build_optimizer(params, optim_cfg, total_steps, world_size=1):
+def build_optimizer(params, optim_cfg, total_steps):
     if optim_cfg.name != "adamw":
         raise ValueError(f"optim.name: only 'adamw' is implemented, got {optim_cfg.name!r}")
     decay, no_decay = split_decay(params, optim_cfg.no_decay)
@@ -159,7 +151,8 @@ def build_optimizer(params, optim_cfg, total_steps, world_size=1):
     settings = dict(learning_rate=float(np.float32(schedule(0))), beta1=optim_cfg.beta1, beta2=optim_cfg.beta2,
                     eps=optim_cfg.eps)
     if kernel == "native":
-        optimizer = NativeAdamWeightDecay(groups, threads=kernel_threads(world_size), **settings)
+        from src.native.kernels import kernel_threads
+        optimizer = NativeAdamWeightDecay(groups, threads=kernel_threads(), **settings)
     else:
         optimizer = nn.AdamWeightDecay(groups, **settings)
     optimizer.kernel_choice = (kernel, reason)

@@ -280,9 +280,7 @@ class Trainer:
                             f"{t.grad_accumulation}")
         prepare_model(cfg, model)  # shard strategies and recompute of cfg.parallel, before the optimizer exists
         self.dropout_step = apply_dropout_masks(cfg, [model, *tasks.values()], dist.rank)
-        # a CPU job's ranks share this host's cores (the native optimizer kernel's threads are divided among them)
-        self.optimizer = build_optimizer(select_trainable(model.trainable_params(), t.freeze), cfg.optim, t.steps,
-                                         world_size=dist.world_size)
+        self.optimizer = build_optimizer(select_trainable(model.trainable_params(), t.freeze), cfg.optim, t.steps)
         self.loss_scale = LossScale(t.loss_scale, t.loss_scale_init, t.loss_scale_factor, t.loss_scale_window)
         self.steps = {}
         for name, task in tasks.items():

@@ -1,13 +1,13 @@
 """The package's layers import downward only: data -> models -> weights -> tasks -> engine -> inference -> evaluation,
-with errors, config, utils and metrics as leaves (they import only other leaves), and nothing in src imports what sits
-on top of it: the synthetic demo (demo/), the benchmarks (bench/) or an entry point."""
+with errors, config, utils, metrics and native as leaves (they import only other leaves), and nothing in src imports
+what sits on top of it: the synthetic demo (demo/), the benchmarks (bench/) or an entry point."""
 import ast
 import pathlib
 
 import pytest
 
 SRC = pathlib.Path(__file__).resolve().parents[2] / "src"
-LEAVES = {"errors", "config", "utils", "metrics"}
+LEAVES = {"errors", "config", "utils", "metrics", "native"}
 LAYERS = ["data", "models", "weights", "tasks", "engine", "inference", "evaluation"]
 ON_TOP = ("demo", "bench", "train_pretrain", "train_retrieval", "train_caption", "train_vqa", "eval", "export")
 RANK = {**{leaf: 0 for leaf in LEAVES}, **{name: i + 1 for i, name in enumerate(LAYERS)}}

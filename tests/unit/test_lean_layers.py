@@ -97,7 +97,7 @@ def _block_gradients(lean, x, mask):
         if hasattr(cell, "lean_backward"):
             cell.lean_backward = lean
             switched += 1
-    assert switched == 1 + 4 + 2   # the attention and its four Dense layers, the feed-forward's two
+    assert switched == 1 + 4 + 2 + 2   # the attention and its four Dense layers, the feed-forward's two, 2 LayerNorms
 
     class Loss(nn.Cell):
         def __init__(self):
@@ -114,8 +114,9 @@ def _block_gradients(lean, x, mask):
 
 
 def test_block_through_the_hand_written_backwards_equals_the_plain_path():
-    """Attention through RecomputedAttention and Dense through BiasAdd against the primitives they replace: same output
-    exactly, same parameter gradients to float tolerance, in a pre-LN block with padding."""
+    """Attention through RecomputedAttention, Dense through BiasAdd and LayerNorm through the native backward against
+    the primitives they replace: same output exactly, same parameter gradients to float tolerance, in a pre-LN block
+    with padding."""
     rng = np.random.default_rng(1)
     x = ms.Tensor(rng.standard_normal((2, 5, 16)).astype(np.float32))
     mask = ms.Tensor(np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.float32))

@@ -1,4 +1,4 @@
-"""The native AdamW kernel (optim.kernel: native; src/engine/native/adamw.cc) against a NumPy reference of the update
+"""The native AdamW kernel (optim.kernel: native; src/native/adamw.cc) against a NumPy reference of the update
 MindSpore's AdamWeightDecay documents (no bias correction, decay added to the Adam direction), through TrainStep in
 GRAPH_MODE with clipping and accumulation folded into its gradient factor; against MindSpore's own kernel; and the
 kernel choice: fallbacks, refusals and build errors."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
 
-from src.engine import native_kernels
+from src.native import kernels as native_kernels
 from src.engine.optim import NativeAdamWeightDecay, apply_lr, build_optimizer, choose_kernel
 from src.engine.train_step import LossScale, TrainStep
 from src.errors import UserError

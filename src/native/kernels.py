@@ -1,8 +1,10 @@
-"""CPU kernels of our own, compiled from src/engine/native/*.cc on first use and run as MindSpore `aot` Custom ops.
+"""CPU kernels of our own, compiled from src/native/*.cc on first use and run as MindSpore `aot` Custom ops.
 
-Only where MindSpore's CPU kernel is far from what the machine can do: its fused AdamWeightDecay runs on one thread
-at about 5 ns per parameter (1.7 s of a base-model step), while the update is a single pass over memory
-(docs/experiments/2026-12-07-native-adamw.md).
+Only where MindSpore's CPU kernel is far from what the machine can do (docs/experiments/2026-12-07-native-kernels.md):
+- adamw.cc: its fused AdamWeightDecay runs on one thread at about 5 ns per parameter (1.7 s of a base-model step),
+  while the update is one pass over memory (src.engine.optim.NativeAdamWeightDecay, `optim.kernel`);
+- layer_norm_grad.cc: its LayerNormGrad takes about 4 times as long as the LayerNorm forward
+  (src.models.layers.LayerNorm).
 
 A library is built with the host's C++ compiler (`$CXX`, else g++ or c++) for this machine's instruction set
 (-march=native) into a cache folder: `$OPT_NATIVE_CACHE`, else `$XDG_CACHE_HOME/opt-mindspore/native`, else
@@ -14,13 +16,15 @@ error (`optim.kernel: native`) or a reason to fall back (`auto`).
 """
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 
-SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+log = logging.getLogger(__name__)
+SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 CXX_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-pthread", "-std=c++17")
 
 
@@ -56,7 +60,7 @@ def _cpu_flags():
 
 @functools.cache
 def native_library(name):
-    """Path of the shared library built from src/engine/native/<name>.cc (built and cached on first use)."""
+    """Path of the shared library built from src/native/<name>.cc (built and cached on first use)."""
     source = os.path.join(SOURCE_DIR, f"{name}.cc")
     compiler = find_compiler()
     if compiler is None:
@@ -90,8 +94,47 @@ def native_library(name):
     return target
 
 
+def native_kernels_usable(name):
+    """True when the native kernel `name` can run here: the device is the CPU and the library builds. A failed build
+    is logged once (as a warning naming the cause) and the caller keeps MindSpore's kernel."""
+    import mindspore as ms
+    if ms.get_context("device_target") != "CPU":
+        return False
+    try:
+        native_library(name)
+    except NativeBuildError as error:
+        _warn_once(name, str(error))
+        return False
+    return True
+
+
+@functools.cache
+def _warn_once(name, message):
+    log.warning("native kernel %s not built, MindSpore's kernel is used instead: %s", name, message)
+
+
+def kernel_threads():
+    """Threads of a native kernel: the cores this process may use, shared among the ranks of a distributed job
+    (a CPU job's ranks run on one host)."""
+    from mindspore.communication import GlobalComm, get_group_size
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if GlobalComm.INITED:
+        cores //= get_group_size()
+    return max(1, cores)
+
+
+def layer_norm_grad_op():
+    """The Custom op running LayerNormGrad (src/native/layer_norm_grad.cc): inputs x, dy, gamma,
+    [eps, threads]; outputs dx, dgamma, dbeta."""
+    import mindspore as ms
+    from mindspore import ops
+    return ops.Custom(f"{native_library('layer_norm_grad')}:LayerNormGrad",
+                      out_shape=lambda x, dy, gamma, fixed: (x, gamma, gamma),
+                      out_dtype=lambda *dtypes: (ms.float32, ms.float32, ms.float32), func_type="aot")
+
+
 def adamw_in_place_op():
-    """The Custom op running AdamWeightDecayInPlace (src/engine/native/adamw.cc): inputs var, m, v, grad, [lr, factor],
+    """The Custom op running AdamWeightDecayInPlace (src/native/adamw.cc): inputs var, m, v, grad, [lr, factor],
     [beta1, beta2, eps, decay, threads]; updates var, m and v in place and returns a one-element token."""
     import mindspore as ms
     from mindspore import ops

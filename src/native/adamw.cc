@@ -1,4 +1,4 @@
-// AdamW step in place, for MindSpore's `aot` Custom operator on CPU (built by src/engine/native_kernels.py).
+// AdamW step in place, for MindSpore's `aot` Custom operator on CPU (built by src/native/kernels.py).
 //
 // The update is MindSpore's AdamWeightDecay (no bias correction; decay added to the Adam direction):
 //   g = grad * factor
