@@ -104,10 +104,11 @@ def enable_compile_cache(cfg, graphs=None):
 
 def _sources_sha256():
     """sha256 over the path and content of every .py file of the repository's src/ package and entry scripts, and of
-    the native kernels' C++ sources (src/native)."""
+    the native kernels' C++ sources and header (src/native)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     files = sorted(glob.glob(os.path.join(root, "src", "**", "*.py"), recursive=True)
                    + glob.glob(os.path.join(root, "src", "**", "*.cc"), recursive=True)
+                   + glob.glob(os.path.join(root, "src", "**", "*.h"), recursive=True)
                    + glob.glob(os.path.join(root, "*.py")))
     digest = hashlib.sha256()
     for path in files:

@@ -14,7 +14,6 @@ multi-threaded kernel (src/native/adamw.cc) that also takes the gradient factor 
 the train step makes no scaled copy of the gradients. `mindspore` (and `auto` elsewhere) is nn.AdamWeightDecay.
 """
 import functools
-import logging
 import math
 
 import mindspore as ms
@@ -23,7 +22,6 @@ from mindspore import nn, ops
 
 from src.errors import UserError
 
-log = logging.getLogger(__name__)
 OPTIMIZER_KERNELS = ("auto", "native", "mindspore")
 
 
@@ -91,24 +89,24 @@ class NativeAdamWeightDecay(nn.AdamWeightDecay):
         super().__init__(params, learning_rate=learning_rate, beta1=beta1, beta2=beta2, eps=eps)
         from src.native.kernels import adamw_in_place_op
         self.update_op = adamw_in_place_op()
-        self.threads = int(threads)
-        decays = [float(d.asnumpy()) if flag else 0.0
-                  for d, flag in zip(self.get_weight_decay() if self.is_group else
-                                     (self.weight_decay,) * len(self._parameters), self.decay_flags)]
+        decay = self.get_weight_decay()   # a tensor per parameter with groups, else one for all
+        per_param = decay if self.is_group else (decay,) * len(self._parameters)
+        decays = [float(d.asnumpy()) if flag else 0.0 for d, flag in zip(per_param, self.decay_flags)]
         fixed = {d: ms.Tensor(np.array([beta1, beta2, eps, d, threads], np.float32)) for d in set(decays)}
         self.fixed = tuple(fixed[d] for d in decays)  # [beta1, beta2, eps, decay, threads] per parameter
-        self.native_update = ops.MultitypeFuncGraph("native_update")
-        self.native_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")(
-            _native_update_one)
 
     def construct(self, gradients, grad_factor=1.0):
         lr = self.get_lr()
         self.assignadd(self.global_step, self.global_step_increase_tensor)
         dynamic = ops.stack((ops.reshape(lr, ()), ops.reshape(ops.cast(grad_factor, ms.float32), ())))
-        return self.hyper_map(ops.partial(self.native_update, self.update_op, dynamic), self._parameters,
+        return self.hyper_map(ops.partial(_native_update, self.update_op, dynamic), self._parameters,
                               self.moments1, self.moments2, gradients, self.fixed)
 
 
+_native_update = ops.MultitypeFuncGraph("native_update")
+
+
+@_native_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
 def _native_update_one(op, dynamic, param, m, v, gradient, fixed):
     return op(param, m, v, ops.cast(gradient, ms.float32), dynamic, fixed)
 
@@ -124,16 +122,13 @@ def choose_kernel(requested, device_target):
             raise UserError(f"optim.kernel: native runs on CPU only (this run's device is {device_target}); "
                             "use auto or mindspore")
         return "mindspore", f"the native kernel is CPU-only (device {device_target})"
-    from src.native.kernels import NativeBuildError, native_library
-    try:
-        native_library("adamw")
-    except NativeBuildError as error:
-        if requested == "native":
-            raise UserError(f"optim.kernel: native: {error}; or set optim.kernel: mindspore") from error
-        log.warning("optimizer: MindSpore's AdamWeightDecay kernel, because the native one could not be built: %s",
-                    error)
-        return "mindspore", f"native kernel not built: {error}"
-    return "native", f"optim.kernel: {requested} on CPU"
+    from src.native.kernels import build_problem
+    problem = build_problem("adamw")
+    if problem is None:
+        return "native", f"optim.kernel: {requested} on CPU"
+    if requested == "native":
+        raise UserError(f"optim.kernel: native: {problem}; or set optim.kernel: mindspore")
+    return "mindspore", f"native kernel not built: {problem}"
 
 
 def build_optimizer(params, optim_cfg, total_steps):

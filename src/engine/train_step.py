@@ -150,7 +150,5 @@ class TrainStep(nn.Cell):
             if self.factor_in_update:  # the optimizer's kernel multiplies each gradient as it reads it
                 self.optimizer(grads, 1.0 if factor is None else factor)
             else:
-                if factor is not None:
-                    grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
-                self.optimizer(grads)
+                self.optimizer(grads if factor is None else self.hyper_map(ops.partial(_scale_grad, factor), grads))
         return loss, finite, scale, grad_norm

@@ -14,13 +14,10 @@
 // The loop has no branches and IEEE sqrt and division, so the compiler vectorises it with the host's SIMD width.
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <thread>
-#include <vector>
+
+#include "aot_kernel.h"
 
 namespace {
-
-constexpr int64_t kMinElementsPerThread = 1 << 16;  // smaller tensors: thread start-up costs more than it saves
 
 struct Hyper {
   float lr, factor, keep1, rate1, keep2, rate2, eps, decay;
@@ -38,12 +35,6 @@ void UpdateRange(float *__restrict var, float *__restrict m, float *__restrict v
   }
 }
 
-int64_t ElementCount(int ndim, const int64_t *shape) {
-  int64_t count = 1;
-  for (int i = 0; i < ndim; ++i) count *= shape[i];
-  return count;
-}
-
 }  // namespace
 
 extern "C" int AdamWeightDecayInPlace(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -52,14 +43,12 @@ extern "C" int AdamWeightDecayInPlace(int nparam, void **params, int *ndims, int
   (void)extra;
   constexpr int kInputs = 6;
   if (nparam != kInputs + 1) return 1;
-  for (int i = 0; i < nparam; ++i) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return 2;
-  }
-  const int64_t n = ElementCount(ndims[0], shapes[0]);
+  if (!native::AllFloat32(nparam, dtypes)) return 2;
+  const int64_t n = native::ElementCount(ndims[0], shapes[0]);
   for (int i = 1; i < 4; ++i) {
-    if (ElementCount(ndims[i], shapes[i]) != n) return 3;
+    if (native::ElementCount(ndims[i], shapes[i]) != n) return 3;
   }
-  if (ElementCount(ndims[4], shapes[4]) != 2 || ElementCount(ndims[5], shapes[5]) != 5) return 4;
+  if (native::ElementCount(ndims[4], shapes[4]) != 2 || native::ElementCount(ndims[5], shapes[5]) != 5) return 4;
   auto *var = static_cast<float *>(params[0]);
   auto *m = static_cast<float *>(params[1]);
   auto *v = static_cast<float *>(params[2]);
@@ -69,22 +58,14 @@ extern "C" int AdamWeightDecayInPlace(int nparam, void **params, int *ndims, int
   const Hyper h{dynamic[0], dynamic[1], fixed[0], 1.0f - fixed[0], fixed[1], 1.0f - fixed[1], fixed[2], fixed[3]};
   // m + (g - m)(1 - b) written as b*m + (1 - b)*g: the same value to rounding, one multiply-add chain per moment
 
-  int64_t threads = static_cast<int64_t>(fixed[4]);
-  if (threads > n / kMinElementsPerThread) threads = n / kMinElementsPerThread;
-  if (threads <= 1) {
-    UpdateRange(var, m, v, grad, 0, n, h);
-  } else {
-    // contiguous chunks rounded to 16 floats (one 64-byte cache line), so no two threads write the same line
-    const int64_t chunk = ((n + threads - 1) / threads + 15) / 16 * 16;
-    std::vector<std::thread> workers;
-    for (int64_t t = 1; t < threads; ++t) {
-      const int64_t begin = t * chunk;
-      const int64_t end = begin + chunk < n ? begin + chunk : n;
-      if (begin < end) workers.emplace_back(UpdateRange, var, m, v, grad, begin, end, std::cref(h));
-    }
-    UpdateRange(var, m, v, grad, 0, chunk < n ? chunk : n, h);
-    for (auto &worker : workers) worker.join();
-  }
+  const int64_t threads = native::ThreadCount(fixed[4], n, n);
+  // contiguous chunks rounded to 16 floats (one 64-byte cache line), so no two threads write the same line
+  const int64_t chunk = ((n + threads - 1) / threads + 15) / 16 * 16;
+  native::RunOnThreads(threads, [&](int64_t t) {
+    const int64_t begin = t * chunk;
+    const int64_t end = begin + chunk < n ? begin + chunk : n;
+    if (begin < end) UpdateRange(var, m, v, grad, begin, end, h);
+  });
   static_cast<float *>(params[kInputs])[0] = 0.0f;
   return 0;
 }

@@ -11,10 +11,12 @@ A library is built with the host's C++ compiler (`$CXX`, else g++ or c++) for th
 `~/.cache/opt-mindspore/native`. The file name carries a hash of the source, the flags, the compiler's version and
 the CPU's feature flags, so a changed source or another machine builds anew, and processes that build at the same
 time (ranks of one job) each write a temporary file and rename it into place. `native_library` raises NativeBuildError
-(with the compiler's message) when there is no compiler or the build fails; the caller decides whether that is an
-error (`optim.kernel: native`) or a reason to fall back (`auto`).
+(with the compiler's message) when there is no compiler, the cache cannot be written or the build fails;
+`build_problem` turns that into a reason, warned once, and the caller decides whether it is an error
+(`optim.kernel: native`) or a reason to fall back (`auto`, and LayerNorm).
 """
 import functools
+import glob
 import hashlib
 import logging
 import os
@@ -66,8 +68,10 @@ def native_library(name):
     if compiler is None:
         raise NativeBuildError("no C++ compiler found (set $CXX, or install g++: apt-get install g++)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    with open(source, "rb") as f:
-        code = f.read()
+    code = b""
+    for path in [source, *sorted(glob.glob(os.path.join(SOURCE_DIR, "*.h")))]:   # the kernel and the shared header
+        with open(path, "rb") as f:
+            code += f.read()
     key = hashlib.sha256(b"\0".join([code, " ".join(CXX_FLAGS).encode(), version.encode(), _cpu_flags().encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
     folder = cache_dir()
@@ -94,23 +98,27 @@ def native_library(name):
     return target
 
 
-def native_kernels_usable(name):
-    """True when the native kernel `name` can run here: the device is the CPU and the library builds. A failed build
-    is logged once (as a warning naming the cause) and the caller keeps MindSpore's kernel."""
-    import mindspore as ms
-    if ms.get_context("device_target") != "CPU":
-        return False
+def build_problem(name):
+    """None when the library of src/native/<name>.cc is built (now or before); else why it could not be, which is
+    also logged once as a warning (the caller then keeps MindSpore's kernel, or refuses)."""
     try:
         native_library(name)
     except NativeBuildError as error:
         _warn_once(name, str(error))
-        return False
-    return True
+        return str(error)
+    return None
+
+
+def native_kernels_usable(name):
+    """True when the native kernel `name` can run here: the device is the CPU and the library builds."""
+    import mindspore as ms
+    return ms.get_context("device_target") == "CPU" and build_problem(name) is None
 
 
 @functools.cache
 def _warn_once(name, message):
-    log.warning("native kernel %s not built, MindSpore's kernel is used instead: %s", name, message)
+    log.warning("native kernel %s not built, MindSpore's kernel runs instead; the library could not be built: %s",
+                name, message)
 
 
 def kernel_threads():

@@ -13,14 +13,13 @@
 // Outputs: dx (shape of x), dgamma (D), dbeta (D).
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <thread>
 #include <vector>
+
+#include "aot_kernel.h"
 
 namespace {
 
 constexpr int kLanes = 8;                      // partial sums kept in 8 lanes, so the reductions vectorise
-constexpr int64_t kMinElementsPerThread = 1 << 16;
 
 float LaneSum(const float *lanes) {
   float total = 0.0f;
@@ -67,12 +66,6 @@ void Rows(const float *__restrict x, const float *__restrict dy, const float *__
   }
 }
 
-int64_t ElementCount(int ndim, const int64_t *shape) {
-  int64_t count = 1;
-  for (int i = 0; i < ndim; ++i) count *= shape[i];
-  return count;
-}
-
 }  // namespace
 
 extern "C" int LayerNormGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -80,14 +73,12 @@ extern "C" int LayerNormGrad(int nparam, void **params, int *ndims, int64_t **sh
   (void)stream;
   (void)extra;
   if (nparam != 7) return 1;
-  for (int i = 0; i < nparam; ++i) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return 2;
-  }
+  if (!native::AllFloat32(nparam, dtypes)) return 2;
   if (ndims[0] < 1) return 3;
   const int64_t width = shapes[0][ndims[0] - 1];
-  const int64_t total = ElementCount(ndims[0], shapes[0]);
-  if (width <= 0 || ElementCount(ndims[1], shapes[1]) != total || ElementCount(ndims[2], shapes[2]) != width ||
-      ElementCount(ndims[3], shapes[3]) != 2) {
+  const int64_t total = native::ElementCount(ndims[0], shapes[0]);
+  if (width <= 0 || native::ElementCount(ndims[1], shapes[1]) != total ||
+      native::ElementCount(ndims[2], shapes[2]) != width || native::ElementCount(ndims[3], shapes[3]) != 2) {
     return 3;
   }
   const auto *x = static_cast<const float *>(params[0]);
@@ -100,24 +91,17 @@ extern "C" int LayerNormGrad(int nparam, void **params, int *ndims, int64_t **sh
   const int64_t rows = total / width;
   const float eps = fixed[0];
 
-  int64_t threads = static_cast<int64_t>(fixed[1]);
-  if (threads > total / kMinElementsPerThread) threads = total / kMinElementsPerThread;
-  if (threads > rows) threads = rows;
-  if (threads < 1) threads = 1;
+  const int64_t threads = native::ThreadCount(fixed[1], total, rows);
   // per thread: dgamma, dbeta partial sums and the row scratch
   std::vector<float> buffers(static_cast<size_t>(threads * 4 * width), 0.0f);
   auto part = [&](int64_t t) { return buffers.data() + t * 4 * width; };
   const int64_t share = (rows + threads - 1) / threads;
-  auto run = [&](int64_t t) {
+  native::RunOnThreads(threads, [&](int64_t t) {
     const int64_t first = t * share;
     const int64_t last = first + share < rows ? first + share : rows;
     float *p = part(t);
     if (first < last) Rows(x, dy, gamma, dx, p, p + width, first, last, width, eps, p + 2 * width);
-  };
-  std::vector<std::thread> workers;
-  for (int64_t t = 1; t < threads; ++t) workers.emplace_back(run, t);
-  run(0);
-  for (auto &worker : workers) worker.join();
+  });
   for (int64_t i = 0; i < width; ++i) {
     float sum_gamma = 0.0f, sum_beta = 0.0f;
     for (int64_t t = 0; t < threads; ++t) {

@@ -143,6 +143,7 @@ def no_cached_build(tmp_path, monkeypatch):
     """An empty kernel cache and a fresh build on the next native_library call."""
     monkeypatch.setenv("OPT_NATIVE_CACHE", str(tmp_path / "cache"))
     native_kernels.native_library.cache_clear()
+    native_kernels._warn_once.cache_clear()   # each test sees its own warning
     yield tmp_path / "cache"
     native_kernels.native_library.cache_clear()
 
