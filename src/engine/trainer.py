@@ -27,6 +27,7 @@ from src.engine.optim import LR_PARAM, apply_lr, build_optimizer, select_trainab
 from src.engine.run_log import LossTracker, MetricsLog
 from src.engine.train_step import LossScale, TrainStep
 from src.errors import UserError
+from src.native.kernels import kernel_threads, keyed_dropout_op, native_kernels_usable
 from src.utils.progress import progress
 from src.utils.results import markdown_table, write_results
 from src.weights.checkpoint import (CheckpointManager, capture_rng_state, init_from_checkpoint, load_checkpoint,
@@ -73,10 +74,18 @@ class StepDropout(nn.Cell):
         super().__init__()
         self.keep_prob, self.salt, self.counter = float(keep_prob), int(salt), counter
         self.threshold = min(int(round(self.keep_prob * 2.0 ** 32)) - 2 ** 31, 2 ** 31 - 1)   # an int32
+        self.threshold_tensor = ms.Tensor(np.array([self.threshold], np.int32))
         self.outer_product_by_matmul = ms.get_context("device_target") == "CPU"
+        self.apply_mask = MaskedScale(self.keep_prob)
+        self.keyed_dropout = None
+        if native_kernels_usable("keyed_dropout"):
+            self.keyed_dropout = keyed_dropout_op()
+            self.fixed = ms.Tensor(np.array([1.0 / self.keep_prob, kernel_threads()], np.float32))
+            self.no_mask = ms.Tensor(np.ones((1,), np.bool_))
 
-    def draw_mask(self, shape):
-        """The bool keep-mask of this layer and step for a tensor of `shape`."""
+    def mask_keys(self, shape):
+        """(row keys, column keys, threshold) of this layer's and step's mask for a tensor of `shape`: int32 tensors
+        of the tensor's rows (all axes but the last, flattened), of its last axis, and [threshold]."""
         width = shape[-1]
         rows = 1
         for size in shape[:-1]:
@@ -84,7 +93,12 @@ class StepDropout(nn.Cell):
         key = self.counter * 1013904223 + self.salt
         row_keys = _mix32(ops.bitwise_xor(ops.arange(0, rows, dtype=ms.int32) * 747796405, key))
         column_keys = _mix32(ops.bitwise_xor(ops.arange(0, width, dtype=ms.int32) * 277803737, key * 69069 + 12345))
-        row_keys, column_keys = ops.bitwise_or(row_keys, 1), ops.bitwise_or(column_keys, 1)
+        return ops.bitwise_or(row_keys, 1), ops.bitwise_or(column_keys, 1), self.threshold_tensor
+
+    def draw_mask(self, shape):
+        """The bool keep-mask of this layer and step for a tensor of `shape`."""
+        row_keys, column_keys, _ = self.mask_keys(shape)
+        rows, width = row_keys.shape[0], column_keys.shape[0]
         if self.outer_product_by_matmul:
             product = ops.matmul(row_keys.reshape(rows, 1), column_keys.reshape(1, width)).reshape(shape)
         else:
@@ -92,11 +106,25 @@ class StepDropout(nn.Cell):
         return product < self.threshold
 
     def construct(self, x):
+        if self.keyed_dropout is not None:   # the op's own backward applies it to the gradient
+            # the mask is never formed here (nn.Dropout does not read it; draw_mask gives it); a 1-element stand-in
+            return self.keyed_dropout(x, *self.mask_keys(x.shape), self.fixed), self.no_mask
         mask = self.draw_mask(x.shape)
-        return x * (mask.astype(x.dtype) * (1.0 / self.keep_prob)), mask
+        return self.apply_mask(x, mask), mask
 
-    def bprop(self, x, out, dout):
-        return (dout[0] * (out[1].astype(dout[0].dtype) * (1.0 / self.keep_prob)),)
+
+class MaskedScale(nn.Cell):
+    """x * mask / keep_prob whose backward is dout * mask / keep_prob, from the 1-byte mask (x is not kept)."""
+
+    def __init__(self, keep_prob):
+        super().__init__()
+        self.inverse = 1.0 / keep_prob
+
+    def construct(self, x, mask):
+        return x * (mask.astype(x.dtype) * self.inverse)
+
+    def bprop(self, x, mask, out, dout):
+        return dout * (mask.astype(dout.dtype) * self.inverse), ops.zeros_like(mask)
 
 
 def use_step_dropout(cells, seed, rank):

@@ -235,6 +235,44 @@ class RecomputedAttention(nn.Cell):
         return self.grad_of_q(ds, k), self.grad_of_k(ds, q), dv, ops.zeros_like(bias), ops.zeros_like(keep)
 
 
+class NativeAttentionCore(nn.Cell):
+    """RecomputedAttention's computation (same inputs and outputs, same recomputing backward) with the scale, bias,
+    softmax and dropout of the forward, and of the backward, each one native kernel
+    (src/native/attention_softmax.cc): a pass per row, where MindSpore's kernels made a broadcast copy of the bias,
+    a softmax and a mask product, each a pass over a score-sized tensor. The dropout mask comes as keys
+    (src.engine.trainer.StepDropout.mask_keys: row keys, column keys, threshold) and is formed inside the kernels, so
+    no mask is drawn or kept; without dropout the keys are placeholders. Runs on CPU, in training (the model's
+    evaluation and exported graphs keep MindSpore's own kernels); the exp of the softmax is a polynomial within about
+    1 ulp of fp32 exp (docs/experiments/2026-12-08-native-attention-softmax.md)."""
+
+    def __init__(self, scale, keep_prob=1.0):
+        super().__init__()
+        from src.native.kernels import attention_softmax_ops, kernel_threads
+        self.softmax, self.softmax_grad = attention_softmax_ops()
+        self.fixed = ms.Tensor(np.array([scale, 1.0 / keep_prob, kernel_threads(), keep_prob < 1.0], np.float32))
+        self.scores = ops.BatchMatMul(transpose_b=True)       # q k^T
+        self.context = ops.BatchMatMul()                      # used v
+        self.grad_of_v = ops.BatchMatMul(transpose_a=True)    # used^T dout
+        self.grad_of_p = ops.BatchMatMul(transpose_b=True)    # dout v^T
+        self.grad_of_q = ops.BatchMatMul()                    # ds k
+        self.grad_of_k = ops.BatchMatMul(transpose_a=True)    # ds^T q
+
+    def construct(self, q, k, v, bias, row_keys, column_keys, threshold):
+        scores = ops.cast(self.scores(q, k), ms.float32)
+        used = self.softmax(scores, ops.cast(bias, ms.float32), row_keys, column_keys, threshold, self.fixed)
+        return self.context(ops.cast(used, v.dtype), v)
+
+    def bprop(self, q, k, v, bias, row_keys, column_keys, threshold, out, dout):
+        scores = ops.cast(self.scores(ops.depend(q, dout), k), ms.float32)
+        dp = ops.cast(self.grad_of_p(dout, v), ms.float32)
+        row = ops.sum(ops.cast(dout, ms.float32) * ops.cast(out, ms.float32), -1)
+        used, ds = self.softmax_grad(scores, ops.cast(bias, ms.float32), row_keys, column_keys, threshold,
+                                     self.fixed, dp, row)
+        ds = ops.cast(ds, q.dtype)
+        return (self.grad_of_q(ds, k), self.grad_of_k(ds, q), self.grad_of_v(ops.cast(used, v.dtype), dout),
+                ops.zeros_like(bias), ops.zeros_like(row_keys), ops.zeros_like(column_keys), ops.zeros_like(threshold))
+
+
 class Attention(nn.Cell):
     """Multi-head attention. Self-attention when `memory` is None, cross-attention otherwise.
 
@@ -264,6 +302,13 @@ class Attention(nn.Cell):
         self.unbiased_dropped_core = RecomputedAttention(self.scale, 1.0 - dropout, False) if dropout > 0 else None
         self.no_bias = ms.Tensor(np.zeros((1, 1, 1, 1), np.float32))
         self.no_mask = ms.Tensor(np.ones((1, 1, 1, 1), np.bool_))
+        # in training on CPU, the native kernels' core (see NativeAttentionCore), when they build
+        from src.native.kernels import native_kernels_usable
+        self.native_core = self.native_dropped_core = None
+        if native_kernels_usable("attention_softmax"):
+            self.native_core = NativeAttentionCore(self.scale)
+            self.native_dropped_core = NativeAttentionCore(self.scale, 1.0 - dropout) if dropout > 0 else None
+            self.no_keys = ms.Tensor(np.ones((1,), np.int32))
         # primitives (not ops.matmul) so tensor parallelism can shard them and no explicit transpose is needed
         self.score_matmul = ops.BatchMatMul(transpose_b=True)
         self.context_matmul = ops.BatchMatMul()
@@ -285,7 +330,18 @@ class Attention(nn.Cell):
                 scores = scores + bias
             probs = ops.cast(ops.softmax(scores, -1), v.dtype)
             return self.out(self.merge_heads(self.context_matmul(self.dropout(probs), v)))
-        if self.dropout_p > 0 and self.dropout.training:
+        dropping = self.dropout_p > 0 and self.dropout.training
+        if self.native_core is not None and self.training:
+            if not dropping:
+                context = self.native_core(q, k, v, self.no_bias if bias is None else bias, self.no_keys,
+                                           self.no_keys, self.no_keys)
+                return self.out(self.merge_heads(context))
+            if hasattr(self.dropout.dropout, "mask_keys"):    # the trainer's StepDropout: its mask as keys
+                shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+                context = self.native_dropped_core(q, k, v, self.no_bias if bias is None else bias,
+                                                   *self.dropout.dropout.mask_keys(shape))
+                return self.out(self.merge_heads(context))
+        if dropping:
             # the dropout layer's own kernel draws the mask; only the mask is used, so a kernel that can draw one
             # alone (the trainer's StepDropout) is asked for just that
             shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])

@@ -4,7 +4,12 @@ Only where MindSpore's CPU kernel is far from what the machine can do (docs/expe
 - adamw.cc: its fused AdamWeightDecay runs on one thread at about 5 ns per parameter (1.7 s of a base-model step),
   while the update is one pass over memory (src.engine.optim.NativeAdamWeightDecay, `optim.kernel`);
 - layer_norm_grad.cc: its LayerNormGrad takes about 4 times as long as the LayerNorm forward
-  (src.models.layers.LayerNorm).
+  (src.models.layers.LayerNorm);
+- attention_softmax.cc: attention's scale, bias, softmax and dropout, and their backward, written from separate
+  kernels (a broadcast copy of the bias, Softmax, the dropout mask and products, each a pass over a score-sized
+  tensor) are one pass per row here, with the dropout mask formed from keys (src.models.layers.NativeAttentionCore);
+- keyed_dropout.cc: dropout by the keyed mask of the trainer's StepDropout without forming or keeping the mask
+  (src.engine.trainer.StepDropout).
 
 A library is built with the host's C++ compiler (`$CXX`, else g++ or c++) for this machine's instruction set
 (-march=native) into a cache folder: `$OPT_NATIVE_CACHE`, else `$XDG_CACHE_HOME/opt-mindspore/native`, else
@@ -150,3 +155,38 @@ def adamw_in_place_op():
                     out_dtype=lambda *dtypes: ms.float32, func_type="aot")
     op.add_prim_attr("side_effect_mem", True)  # it writes its first three inputs: keep it, and keep it in order
     return op
+
+
+def keyed_dropout_op():
+    """The Custom op running KeyedDropout (src/native/keyed_dropout.cc): inputs x, row_keys, column_keys (int32),
+    threshold (int32 [1]), [inv_keep, threads]; output x with the keyed mask applied (and scaled by inv_keep). Its
+    backward is the same kernel applied to the incoming gradient (dx = dout * mask * inv_keep)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    def make(bprop=None):
+        return ops.Custom(f"{native_library('keyed_dropout')}:KeyedDropout", out_shape=lambda x, *rest: x,
+                          out_dtype=lambda *dtypes: ms.float32, func_type="aot", bprop=bprop)
+
+    on_gradient = make()
+
+    def bprop(x, row_keys, column_keys, threshold, fixed, out, dout):
+        return (on_gradient(dout, row_keys, column_keys, threshold, fixed), ops.zeros_like(row_keys),
+                ops.zeros_like(column_keys), ops.zeros_like(threshold), ops.zeros_like(fixed))
+
+    return make(bprop)
+
+
+def attention_softmax_ops():
+    """The Custom ops running AttentionSoftmax and AttentionSoftmaxGrad (src/native/attention_softmax.cc): inputs
+    scores (B, h, Lq, Lk), bias, row_keys, column_keys (int32), threshold (int32 [1]), [scale, inv_keep, threads,
+    masked]; the backward also takes dp and the row sums. Forward output: the (dropped) probabilities; backward
+    outputs: those probabilities and the scores' gradient."""
+    import mindspore as ms
+    from mindspore import ops
+    library = native_library("attention_softmax")
+    forward = ops.Custom(f"{library}:AttentionSoftmax", out_shape=lambda scores, *rest: scores,
+                         out_dtype=lambda *dtypes: ms.float32, func_type="aot")
+    backward = ops.Custom(f"{library}:AttentionSoftmaxGrad", out_shape=lambda scores, *rest: (scores, scores),
+                          out_dtype=lambda *dtypes: (ms.float32, ms.float32), func_type="aot")
+    return forward, backward

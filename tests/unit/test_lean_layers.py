@@ -183,15 +183,17 @@ def test_step_dropout_draws_fresh_masks_per_step_and_salt_repeats_them_on_resume
     keep = 0.9
     first, other_layer = StepDropout(keep, 12345, counter), StepDropout(keep, 777, counter)
     x = ms.Tensor(np.ones((4, 6, 50, 50), np.float32))
-    out, mask = (t.asnumpy() for t in first(x))
+    mask = first.draw_mask(x.shape).asnumpy()
     assert mask.dtype == np.bool_ and abs(mask.mean() - keep) < 0.01          # 60,000 draws: sd 0.0012
-    np.testing.assert_allclose(out, mask / keep, rtol=1e-6)
-    assert (other_layer(x)[1].asnumpy() != mask).mean() > 0.1
+    np.testing.assert_allclose(first(x)[0].asnumpy(), mask / keep, rtol=1e-6)
+    assert (other_layer.draw_mask(x.shape).asnumpy() != mask).mean() > 0.1
+    assert (other_layer(x)[0].asnumpy() != first(x)[0].asnumpy()).mean() > 0.1
     counter.set_data(ms.Tensor(np.array(1, np.int32)))
-    next_step = first(x)[1].asnumpy()
-    assert (next_step != mask).mean() > 0.1
+    assert (first.draw_mask(x.shape).asnumpy() != mask).mean() > 0.1
+    assert (first(x)[0].asnumpy() != mask / keep).mean() > 0.1
     counter.set_data(ms.Tensor(np.array(0, np.int32)))
-    np.testing.assert_array_equal(first(x)[1].asnumpy(), mask)             # the same step: the same mask
+    np.testing.assert_array_equal(first.draw_mask(x.shape).asnumpy(), mask)   # the same step: the same mask
+    np.testing.assert_allclose(first(x)[0].asnumpy(), mask / keep, rtol=1e-6)
     # neighbouring elements are not correlated (the hash mixes the index)
     flat = mask.reshape(-1).astype(np.float64)
     assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.02
