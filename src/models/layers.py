@@ -388,10 +388,30 @@ class Attention(nn.Cell):
 
 
 class TanhGELU(nn.Cell):
-    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), computed as the identical
-    x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) from elementwise kernels, with a hand-written backward that keeps only
-    x. On CPU, MindSpore's GeLU and GeLUGrad kernels took a fifth of an encoder block's training step (183 and 203 ms
-    on a 1500 x 3072 activation, against 42 ms for this forward); fp16 inputs are computed in fp32."""
+    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). In training on CPU it is
+    src/native/tanh_gelu.cc (forward and backward one pass each; the backward keeps only x); elsewhere, and when the
+    kernel cannot be built, ElementwiseTanhGELU."""
+
+    def __init__(self):
+        super().__init__()
+        from src.native.kernels import kernel_threads, native_kernels_usable, tanh_gelu_op
+        self.elementwise = ElementwiseTanhGELU()
+        self.native = None
+        if native_kernels_usable("tanh_gelu"):
+            self.native = tanh_gelu_op()
+            self.fixed = ms.Tensor(np.array([kernel_threads()], np.float32))
+
+    def construct(self, x):
+        if self.native is not None and self.training:
+            return self.native(x, self.fixed)
+        return self.elementwise(x)
+
+
+class ElementwiseTanhGELU(nn.Cell):
+    """The tanh GELU computed as the identical x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) from elementwise kernels,
+    with a hand-written backward that keeps only x. On CPU, MindSpore's GeLU and GeLUGrad kernels took a fifth of an
+    encoder block's training step (183 and 203 ms on a 1500 x 3072 activation, against 42 ms for this forward); fp16
+    inputs are computed in fp32."""
 
     def __init__(self):
         super().__init__()

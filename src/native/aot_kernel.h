@@ -1,5 +1,5 @@
 // Helpers shared by the kernels of src/native (MindSpore `aot` Custom operators on CPU): element counts, the dtype
-// checks, running a task on several threads, and the keep decision of the keyed dropout masks.
+// checks, running a task on several threads, a vectorisable exp, and the keep decision of the keyed dropout masks.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -39,6 +39,28 @@ void RunOnThreads(int64_t threads, const Task &task) {
   for (int64_t t = 1; t < threads; ++t) workers.emplace_back(task, t);
   task(0);
   for (auto &worker : workers) worker.join();
+}
+
+// exp(x) without branches, so loops calling it vectorise: Cephes' expf (range reduction by ln 2 in two parts, a
+// degree-6 polynomial; about 1 ulp). Arguments below -87.3 give exactly 0 (so attention's -1e4 padding bias drops a
+// key exactly); arguments above 88 give exp(88).
+inline float Exp(float x) {
+  const float below = x < -87.3f ? 0.0f : 1.0f;
+  x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
+  const float magic = 12582912.0f;                               // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + magic) - magic;   // round(x / ln 2)
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;   // x - n ln 2, ln 2 in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n; -126 <= n <= 127 here
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale * below;
 }
 
 // The keyed dropout mask of src.engine.trainer.StepDropout: element (r, c) of a tensor viewed as rows by its last

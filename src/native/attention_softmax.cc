@@ -12,8 +12,8 @@
 // (row equals sum_j used_j dp_j, FlashAttention's identity). Nothing score-sized is kept between forward and
 // backward, no broadcast copy of the bias or score-sized mask is made, and each row is finished while in cache.
 //
-// exp is a polynomial (Cephes' expf: range reduction by ln 2, degree-6 polynomial, about 1 ulp) written without
-// branches so the row loops vectorise; arguments below -87.3 (padding's -1e4 bias) give exactly 0.
+// exp is aot_kernel.h's Exp (a polynomial within about 1 ulp, so the row loops vectorise; padding's -1e4 bias gives
+// exactly 0).
 //
 // AttentionSoftmax inputs: scores (float32, 4-D), bias (float32, up to 4-D), row_keys (int32, B*h*Lq or 1),
 // column_keys (int32, Lk or 1), threshold (int32, 1), fixed (float32 [scale, inv_keep, threads, masked]).
@@ -22,7 +22,6 @@
 // Outputs: used, ds (float32, shape of scores).
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "aot_kernel.h"
@@ -30,25 +29,6 @@
 namespace {
 
 constexpr int kLanes = 16;
-
-inline float Exp(float x) {
-  const float below = x < -87.3f ? 0.0f : 1.0f;
-  x = x < -87.3f ? -87.3f : x;
-  const float magic = 12582912.0f;                               // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (x * 1.44269504088896341f + magic) - magic;   // round(x / ln 2)
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;   // x - n ln 2, ln 2 in two parts
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n; n >= -126 here
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale * below;
-}
 
 struct Problem {
   const float *scores, *bias;
@@ -92,14 +72,14 @@ void Probabilities(const Problem &pr, int64_t r, float *__restrict p) {
   j = 0;
   for (; j + kLanes <= n; j += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      p[j + l] = Exp(p[j + l] - top);
+      p[j + l] = native::Exp(p[j + l] - top);
       lanes[l] += p[j + l];
     }
   }
   float total = 0.0f;
   for (int l = 0; l < kLanes; ++l) total += lanes[l];
   for (; j < n; ++j) {
-    p[j] = Exp(p[j] - top);
+    p[j] = native::Exp(p[j] - top);
     total += p[j];
   }
   const float inv = 1.0f / total;

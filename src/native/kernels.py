@@ -8,6 +8,8 @@ Only where MindSpore's CPU kernel is far from what the machine can do (docs/expe
 - attention_softmax.cc: attention's scale, bias, softmax and dropout, and their backward, written from separate
   kernels (a broadcast copy of the bias, Softmax, the dropout mask and products, each a pass over a score-sized
   tensor) are one pass per row here, with the dropout mask formed from keys (src.models.layers.NativeAttentionCore);
+- tanh_gelu.cc: the tanh GELU and its backward, each one pass over the elements where MindSpore's elementwise kernels
+  took about ten (src.models.layers.TanhGELU);
 - keyed_dropout.cc: dropout by the keyed mask of the trainer's StepDropout without forming or keeping the mask
   (src.engine.trainer.StepDropout).
 
@@ -175,6 +177,22 @@ def keyed_dropout_op():
                 ops.zeros_like(column_keys), ops.zeros_like(threshold), ops.zeros_like(fixed))
 
     return make(bprop)
+
+
+def tanh_gelu_op():
+    """The Custom op running TanhGeluForward (src/native/tanh_gelu.cc): inputs x, [threads]; output the tanh GELU of
+    x. Its backward is TanhGeluGrad (inputs x, dy, [threads]; output dx)."""
+    import mindspore as ms
+    from mindspore import ops
+    library = native_library("tanh_gelu")
+    grad = ops.Custom(f"{library}:TanhGeluGrad", out_shape=lambda x, *rest: x, out_dtype=lambda *dtypes: ms.float32,
+                      func_type="aot")
+
+    def bprop(x, fixed, out, dout):
+        return grad(x, dout, fixed), ops.zeros_like(fixed)
+
+    return ops.Custom(f"{library}:TanhGeluForward", out_shape=lambda x, *rest: x,
+                      out_dtype=lambda *dtypes: ms.float32, func_type="aot", bprop=bprop)
 
 
 def attention_softmax_ops():

@@ -162,16 +162,31 @@ def numpy_tanh_gelu(x):
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def test_tanh_gelu_matches_the_published_formula_and_its_derivative():
+@pytest.mark.parametrize("training", [False, True])   # elementwise kernels; in training, src/native/tanh_gelu.cc
+def test_tanh_gelu_matches_the_published_formula_and_its_derivative(training):
     x = np.random.default_rng(4).standard_normal((3, 7)) * 3.0
+    x[0, :3] = (-40.0, 12.0, 0.0)   # the gate saturates (exp of about +-100 inside the sigmoid), and zero
     weights = np.random.default_rng(5).standard_normal((3, 7))
     gelu = TanhGELU()
-    assert isinstance(activation_cell("gelu"), TanhGELU)
+    assert isinstance(activation_cell("gelu"), TanhGELU) and gelu.native is not None
+    gelu.set_train(training)
     x_ms = ms.Tensor(x.astype(np.float32))
     np.testing.assert_allclose(gelu(x_ms).asnumpy(), numpy_tanh_gelu(x), rtol=1e-5, atol=1e-6)
     grad = ms.grad(_WeightedSum(gelu, weights))(x_ms).asnumpy()
     expected = finite_difference(lambda z: (numpy_tanh_gelu(z) * weights).sum(), x)
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_native_tanh_gelu_on_two_threads_equals_the_elementwise_kernels():
+    """On 300 x 1001 elements (two threads, an uneven split) the native forward and backward in training equal the
+    elementwise path checked above."""
+    x = ms.Tensor((np.random.default_rng(6).standard_normal((300, 1001)) * 3.0).astype(np.float32))
+    weights = np.random.default_rng(7).standard_normal((300, 1001))
+    native, elementwise = TanhGELU(), TanhGELU()
+    native.set_train(True)
+    results = [(cell(x).asnumpy(), ms.grad(_WeightedSum(cell, weights))(x).asnumpy()) for cell in (native, elementwise)]
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_step_dropout_draws_fresh_masks_per_step_and_salt_repeats_them_on_resume_and_routes_the_gradient():
