@@ -471,14 +471,15 @@ class DeviceTerms:
 # fp32; docs/parallel.md, "Planner against measured peak memory"). Without dropout: small MLM at batch 1, 4, 16, small
 # TD at 4, 16, base MLM at 1, 2, 4; runtime and activation_factor are the minimax pair over the MLM runs (-8% .. +6%),
 # logit_copies the TD runs' excess over them. step_mask_bytes / kernel_mask_bytes: base MLM at batch 4 with dropout
-# 0.1 peaks 1.6 / 0.7 GB above the same step without, over 238 M masked elements. recompute_frees: parallel.recompute
-# on base at batch 4 lowered MindSpore's pool peak by 0.65 GB and raised peak RSS by 0.3 GB (the recomputed kernels'
-# own buffers), 29% slower.
+# 0.1 peaks 0.6 / 0.8 GB above the same step without, over 238 M masked elements (2026-12-08, commit 11e1d3a: step
+# masks run in the native kernels, which form no mask; without a compiler they cost 7 bytes). recompute_frees:
+# parallel.recompute on base at batch 4 lowered MindSpore's pool peak by 0.65 GB and raised peak RSS by 0.3 GB (the
+# recomputed kernels' own buffers), 29% slower.
 # Ascend and GPU: assumed 0 / 1 / 0 / 0 / 0 / recompute frees (device memory excludes the host runtime, fused kernels
 # keep what Korthikanti counts, logits are left to the margin); not yet measured.
 DEVICE_TERMS = {
     "cpu": DeviceTerms(runtime=0.95 * GB, activation_factor=1.5, logit_copies=11.0,
-                       step_mask_bytes=7.0, kernel_mask_bytes=3.0, recompute_frees=False),
+                       step_mask_bytes=2.5, kernel_mask_bytes=3.4, recompute_frees=False),
     "ascend": DeviceTerms(runtime=0.0, activation_factor=1.0, logit_copies=0.0, step_mask_bytes=0.0,
                           kernel_mask_bytes=0.0, recompute_frees=True),
     "gpu": DeviceTerms(runtime=0.0, activation_factor=1.0, logit_copies=0.0, step_mask_bytes=0.0,

@@ -60,15 +60,18 @@ class StepDropout(nn.Cell):
     of two independent uniform odd keys is uniform, and the top bits of k * u for a fixed odd k are unrelated to those
     of u, so rows, columns and steps draw independent-looking masks (tests/unit/test_lean_layers.py checks the pair
     statistics against the binomial).
-    Written for memory: on CPU every full-size integer addition or multiplication holds buffers of several times
-    the tensor's size per layer (bitwise operations and comparisons do not; docs/experiments/
-    2026-12-07-step-dropout-masks.md). A hash of every element held 40 bytes per masked element; here the one
-    full-size product is an int32 outer-product MatMul, (rows, 1) x (1, columns), which wraps like the elementwise
-    product and holds what the mask needs, about 5 bytes per element. On other devices the product is the
-    elementwise one (their MatMul kernels are not meant for int32); the masks are the same. The backward is explicit
-    (dx = dout * mask / keep_prob, from the returned 1-byte mask). One layer called twice in a step would draw the
-    same mask twice: each call site of the model's blocks has its own dropout layer
-    (src.models.layers.dropout_layer)."""
+    On CPU, when the native kernels build (src/native), the mask is never formed: construct runs
+    src/native/keyed_dropout.cc, which applies the mask element by element from the keys (`mask_keys`), and its
+    backward is the same kernel on the gradient, so a dropout layer keeps nothing for the backward; attention takes the
+    keys too (src.models.layers.NativeAttentionCore). The second output is then a one-element stand-in (`draw_mask`
+    gives the mask). Elsewhere the mask is drawn (`draw_mask`) and kept as 1 byte per element for the backward (dx =
+    dout * mask / keep_prob, MaskedScale). It is written for memory: every full-size integer addition or
+    multiplication holds buffers of several times the tensor's size per layer on CPU (bitwise operations and
+    comparisons do not; docs/experiments/2026-12-07-step-dropout-masks.md), so the one full-size product is an int32
+    outer-product MatMul, (rows, 1) x (1, columns), which wraps like the elementwise product; on other devices the
+    product is the elementwise one (their MatMul kernels are not meant for int32); the masks are the same. One layer
+    called twice in a step would draw the same mask twice: each call site of the model's blocks has its own dropout
+    layer (src.models.layers.dropout_layer)."""
 
     def __init__(self, keep_prob, salt, counter):
         super().__init__()

@@ -243,7 +243,7 @@ class NativeAttentionCore(nn.Cell):
     (src.engine.trainer.StepDropout.mask_keys: row keys, column keys, threshold) and is formed inside the kernels, so
     no mask is drawn or kept; without dropout the keys are placeholders. Runs on CPU, in training (the model's
     evaluation and exported graphs keep MindSpore's own kernels); the exp of the softmax is a polynomial within about
-    1 ulp of fp32 exp (docs/experiments/2026-12-08-native-attention-softmax.md)."""
+    1 ulp of fp32 exp (docs/experiments/2026-12-08-native-attention-gelu-dropout.md)."""
 
     def __init__(self, scale, keep_prob=1.0):
         super().__init__()

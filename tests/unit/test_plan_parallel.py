@@ -152,7 +152,7 @@ def test_dropout_elements_and_mask_terms_by_hand():
     for masks, per_element in (("step", terms.step_mask_bytes), ("kernel", terms.kernel_mask_bytes)):
         dropped = estimate_memory(1000, 200, [enc], 1, 1, 4, dtype="fp32", device="cpu", dropout=(masks, True, True))
         assert dropped.activations - plain.activations == pytest.approx(per_element * 4 * 2 * (18 + 48))
-    assert terms.step_mask_bytes > terms.kernel_mask_bytes > 0
+    assert terms.kernel_mask_bytes > terms.step_mask_bytes > 0   # on CPU the native kernels form no step mask
     ascend = estimate_memory(1000, 200, [enc], 1, 1, 4, dtype="fp32", dropout=("step", True, True))
     assert ascend.activations == estimate_memory(1000, 200, [enc], 1, 1, 4, dtype="fp32").activations
     with pytest.raises(UserError, match="train.dropout_masks must be one of step, kernel"):
