@@ -98,3 +98,37 @@ def half_audio_manifest(manifest, out):
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return kept
+
+
+def block_gradients(lean, x, mask, width=16, training=False, native_attention=True):
+    """Loss and parameter gradients of mean(block(x)^2) for a seeded EncoderBlock(width, 2 heads, 2 * width): `lean`
+    False runs every cell with a hand-written backward through the primitives it replaces; `native_attention` False
+    drops the attention's native core (src/native/attention_softmax.cc, used in training on CPU)."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from src.models.layers import EncoderBlock, padding_bias
+    ms.set_seed(0)
+    block = EncoderBlock(width, 2, 2 * width)
+    switched = 0
+    for _, cell in block.cells_and_names():
+        if hasattr(cell, "lean_backward"):
+            cell.lean_backward = lean
+            switched += 1
+    assert switched == 1 + 4 + 2 + 2   # the attention and its four Dense layers, the feed-forward's two, 2 LayerNorms
+    if not native_attention:
+        block.attn.native_core = None
+
+    class Loss(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.block = block
+
+        def construct(self, x, mask):
+            y = self.block(x, padding_bias(mask))
+            return (y * y).mean()
+
+    loss_net = Loss()
+    loss_net.set_train(training)
+    loss, grads = ms.value_and_grad(loss_net, None, loss_net.trainable_params())(x, mask)
+    return loss.asnumpy(), [g.asnumpy() for g in grads]

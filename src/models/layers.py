@@ -235,8 +235,8 @@ class RecomputedAttention(nn.Cell):
         return self.grad_of_q(ds, k), self.grad_of_k(ds, q), dv, ops.zeros_like(bias), ops.zeros_like(keep)
 
 
-class NativeAttentionCore(nn.Cell):
-    """RecomputedAttention's computation (same inputs and outputs, same recomputing backward) with the scale, bias,
+class NativeAttentionCore(RecomputedAttention):
+    """RecomputedAttention's computation (its MatMuls, outputs and recomputing backward) with the scale, bias,
     softmax and dropout of the forward, and of the backward, each one native kernel
     (src/native/attention_softmax.cc): a pass per row, where MindSpore's kernels made a broadcast copy of the bias,
     a softmax and a mask product, each a pass over a score-sized tensor. The dropout mask comes as keys
@@ -246,28 +246,22 @@ class NativeAttentionCore(nn.Cell):
     1 ulp of fp32 exp (docs/experiments/2026-12-08-native-attention-gelu-dropout.md)."""
 
     def __init__(self, scale, keep_prob=1.0):
-        super().__init__()
+        super().__init__(scale, keep_prob)
         from src.native.kernels import attention_softmax_ops, kernel_threads
-        self.softmax, self.softmax_grad = attention_softmax_ops()
+        self.native_softmax, self.native_softmax_grad = attention_softmax_ops()
         self.fixed = ms.Tensor(np.array([scale, 1.0 / keep_prob, kernel_threads(), keep_prob < 1.0], np.float32))
-        self.scores = ops.BatchMatMul(transpose_b=True)       # q k^T
-        self.context = ops.BatchMatMul()                      # used v
-        self.grad_of_v = ops.BatchMatMul(transpose_a=True)    # used^T dout
-        self.grad_of_p = ops.BatchMatMul(transpose_b=True)    # dout v^T
-        self.grad_of_q = ops.BatchMatMul()                    # ds k
-        self.grad_of_k = ops.BatchMatMul(transpose_a=True)    # ds^T q
 
     def construct(self, q, k, v, bias, row_keys, column_keys, threshold):
         scores = ops.cast(self.scores(q, k), ms.float32)
-        used = self.softmax(scores, ops.cast(bias, ms.float32), row_keys, column_keys, threshold, self.fixed)
+        used = self.native_softmax(scores, ops.cast(bias, ms.float32), row_keys, column_keys, threshold, self.fixed)
         return self.context(ops.cast(used, v.dtype), v)
 
     def bprop(self, q, k, v, bias, row_keys, column_keys, threshold, out, dout):
         scores = ops.cast(self.scores(ops.depend(q, dout), k), ms.float32)
         dp = ops.cast(self.grad_of_p(dout, v), ms.float32)
         row = ops.sum(ops.cast(dout, ms.float32) * ops.cast(out, ms.float32), -1)
-        used, ds = self.softmax_grad(scores, ops.cast(bias, ms.float32), row_keys, column_keys, threshold,
-                                     self.fixed, dp, row)
+        used, ds = self.native_softmax_grad(scores, ops.cast(bias, ms.float32), row_keys, column_keys, threshold,
+                                            self.fixed, dp, row)
         ds = ops.cast(ds, q.dtype)
         return (self.grad_of_q(ds, k), self.grad_of_k(ds, q), self.grad_of_v(ops.cast(used, v.dtype), dout),
                 ops.zeros_like(bias), ops.zeros_like(row_keys), ops.zeros_like(column_keys), ops.zeros_like(threshold))

@@ -59,12 +59,8 @@ extern "C" int AdamWeightDecayInPlace(int nparam, void **params, int *ndims, int
   // m + (g - m)(1 - b) written as b*m + (1 - b)*g: the same value to rounding, one multiply-add chain per moment
 
   const int64_t threads = native::ThreadCount(fixed[4], n, n);
-  // contiguous chunks rounded to 16 floats (one 64-byte cache line), so no two threads write the same line
-  const int64_t chunk = ((n + threads - 1) / threads + 15) / 16 * 16;
-  native::RunOnThreads(threads, [&](int64_t t) {
-    const int64_t begin = t * chunk;
-    const int64_t end = begin + chunk < n ? begin + chunk : n;
-    if (begin < end) UpdateRange(var, m, v, grad, begin, end, h);
+  native::SplitOnThreads(threads, n, 16, [&](int64_t, int64_t begin, int64_t end) {
+    UpdateRange(var, m, v, grad, begin, end, h);
   });
   static_cast<float *>(params[kInputs])[0] = 0.0f;
   return 0;

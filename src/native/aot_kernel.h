@@ -41,6 +41,19 @@ void RunOnThreads(int64_t threads, const Task &task) {
   for (auto &worker : workers) worker.join();
 }
 
+// body(t, begin, end) on `threads` threads, each over a contiguous run [begin, end) of `count` items. Runs are a
+// multiple of `align` items long (elementwise float kernels pass 16, one 64-byte cache line, so no two threads write
+// the same line); a thread whose run is empty is not called.
+template <typename Body>
+void SplitOnThreads(int64_t threads, int64_t count, int64_t align, const Body &body) {
+  const int64_t share = ((count + threads - 1) / threads + align - 1) / align * align;
+  RunOnThreads(threads, [&](int64_t t) {
+    const int64_t begin = t * share < count ? t * share : count;
+    const int64_t end = begin + share < count ? begin + share : count;
+    if (begin < end) body(t, begin, end);
+  });
+}
+
 // exp(x) without branches, so loops calling it vectorise: Cephes' expf (range reduction by ln 2 in two parts, a
 // degree-6 polynomial; about 1 ulp). Arguments below -87.3 give exactly 0 (so attention's -1e4 padding bias drops a
 // key exactly); arguments above 88 give exp(88).
@@ -68,13 +81,6 @@ inline float Exp(float x) {
 // `threshold` (keep_prob * 2^32 - 2^31).
 inline bool Kept(int32_t row_key, int32_t column_key, int32_t threshold) {
   return static_cast<int32_t>(static_cast<uint32_t>(row_key) * static_cast<uint32_t>(column_key)) < threshold;
-}
-
-// rows [first, last) of thread t when `rows` are shared among `threads` in contiguous runs
-inline void ThreadRows(int64_t t, int64_t threads, int64_t rows, int64_t *first, int64_t *last) {
-  const int64_t share = (rows + threads - 1) / threads;
-  *first = t * share < rows ? t * share : rows;
-  *last = *first + share < rows ? *first + share : rows;
 }
 
 }  // namespace native

@@ -148,9 +148,7 @@ extern "C" int AttentionSoftmax(int nparam, void **params, int *ndims, int64_t *
   auto *used = static_cast<float *>(params[6]);
   const float *fixed = static_cast<const float *>(params[5]);
   const int64_t threads = native::ThreadCount(fixed[2], pr.rows * pr.keys, pr.rows);
-  native::RunOnThreads(threads, [&](int64_t t) {
-    int64_t first, last;
-    native::ThreadRows(t, threads, pr.rows, &first, &last);
+  native::SplitOnThreads(threads, pr.rows, 1, [&](int64_t, int64_t first, int64_t last) {
     std::vector<float> factor(static_cast<size_t>(pr.keys));
     for (int64_t r = first; r < last; ++r) {
       float *__restrict out = used + r * pr.keys;
@@ -181,9 +179,7 @@ extern "C" int AttentionSoftmaxGrad(int nparam, void **params, int *ndims, int64
   auto *ds = static_cast<float *>(params[9]);
   const float *fixed = static_cast<const float *>(params[5]);
   const int64_t threads = native::ThreadCount(fixed[2], pr.rows * pr.keys, pr.rows);
-  native::RunOnThreads(threads, [&](int64_t t) {
-    int64_t first, last;
-    native::ThreadRows(t, threads, pr.rows, &first, &last);
+  native::SplitOnThreads(threads, pr.rows, 1, [&](int64_t, int64_t first, int64_t last) {
     std::vector<float> p(static_cast<size_t>(pr.keys)), factor(static_cast<size_t>(pr.keys), 1.0f);
     for (int64_t r = first; r < last; ++r) {
       Probabilities(pr, r, p.data());

@@ -37,9 +37,7 @@ extern "C" int KeyedDropout(int nparam, void **params, int *ndims, int64_t **sha
   auto *out = static_cast<float *>(params[5]);
   const float inv_keep = fixed[0];
   const int64_t threads = native::ThreadCount(fixed[1], total, rows);
-  native::RunOnThreads(threads, [&](int64_t t) {
-    int64_t first, last;
-    native::ThreadRows(t, threads, rows, &first, &last);
+  native::SplitOnThreads(threads, rows, 1, [&](int64_t, int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       const float *__restrict xr = x + r * width;
       float *__restrict outr = out + r * width;

@@ -95,12 +95,9 @@ extern "C" int LayerNormGrad(int nparam, void **params, int *ndims, int64_t **sh
   // per thread: dgamma, dbeta partial sums and the row scratch
   std::vector<float> buffers(static_cast<size_t>(threads * 4 * width), 0.0f);
   auto part = [&](int64_t t) { return buffers.data() + t * 4 * width; };
-  const int64_t share = (rows + threads - 1) / threads;
-  native::RunOnThreads(threads, [&](int64_t t) {
-    const int64_t first = t * share;
-    const int64_t last = first + share < rows ? first + share : rows;
+  native::SplitOnThreads(threads, rows, 1, [&](int64_t t, int64_t first, int64_t last) {
     float *p = part(t);
-    if (first < last) Rows(x, dy, gamma, dx, p, p + width, first, last, width, eps, p + 2 * width);
+    Rows(x, dy, gamma, dx, p, p + width, first, last, width, eps, p + 2 * width);
   });
   for (int64_t i = 0; i < width; ++i) {
     float sum_gamma = 0.0f, sum_beta = 0.0f;

@@ -22,12 +22,7 @@ inline float Gate(float x) { return 1.0f / (1.0f + native::Exp(-kA * x * (1.0f +
 template <typename Body>
 int Elementwise(int64_t n, float requested_threads, const Body &body) {
   const int64_t threads = native::ThreadCount(requested_threads, n, n);
-  const int64_t chunk = ((n + threads - 1) / threads + 15) / 16 * 16;   // whole cache lines per thread
-  native::RunOnThreads(threads, [&](int64_t t) {
-    const int64_t begin = t * chunk < n ? t * chunk : n;
-    const int64_t end = begin + chunk < n ? begin + chunk : n;
-    body(begin, end);
-  });
+  native::SplitOnThreads(threads, n, 16, [&](int64_t, int64_t begin, int64_t end) { body(begin, end); });
   return 0;
 }
 

@@ -10,6 +10,7 @@ from mindspore import nn, ops
 
 from src.models.layers import (Attention, Dense, EncoderBlock, RecomputedAttention, TanhGELU, activation_cell,
                                causal_bias, padding_bias)
+from tests.helpers import block_gradients
 
 B, H, L, S, D = 2, 2, 3, 4, 4   # batch, heads, queries, keys, head width
 SCALE = 0.5
@@ -89,30 +90,6 @@ def test_output_and_gradients_match_numpy(bias_kind, dropout):
         np.testing.assert_allclose(grad.asnumpy(), expected, rtol=1e-4, atol=1e-5)
 
 
-def _block_gradients(lean, x, mask):
-    ms.set_seed(0)
-    block = EncoderBlock(16, 2, 32)
-    switched = 0
-    for _, cell in block.cells_and_names():
-        if hasattr(cell, "lean_backward"):
-            cell.lean_backward = lean
-            switched += 1
-    assert switched == 1 + 4 + 2 + 2   # the attention and its four Dense layers, the feed-forward's two, 2 LayerNorms
-
-    class Loss(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.block = block
-
-        def construct(self, x, mask):
-            y = self.block(x, padding_bias(mask))
-            return (y * y).mean()
-
-    loss_net = Loss()
-    loss, grads = ms.value_and_grad(loss_net, None, loss_net.trainable_params())(x, mask)
-    return loss.asnumpy(), [g.asnumpy() for g in grads]
-
-
 def test_block_through_the_hand_written_backwards_equals_the_plain_path():
     """Attention through RecomputedAttention, Dense through BiasAdd and LayerNorm through the native backward against
     the primitives they replace: same output exactly, same parameter gradients to float tolerance, in a pre-LN block
@@ -120,8 +97,8 @@ def test_block_through_the_hand_written_backwards_equals_the_plain_path():
     rng = np.random.default_rng(1)
     x = ms.Tensor(rng.standard_normal((2, 5, 16)).astype(np.float32))
     mask = ms.Tensor(np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.float32))
-    loss_plain, grads_plain = _block_gradients(False, x, mask)
-    loss_lean, grads_lean = _block_gradients(True, x, mask)
+    loss_plain, grads_plain = block_gradients(False, x, mask)
+    loss_lean, grads_lean = block_gradients(True, x, mask)
     assert loss_lean == loss_plain
     assert len(grads_lean) == len(grads_plain) == 16
     for lean, plain in zip(grads_lean, grads_plain):

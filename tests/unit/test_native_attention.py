@@ -12,8 +12,9 @@ import pytest
 from mindspore import nn
 
 from src.engine.trainer import StepDropout
-from src.models.layers import Attention, EncoderBlock, NativeAttentionCore, padding_bias
+from src.models.layers import Attention, NativeAttentionCore, padding_bias
 from src.native import kernels
+from tests.helpers import block_gradients
 
 SCALE = 0.35
 KEEP = 0.75
@@ -149,34 +150,13 @@ def test_keyed_dropout_applies_the_documented_mask_on_two_threads_and_routes_the
     np.testing.assert_array_equal(grad, np.where(mask, w * np.float32(1.0 / 0.9), 0.0))
 
 
-def _block_gradients(native, x, mask):
-    ms.set_seed(0)
-    block = EncoderBlock(32, 2, 64)
-    if not native:
-        block.attn.native_core = None
-    block.set_train(True)
-
-    class Loss(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.block = block
-
-        def construct(self, x, mask):
-            y = self.block(x, padding_bias(mask))
-            return (y * y).mean()
-
-    loss_net = Loss()
-    loss_net.set_train(True)
-    loss, grads = ms.value_and_grad(loss_net, None, loss_net.trainable_params())(x, mask)
-    return loss.asnumpy(), [g.asnumpy() for g in grads]
-
-
 def test_training_block_through_the_native_core_equals_mindspore_s_kernels():
+    """A pre-LN block in training (no dropout) with padding: through the native core against RecomputedAttention."""
     rng = np.random.default_rng(4)
     x = ms.Tensor(rng.standard_normal((2, 9, 32)).astype(np.float32))
     mask = ms.Tensor(np.array([[1] * 9, [1] * 6 + [0] * 3], np.float32))
-    loss_native, grads_native = _block_gradients(True, x, mask)
-    loss_plain, grads_plain = _block_gradients(False, x, mask)
+    loss_native, grads_native = block_gradients(True, x, mask, width=32, training=True)
+    loss_plain, grads_plain = block_gradients(True, x, mask, width=32, training=True, native_attention=False)
     np.testing.assert_allclose(loss_native, loss_plain, rtol=1e-6)
     for native, plain in zip(grads_native, grads_plain):
         np.testing.assert_allclose(native, plain, rtol=1e-4, atol=1e-6)
