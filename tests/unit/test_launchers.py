@@ -313,9 +313,11 @@ def test_distribute_device_id_is_the_logical_index(workdir):
 def test_distribute_hangup_stops_all_ranks(workdir):
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(OUTPUT_DIR="out", OPT_TRAIN_CMD=f"{sys.executable} {workdir / 'fake_trainer.py'}", FAKE_SLEEP="1")
+    # a shell cannot trap a signal it was started with ignored: under `nohup` the test runner ignores SIGHUP, so
+    # the launcher starts with the default disposition, as from a terminal
     launcher = subprocess.Popen(["bash", os.path.join(SCRIPTS, "run_distribute_train.sh"), "one.json", "pretrain",
                                  "cfg.yaml"], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     pid_files = [workdir / "out" / f"rank_{r}" / "pids.txt" for r in (0, 1)]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(p.exists() and p.read_text() for p in pid_files):
